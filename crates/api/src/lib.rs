@@ -1,0 +1,19 @@
+//! Wire and manifest types shared by every part of the controller: the event Flux controllers
+//! POST, and the `Provider`, `Alert` and `Secret` objects that route it, with the validation
+//! Flux's CRDs apply. No I/O happens here.
+
+pub mod event;
+pub mod manifest;
+
+pub use event::{DecodeError, Event, ObjectReference};
+pub use manifest::{
+    Alert, AlertSpec, CrossNamespaceObjectReference, FieldError, LocalObjectReference, ObjectMeta,
+    Provider, ProviderSpec, Secret, COMMIT_STATUS_PROVIDER_TYPES, PROVIDER_TYPES,
+};
+
+/// The API group of Flux's notification objects.
+pub const NOTIFICATION_GROUP: &str = "notification.toolkit.fluxcd.io";
+
+/// Metadata keys carrying this prefix are event-level annotations (RFC-0008), kept whatever the
+/// emitting object's group.
+pub const EVENT_METADATA_PREFIX: &str = "event.toolkit.fluxcd.io/";
