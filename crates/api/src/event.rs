@@ -100,7 +100,11 @@ impl Event {
                                     map.insert(k, s);
                                 }
                                 other => {
-                                    return Err(type_error(&format!("metadata.{k}"), "string", &other));
+                                    return Err(type_error(
+                                        &format!("metadata.{k}"),
+                                        "string",
+                                        &other,
+                                    ));
                                 }
                             }
                         }
@@ -158,12 +162,21 @@ impl Event {
         ev.insert("message".into(), Value::String(self.message.clone()));
         ev.insert("reason".into(), Value::String(self.reason.clone()));
         if let Some(md) = self.metadata.as_ref().filter(|m| !m.is_empty()) {
-            let md = md.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            let md = md
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
             ev.insert("metadata".into(), Value::Object(md));
         }
-        ev.insert("reportingController".into(), Value::String(self.reporting_controller.clone()));
+        ev.insert(
+            "reportingController".into(),
+            Value::String(self.reporting_controller.clone()),
+        );
         if !self.reporting_instance.is_empty() {
-            ev.insert("reportingInstance".into(), Value::String(self.reporting_instance.clone()));
+            ev.insert(
+                "reportingInstance".into(),
+                Value::String(self.reporting_instance.clone()),
+            );
         }
         Value::Object(ev)
     }
@@ -228,7 +241,10 @@ fn type_error(field: &str, want: &str, got: &Ordered) -> DecodeError {
         Ordered::Leaf(_) => "value",
     };
     let field = if field.is_empty() { "(body)" } else { field };
-    DecodeError::Type { field: field.to_string(), reason: format!("expected {want}, got {got}") }
+    DecodeError::Type {
+        field: field.to_string(),
+        reason: format!("expected {want}, got {got}"),
+    }
 }
 
 /// A JSON value whose objects keep every entry in document order, duplicates included.
@@ -298,7 +314,10 @@ mod tests {
         assert_eq!(e.involved_object.kind, "Kustomization");
         assert_eq!(e.group(), "kustomize.toolkit.fluxcd.io");
         assert_eq!(e.reason, "ReconciliationSucceeded");
-        assert_eq!(e.metadata.unwrap()["kustomize.toolkit.fluxcd.io/revision"], "main@sha1:abc");
+        assert_eq!(
+            e.metadata.unwrap()["kustomize.toolkit.fluxcd.io/revision"],
+            "main@sha1:abc"
+        );
         assert!(e.timestamp.is_some());
     }
 
@@ -319,14 +338,24 @@ mod tests {
         assert!(Event::decode(b"[]").is_err());
         assert!(Event::decode(br#"{"timestamp":""}"#).is_err());
         assert!(Event::decode(br#"{"timestamp":123}"#).is_err());
-        assert!(Event::decode(br#"{"timestamp":null}"#).unwrap().timestamp.is_none());
+        assert!(
+            Event::decode(br#"{"timestamp":null}"#)
+                .unwrap()
+                .timestamp
+                .is_none()
+        );
         assert!(Event::decode(br#"{"involvedObject":{"name":5}}"#).is_err());
         assert!(Event::decode(br#"{"metadata":{"a":1}}"#).is_err());
         assert!(Event::decode(br#"{} x"#).is_err());
         assert!(Event::decode(br#"{"unknown":[1,{"a":2}],"severity":null}"#).is_ok());
         let e = Event::decode(br#"{"metadata":{"a":"1"},"Metadata":{"b":"2"}}"#).unwrap();
         assert_eq!(e.metadata.unwrap().len(), 2);
-        assert!(Event::decode(br#"{"metadata":{"a":"1"},"metadata":null}"#).unwrap().metadata.is_none());
+        assert!(
+            Event::decode(br#"{"metadata":{"a":"1"},"metadata":null}"#)
+                .unwrap()
+                .metadata
+                .is_none()
+        );
         let e = Event::decode(br#"{"timestamp":"2022-10-28T07:26:19.123+02:00"}"#).unwrap();
         assert!(e.timestamp.is_some());
     }
@@ -342,9 +371,13 @@ mod tests {
 
     #[test]
     fn json_form_uses_go_names_and_omitempty() {
-        let e = Event::decode(br#"{"involvedObject":{"kind":"K","name":"n"},"reason":"R"}"#).unwrap();
+        let e =
+            Event::decode(br#"{"involvedObject":{"kind":"K","name":"n"},"reason":"R"}"#).unwrap();
         let j = e.to_json();
-        assert_eq!(j["involvedObject"], serde_json::json!({"kind":"K","name":"n"}));
+        assert_eq!(
+            j["involvedObject"],
+            serde_json::json!({"kind":"K","name":"n"})
+        );
         assert_eq!(j["timestamp"], "0001-01-01T00:00:00Z");
         assert!(j.get("metadata").is_none());
     }

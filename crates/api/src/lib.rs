@@ -7,8 +7,8 @@ pub mod manifest;
 
 pub use event::{DecodeError, Event, ObjectReference};
 pub use manifest::{
-    Alert, AlertSpec, CrossNamespaceObjectReference, FieldError, LocalObjectReference, ObjectMeta,
-    Provider, ProviderSpec, Secret, COMMIT_STATUS_PROVIDER_TYPES, PROVIDER_TYPES,
+    Alert, AlertSpec, COMMIT_STATUS_PROVIDER_TYPES, CrossNamespaceObjectReference, FieldError,
+    LocalObjectReference, ObjectMeta, PROVIDER_TYPES, Provider, ProviderSpec, Secret,
 };
 
 /// The API group of Flux's notification objects.

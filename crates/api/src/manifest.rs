@@ -12,23 +12,66 @@ use serde::{Deserialize, Serialize};
 
 /// Every `spec.type` Flux's Provider CRD accepts (v1.9.3 plus the two types on `main`).
 pub const PROVIDER_TYPES: &[&str] = &[
-    "slack", "discord", "msteams", "rocket", "generic", "generic-hmac", "github", "gitlab",
-    "gitea", "giteapullrequestcomment", "bitbucketserver", "bitbucket", "azuredevops",
-    "googlechat", "googlepubsub", "webex", "sentry", "azureeventhub", "telegram", "lark",
-    "matrix", "opsgenie", "alertmanager", "grafana", "githubdispatch",
-    "githubpullrequestcomment", "gitlabmergerequestcomment", "pagerduty", "datadog", "nats",
-    "zulip", "otel", "zoom", "incident.io",
+    "slack",
+    "discord",
+    "msteams",
+    "rocket",
+    "generic",
+    "generic-hmac",
+    "github",
+    "gitlab",
+    "gitea",
+    "giteapullrequestcomment",
+    "bitbucketserver",
+    "bitbucket",
+    "azuredevops",
+    "googlechat",
+    "googlepubsub",
+    "webex",
+    "sentry",
+    "azureeventhub",
+    "telegram",
+    "lark",
+    "matrix",
+    "opsgenie",
+    "alertmanager",
+    "grafana",
+    "githubdispatch",
+    "githubpullrequestcomment",
+    "gitlabmergerequestcomment",
+    "pagerduty",
+    "datadog",
+    "nats",
+    "zulip",
+    "otel",
+    "zoom",
+    "incident.io",
 ];
 
 /// The provider types that post commit statuses.
-pub const COMMIT_STATUS_PROVIDER_TYPES: &[&str] =
-    &["github", "gitlab", "gitea", "bitbucketserver", "bitbucket", "azuredevops"];
+pub const COMMIT_STATUS_PROVIDER_TYPES: &[&str] = &[
+    "github",
+    "gitlab",
+    "gitea",
+    "bitbucketserver",
+    "bitbucket",
+    "azuredevops",
+];
 
 /// Event source kinds the Alert CRD accepts.
 pub const EVENT_SOURCE_KINDS: &[&str] = &[
-    "Bucket", "GitRepository", "Kustomization", "HelmRelease", "HelmChart", "HelmRepository",
-    "ImageRepository", "ImagePolicy", "ImageUpdateAutomation", "OCIRepository",
-    "ArtifactGenerator", "ExternalArtifact",
+    "Bucket",
+    "GitRepository",
+    "Kustomization",
+    "HelmRelease",
+    "HelmChart",
+    "HelmRepository",
+    "ImageRepository",
+    "ImagePolicy",
+    "ImageUpdateAutomation",
+    "OCIRepository",
+    "ArtifactGenerator",
+    "ExternalArtifact",
 ];
 
 /// The default `spec.timeout` of a Provider.
@@ -51,7 +94,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -149,7 +195,10 @@ impl ProviderSpec {
 
     /// `spec.timeout`, or Flux's 15 s default. Assumes `validate` passed.
     pub fn timeout(&self) -> Duration {
-        self.timeout.as_deref().and_then(parse_duration).unwrap_or(DEFAULT_PROVIDER_TIMEOUT)
+        self.timeout
+            .as_deref()
+            .and_then(parse_duration)
+            .unwrap_or(DEFAULT_PROVIDER_TIMEOUT)
     }
 
     /// The CRD's schema checks on the spec, including the CEL rule that restricts
@@ -167,21 +216,21 @@ impl ProviderSpec {
                 ),
             ));
         }
-        if let Some(i) = &self.interval {
-            if !INTERVAL.is_match(i) {
-                errors.push(FieldError::new(
-                    "spec.interval",
-                    format!("Invalid value: {i:?}: should match '{}'", INTERVAL.as_str()),
-                ));
-            }
+        if let Some(i) = &self.interval
+            && !INTERVAL.is_match(i)
+        {
+            errors.push(FieldError::new(
+                "spec.interval",
+                format!("Invalid value: {i:?}: should match '{}'", INTERVAL.as_str()),
+            ));
         }
-        if let Some(t) = &self.timeout {
-            if !TIMEOUT.is_match(t) {
-                errors.push(FieldError::new(
-                    "spec.timeout",
-                    format!("Invalid value: {t:?}: should match '{}'", TIMEOUT.as_str()),
-                ));
-            }
+        if let Some(t) = &self.timeout
+            && !TIMEOUT.is_match(t)
+        {
+            errors.push(FieldError::new(
+                "spec.timeout",
+                format!("Invalid value: {t:?}: should match '{}'", TIMEOUT.as_str()),
+            ));
         }
         for (field, value) in [
             ("spec.channel", &self.channel),
@@ -189,32 +238,32 @@ impl ProviderSpec {
             ("spec.address", &self.address),
             ("spec.proxy", &self.proxy),
         ] {
-            if let Some(v) = value {
-                if v.len() > 2048 {
-                    errors.push(FieldError::new(
-                        field,
-                        format!("Too long: may not be longer than 2048 (it has {})", v.len()),
-                    ));
-                }
-            }
-        }
-        if let Some(p) = &self.proxy {
-            if !PROXY.is_match(p) {
+            if let Some(v) = value
+                && v.len() > 2048
+            {
                 errors.push(FieldError::new(
-                    "spec.proxy",
-                    format!("Invalid value: {p:?}: should match '{}'", PROXY.as_str()),
+                    field,
+                    format!("Too long: may not be longer than 2048 (it has {})", v.len()),
                 ));
             }
+        }
+        if let Some(p) = &self.proxy
+            && !PROXY.is_match(p)
+        {
+            errors.push(FieldError::new(
+                "spec.proxy",
+                format!("Invalid value: {p:?}: should match '{}'", PROXY.as_str()),
+            ));
         }
         for (field, r) in [
             ("spec.secretRef.name", &self.secret_ref),
             ("spec.proxySecretRef.name", &self.proxy_secret_ref),
             ("spec.certSecretRef.name", &self.cert_secret_ref),
         ] {
-            if let Some(r) = r {
-                if r.name.is_empty() {
-                    errors.push(FieldError::new(field, "Required value"));
-                }
+            if let Some(r) = r
+                && r.name.is_empty()
+            {
+                errors.push(FieldError::new(field, "Required value"));
             }
         }
         if self.commit_status_expr.is_some() && !self.is_commit_status() {
@@ -321,7 +370,10 @@ impl Alert {
             if src.name.is_empty() {
                 errors.push(FieldError::new(at("name"), "Required value"));
             } else if src.name.len() > 253 {
-                errors.push(FieldError::new(at("name"), "Too long: may not be longer than 253"));
+                errors.push(FieldError::new(
+                    at("name"),
+                    "Too long: may not be longer than 253",
+                ));
             }
             if let Some(ns) = &src.namespace {
                 if ns.is_empty() {
@@ -337,9 +389,10 @@ impl Alert {
                 }
             }
         }
-        for (list, field) in
-            [(&spec.inclusion_list, "inclusionList"), (&spec.exclusion_list, "exclusionList")]
-        {
+        for (list, field) in [
+            (&spec.inclusion_list, "inclusionList"),
+            (&spec.exclusion_list, "exclusionList"),
+        ] {
             for (i, expr) in list.iter().enumerate() {
                 if let Err(e) = Regex::new(expr) {
                     errors.push(FieldError::new(
@@ -350,7 +403,10 @@ impl Alert {
             }
         }
         if spec.summary.chars().count() > 255 {
-            errors.push(FieldError::new("spec.summary", "Too long: may not be longer than 255"));
+            errors.push(FieldError::new(
+                "spec.summary",
+                "Too long: may not be longer than 255",
+            ));
         }
         errors
     }
@@ -391,12 +447,22 @@ impl Secret {
         for (k, v) in string_data {
             decoded.insert(k.clone(), v.clone().into_bytes());
         }
-        if errors.is_empty() { Ok(Secret { metadata, type_, data: decoded }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(Secret {
+                metadata,
+                type_,
+                data: decoded,
+            })
+        } else {
+            Err(errors)
+        }
     }
 
     /// A key's value as UTF-8 text (lossy: credentials are text).
     pub fn string(&self, key: &str) -> Option<String> {
-        self.data.get(key).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.data
+            .get(key)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -427,17 +493,27 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 fn quoted_list(items: &[&str]) -> String {
-    items.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn first_line(e: &regex::Error) -> String {
-    e.to_string().lines().last().unwrap_or_default().trim().to_string()
+    e.to_string()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 fn is_dns_label(s: &str) -> bool {
     s.len() <= 63
         && !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -446,7 +522,9 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|part| {
             !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !part.starts_with('-')
                 && !part.ends_with('-')
         })
@@ -460,27 +538,70 @@ mod tests {
         Provider {
             api_version: "notification.toolkit.fluxcd.io/v1beta3".into(),
             kind: "Provider".into(),
-            metadata: ObjectMeta { name: "p".into(), ..Default::default() },
+            metadata: ObjectMeta {
+                name: "p".into(),
+                ..Default::default()
+            },
             spec,
         }
     }
 
     #[test]
     fn provider_crd_rules() {
-        let ok = ProviderSpec { type_: "github".into(), ..Default::default() };
+        let ok = ProviderSpec {
+            type_: "github".into(),
+            ..Default::default()
+        };
         assert!(provider(ok.clone()).validate().is_empty());
         let bad = |spec: ProviderSpec| {
-            provider(spec).validate().into_iter().map(|e| e.field).collect::<Vec<_>>()
+            provider(spec)
+                .validate()
+                .into_iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
         };
-        assert_eq!(bad(ProviderSpec { type_: "nope".into(), ..ok.clone() }), ["spec.type"]);
-        assert_eq!(bad(ProviderSpec { timeout: Some("1h".into()), ..ok.clone() }), ["spec.timeout"]);
-        assert_eq!(bad(ProviderSpec { interval: Some("x".into()), ..ok.clone() }), ["spec.interval"]);
-        assert_eq!(bad(ProviderSpec { proxy: Some("ftp://x".into()), ..ok.clone() }), ["spec.proxy"]);
         assert_eq!(
-            bad(ProviderSpec { address: Some("a".repeat(2049)), ..ok.clone() }),
+            bad(ProviderSpec {
+                type_: "nope".into(),
+                ..ok.clone()
+            }),
+            ["spec.type"]
+        );
+        assert_eq!(
+            bad(ProviderSpec {
+                timeout: Some("1h".into()),
+                ..ok.clone()
+            }),
+            ["spec.timeout"]
+        );
+        assert_eq!(
+            bad(ProviderSpec {
+                interval: Some("x".into()),
+                ..ok.clone()
+            }),
+            ["spec.interval"]
+        );
+        assert_eq!(
+            bad(ProviderSpec {
+                proxy: Some("ftp://x".into()),
+                ..ok.clone()
+            }),
+            ["spec.proxy"]
+        );
+        assert_eq!(
+            bad(ProviderSpec {
+                address: Some("a".repeat(2049)),
+                ..ok.clone()
+            }),
             ["spec.address"]
         );
-        assert!(bad(ProviderSpec { address: Some("a".repeat(2048)), ..ok.clone() }).is_empty());
+        assert!(
+            bad(ProviderSpec {
+                address: Some("a".repeat(2048)),
+                ..ok.clone()
+            })
+            .is_empty()
+        );
         assert_eq!(
             bad(ProviderSpec {
                 type_: "slack".into(),
@@ -497,7 +618,13 @@ mod tests {
             };
             assert!(provider(spec).validate().is_empty(), "{t}");
         }
-        assert!(bad(ProviderSpec { type_: "incident.io".into(), ..Default::default() }).is_empty());
+        assert!(
+            bad(ProviderSpec {
+                type_: "incident.io".into(),
+                ..Default::default()
+            })
+            .is_empty()
+        );
     }
 
     #[test]
@@ -508,7 +635,10 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_duration("1d"), None);
-        let spec = ProviderSpec { timeout: Some("30s".into()), ..Default::default() };
+        let spec = ProviderSpec {
+            timeout: Some("30s".into()),
+            ..Default::default()
+        };
         assert_eq!(spec.timeout(), Duration::from_secs(30));
         assert_eq!(ProviderSpec::default().timeout(), Duration::from_secs(15));
     }
@@ -518,7 +648,10 @@ mod tests {
         let mut a = Alert {
             api_version: "notification.toolkit.fluxcd.io/v1beta3".into(),
             kind: "Alert".into(),
-            metadata: ObjectMeta { name: "a".into(), ..Default::default() },
+            metadata: ObjectMeta {
+                name: "a".into(),
+                ..Default::default()
+            },
             spec: AlertSpec {
                 provider_ref: LocalObjectReference { name: "p".into() },
                 event_severity: "info".into(),
@@ -537,7 +670,11 @@ mod tests {
         let fields: Vec<_> = a.validate().into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
-            ["spec.eventSeverity", "spec.eventSources[0].kind", "spec.inclusionList[0]"]
+            [
+                "spec.eventSeverity",
+                "spec.eventSources[0].kind",
+                "spec.inclusionList[0]"
+            ]
         );
     }
 
@@ -545,7 +682,10 @@ mod tests {
     fn secret_data_and_string_data() {
         let data = BTreeMap::from([("token".to_string(), "Z2hwX3g=".to_string())]);
         let sd = BTreeMap::from([("address".to_string(), "https://x".to_string())]);
-        let meta = ObjectMeta { name: "s".into(), ..Default::default() };
+        let meta = ObjectMeta {
+            name: "s".into(),
+            ..Default::default()
+        };
         let s = Secret::from_parts(meta.clone(), String::new(), &data, &sd).unwrap();
         assert_eq!(s.string("token").as_deref(), Some("ghp_x"));
         assert_eq!(s.string("address").as_deref(), Some("https://x"));
