@@ -1,0 +1,640 @@
+//! Everything that can go wrong, split by when it is found: [`ConfigError`] when a provider is
+//! loaded, [`PlanError`] when an event is turned into a status, [`DeliveryError`] when the forge
+//! is called. Only delivery errors can be retried, and [`DeliveryError::retry`] says how.
+//!
+//! Display strings of the first two follow Flux word for word where Flux has an equivalent, so
+//! that Warning events read the same after a migration.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use crate::ForgeKind;
+
+/// A provider configuration that can never work; found once, when the forge is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The forge kind exists in the API but has no implementation yet.
+    #[error("provider {0} is not supported yet")]
+    Unsupported(ForgeKind),
+    /// GitHub: neither `token` nor `password` in the secret.
+    #[error("github token or github app details must be specified")]
+    GitHubCredentials,
+    /// GitLab: neither `token` nor `password` in the secret.
+    #[error("gitlab token cannot be empty")]
+    GitLabToken,
+    /// Bitbucket Cloud: no `token` in the secret.
+    #[error("bitbucket token cannot be empty")]
+    BitbucketToken,
+    /// Bitbucket Cloud: the token is not `<user>:<password>`.
+    #[error("invalid token format, expected to be <user>:<password>")]
+    BitbucketTokenFormat,
+    /// Azure DevOps: no `token`; workload identity is not implemented.
+    #[error(
+        "failed to acquire azure devops token: the secret has no token and workload identity is not supported yet"
+    )]
+    AzureDevOpsToken,
+    /// GitHub's wording (single quotes): the id is not exactly `owner/repo`.
+    #[error("invalid repository id: '{0}'")]
+    GitHubRepositoryId(String),
+    /// Bitbucket, Azure DevOps and GitLab wording (double quotes).
+    #[error("invalid repository id \"{0}\"")]
+    RepositoryId(String),
+    /// The address does not use `http`/`https` (or `ssh`, which becomes `https`).
+    #[error("unsupported scheme type in address: {scheme}. Must be http or https")]
+    AddressScheme {
+        /// The scheme found.
+        scheme: String,
+    },
+    /// A credential that cannot be put in an HTTP header (for example a newline inside).
+    #[error("credentials contain characters that are not allowed in an HTTP header")]
+    CredentialsNotHeaderSafe,
+    /// The proxy URL is unusable. Never contains the URL itself (it may hold a password).
+    #[error("invalid proxy URL: {0}")]
+    ProxyUrl(String),
+    /// The CA bundle is not PEM or holds no certificate.
+    #[error("invalid CA certificate: {0}")]
+    CaCertificate(String),
+    /// The client certificate or key is missing its pair or is not PEM.
+    #[error("invalid client certificate: {0}")]
+    ClientCertificate(String),
+    /// The HTTP client could not be built from the TLS/proxy settings.
+    #[error("failed to build HTTP client: {0}")]
+    HttpClient(String),
+}
+
+/// Why an event cannot become a commit status on this forge. Not retryable: the same event
+/// will fail the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The commit status ID (default or from `commitStatusExpr`) is empty.
+    #[error("commit status cannot be empty")]
+    EmptyStatusId,
+    /// None of `commit`, `originRevision`, `revision` is in the metadata.
+    #[error("missing revision metadata")]
+    MissingRevision,
+    /// The chosen revision holds no 40-character SHA-1.
+    #[error("failed to extract commit hash from '{0}' revision")]
+    InvalidRevision(String),
+    /// A severity other than `info` or `error`.
+    #[error("{}", unsupported_severity(.forge))]
+    UnsupportedSeverity {
+        /// The forge whose state mapping failed.
+        forge: ForgeKind,
+        /// The severity received.
+        severity: String,
+    },
+    /// The status ID is longer than the forge accepts; sending it would only earn a 422.
+    #[error("commit status ID is {len} characters long, {forge} accepts at most {max}")]
+    StatusIdTooLong {
+        /// The forge whose limit applies.
+        forge: ForgeKind,
+        /// Length in characters.
+        len: usize,
+        /// The forge's limit.
+        max: usize,
+    },
+}
+
+fn unsupported_severity(forge: &ForgeKind) -> &'static str {
+    match forge {
+        ForgeKind::GitHub => "can't convert to github state",
+        ForgeKind::GitLab => "can't convert to gitlab state",
+        ForgeKind::Gitea => "can't convert to gitea state",
+        ForgeKind::Bitbucket => "can't convert to bitbucket state",
+        ForgeKind::BitbucketServer => {
+            "couldn't convert to bitbucket server state: bitbucket server state generated on info or error events only"
+        }
+        ForgeKind::AzureDevOps => "can't convert to azure devops state",
+    }
+}
+
+/// What to do about a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Permanent: the same request will fail the same way (bad credentials, unknown repo,
+    /// rejected body).
+    No,
+    /// Transient: try again after the caller's own backoff.
+    Backoff,
+    /// Transient, and the forge said when: not before this delay.
+    After(Duration),
+}
+
+/// A failed exchange with the forge. `Display` reads like Flux's message, including the forge's
+/// own answer, and never contains a credential.
+#[derive(Clone)]
+pub struct DeliveryError {
+    forge: ForgeKind,
+    context: Option<&'static str>,
+    method: http::Method,
+    url: String,
+    failure: Failure,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    /// The forge answered with a status we do not accept.
+    Status {
+        status: u16,
+        message: String,
+        retry: Retry,
+    },
+    /// No complete answer within the per-request timeout.
+    Timeout { after: Duration },
+    /// Connection, TLS or protocol failure before an answer.
+    Transport { message: String, retry: Retry },
+    /// The answer was not what the forge's API documents.
+    Decode { message: String },
+}
+
+impl DeliveryError {
+    pub(crate) fn new(
+        forge: ForgeKind,
+        context: Option<&'static str>,
+        method: http::Method,
+        url: String,
+        failure: Failure,
+    ) -> Self {
+        Self {
+            forge,
+            context,
+            method,
+            url,
+            failure,
+        }
+    }
+
+    /// Replaces every occurrence of the given values (credentials) in the text. The forge's
+    /// answer is copied into the message, and some servers echo what they were sent.
+    /// Values shorter than [`MIN_SCRUB_LEN`] are left alone: replacing every `t` of a message
+    /// would destroy it, and such a value protects nothing.
+    pub(crate) fn scrub(mut self, secrets: &[String]) -> Self {
+        let clean = |s: &mut String| {
+            for secret in secrets.iter().filter(|s| s.len() >= MIN_SCRUB_LEN) {
+                if s.contains(secret.as_str()) {
+                    *s = s.replace(secret.as_str(), "*****");
+                }
+            }
+        };
+        clean(&mut self.url);
+        match &mut self.failure {
+            Failure::Status { message, .. }
+            | Failure::Transport { message, .. }
+            | Failure::Decode { message } => clean(message),
+            Failure::Timeout { .. } => {}
+        }
+        self
+    }
+
+    /// How the caller should react.
+    pub fn retry(&self) -> Retry {
+        match &self.failure {
+            Failure::Status { retry, .. } | Failure::Transport { retry, .. } => *retry,
+            Failure::Timeout { .. } => Retry::Backoff,
+            Failure::Decode { .. } => Retry::No,
+        }
+    }
+
+    /// The HTTP status the forge answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match &self.failure {
+            Failure::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The forge that was called.
+    pub fn forge(&self) -> ForgeKind {
+        self.forge
+    }
+
+    /// Whether the request ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.failure, Failure::Timeout { .. })
+    }
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(context) = self.context {
+            write!(f, "{context}: ")?;
+        }
+        write!(f, "{} {}: ", self.method, self.url)?;
+        match &self.failure {
+            Failure::Status {
+                status, message, ..
+            } => write!(f, "{status} {message}"),
+            Failure::Timeout { after } => write!(f, "request timed out after {after:?}"),
+            Failure::Transport { message, .. } => f.write_str(message),
+            Failure::Decode { message } => write!(f, "could not decode the response: {message}"),
+        }
+    }
+}
+
+impl fmt::Debug for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveryError")
+            .field("forge", &self.forge)
+            .field("context", &self.context)
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("failure", &self.failure)
+            .finish()
+    }
+}
+
+impl std::error::Error for DeliveryError {}
+
+/// Shortest credential value scrubbed from error texts.
+const MIN_SCRUB_LEN: usize = 4;
+
+// === response classification ===
+
+/// Longest forge message copied into an error; enough for GitHub's validation details.
+const MAX_MESSAGE_CHARS: usize = 500;
+
+/// GitHub asks for at least a minute when a secondary limit hits without `Retry-After`.
+const SECONDARY_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Values above this in a reset header are epoch seconds, below it a delay (GitHub sends epoch
+/// seconds, the IETF `RateLimit-Reset` draft a delay).
+const EPOCH_THRESHOLD: u64 = 1_000_000_000;
+
+/// Whether an unaccepted answer is worth retrying, and when.
+pub(crate) fn classify(
+    forge: ForgeKind,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> Retry {
+    let rate_limited = status == 429 || (status == 403 && is_rate_limit_403(headers, body));
+    let transient = rate_limited
+        || status == 408
+        || (status >= 500 && status != 501)
+        // GitLab: "Another update to this commit status is in progress" (a per-SHA lock).
+        || (status == 409 && forge == ForgeKind::GitLab);
+    if !transient {
+        return Retry::No;
+    }
+    if let Some(after) = retry_after(headers, now) {
+        return Retry::After(after);
+    }
+    if rate_limited {
+        if let Some(after) = ["x-ratelimit-reset", "ratelimit-reset"]
+            .iter()
+            .find_map(|name| reset_delay(headers, name, now))
+        {
+            return Retry::After(after);
+        }
+        if status == 403 {
+            return Retry::After(SECONDARY_RATE_LIMIT_WAIT);
+        }
+    }
+    Retry::Backoff
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// GitHub answers an exhausted primary or secondary rate limit with 403 instead of 429.
+fn is_rate_limit_403(headers: &HeaderMap, body: &[u8]) -> bool {
+    header(headers, "x-ratelimit-remaining") == Some("0")
+        || String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("secondary rate limit")
+}
+
+/// `Retry-After` as delay-seconds or HTTP-date.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = header(headers, "retry-after")?;
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at = u64::try_from(at.timestamp()).ok()?;
+    until(at, now)
+}
+
+fn reset_delay(headers: &HeaderMap, name: &str, now: SystemTime) -> Option<Duration> {
+    let value = header(headers, name)?.parse::<u64>().ok()?;
+    if value > EPOCH_THRESHOLD {
+        until(value, now)
+    } else {
+        Some(Duration::from_secs(value))
+    }
+}
+
+fn until(epoch_secs: u64, now: SystemTime) -> Option<Duration> {
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    // A reset already in the past says nothing useful; let the caller back off.
+    epoch_secs
+        .checked_sub(now)
+        .filter(|d| *d > 0)
+        .map(Duration::from_secs)
+}
+
+/// The forge's own explanation of an error answer: the JSON `message` (GitHub, GitLab, Azure),
+/// `error.message` (Bitbucket) or `error`, GitHub's `errors` list, else a short plain-text
+/// body, else the reason phrase. HTML pages (Azure's sign-in page) are never copied.
+pub(crate) fn forge_message(status: u16, body: &[u8]) -> String {
+    let message = json_message(body)
+        .or_else(|| text_message(body))
+        .unwrap_or_default();
+    // GitLab repeats the code in its message ("401 Unauthorized"); the code is printed anyway.
+    let message = message
+        .strip_prefix(&format!("{status} "))
+        .unwrap_or(&message)
+        .trim();
+    if message.is_empty() {
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason());
+        return reason.unwrap_or_default().to_owned();
+    }
+    sanitize(message)
+}
+
+fn json_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let as_text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut message = value
+        .get("message")
+        .map(as_text)
+        .or_else(|| value.pointer("/error/message").map(as_text))
+        .or_else(|| value.get("error").map(as_text))?;
+    if let Some(errors) = value
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .filter(|e| !e.is_empty())
+    {
+        let details: Vec<String> = errors
+            .iter()
+            .map(|e| e.get("message").map_or_else(|| as_text(e), as_text))
+            .collect();
+        message = format!("{message} [{}]", details.join(", "));
+    }
+    Some(message)
+}
+
+fn text_message(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('<') {
+        return None;
+    }
+    text.lines().next().map(str::to_owned)
+}
+
+fn sanitize(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_MESSAGE_CHARS)
+        .collect();
+    if s.chars().count() > MAX_MESSAGE_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(NOW)
+    }
+
+    #[test]
+    fn classification_table() {
+        let gh = ForgeKind::GitHub;
+        let reset = (NOW + 120).to_string();
+        let cases: Vec<(ForgeKind, u16, HeaderMap, &str, Retry)> = vec![
+            (gh, 401, headers(&[]), "", Retry::No),
+            (
+                gh,
+                403,
+                headers(&[]),
+                "{\"message\":\"Resource not accessible\"}",
+                Retry::No,
+            ),
+            (gh, 404, headers(&[]), "", Retry::No),
+            (gh, 422, headers(&[]), "", Retry::No),
+            (
+                ForgeKind::AzureDevOps,
+                203,
+                headers(&[]),
+                "<html>",
+                Retry::No,
+            ),
+            (gh, 400, headers(&[]), "", Retry::No),
+            (gh, 409, headers(&[]), "", Retry::No),
+            (ForgeKind::GitLab, 409, headers(&[]), "", Retry::Backoff),
+            (gh, 408, headers(&[]), "", Retry::Backoff),
+            (gh, 500, headers(&[]), "", Retry::Backoff),
+            (gh, 501, headers(&[]), "", Retry::No),
+            (gh, 502, headers(&[]), "", Retry::Backoff),
+            (
+                gh,
+                503,
+                headers(&[("retry-after", "7")]),
+                "",
+                Retry::After(Duration::from_secs(7)),
+            ),
+            (gh, 429, headers(&[]), "", Retry::Backoff),
+            (
+                gh,
+                429,
+                headers(&[("retry-after", "30")]),
+                "",
+                Retry::After(Duration::from_secs(30)),
+            ),
+            (
+                gh,
+                429,
+                headers(&[("retry-after", "Tue, 14 Nov 2023 22:14:20 GMT")]),
+                "",
+                Retry::After(Duration::from_secs(60)),
+            ),
+            (
+                gh,
+                403,
+                headers(&[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", &reset),
+                ]),
+                "",
+                Retry::After(Duration::from_secs(120)),
+            ),
+            (
+                gh,
+                403,
+                headers(&[]),
+                "{\"message\":\"You have exceeded a secondary rate limit.\"}",
+                Retry::After(SECONDARY_RATE_LIMIT_WAIT),
+            ),
+            (
+                ForgeKind::GitLab,
+                429,
+                headers(&[("ratelimit-reset", &reset)]),
+                "Retry later",
+                Retry::After(Duration::from_secs(120)),
+            ),
+            (
+                ForgeKind::GitLab,
+                429,
+                headers(&[("ratelimit-reset", "15")]),
+                "",
+                Retry::After(Duration::from_secs(15)),
+            ),
+            // A reset header on a plain server error is not a promise of recovery.
+            (
+                gh,
+                502,
+                headers(&[("x-ratelimit-reset", &reset)]),
+                "",
+                Retry::Backoff,
+            ),
+            // A reset time already passed.
+            (
+                gh,
+                429,
+                headers(&[("x-ratelimit-reset", "1600000000")]),
+                "",
+                Retry::Backoff,
+            ),
+        ];
+        for (forge, status, h, body, want) in cases {
+            assert_eq!(
+                classify(forge, status, &h, body.as_bytes(), now()),
+                want,
+                "{status} {h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(
+            forge_message(
+                422,
+                br#"{"message":"Validation Failed","errors":[{"resource":"Status","code":"custom","field":"description","message":"description is too long (maximum is 140 characters)"}]}"#
+            ),
+            "Validation Failed [description is too long (maximum is 140 characters)]"
+        );
+        assert_eq!(
+            forge_message(401, br#"{"message":"401 Unauthorized"}"#),
+            "Unauthorized"
+        );
+        assert_eq!(
+            forge_message(
+                403,
+                br#"{"type":"error","error":{"message":"Your credentials lack one or more required privilege scopes."}}"#
+            ),
+            "Your credentials lack one or more required privilege scopes."
+        );
+        assert_eq!(
+            forge_message(203, b"<html><body>Sign in</body></html>"),
+            "Non Authoritative Information"
+        );
+        assert_eq!(forge_message(404, b""), "Not Found");
+        assert_eq!(forge_message(429, b"Retry later\n"), "Retry later");
+        assert_eq!(
+            forge_message(400, br#"{"message":{"state":["is invalid"]}}"#),
+            "{\"state\":[\"is invalid\"]}"
+        );
+        assert_eq!(
+            forge_message(400, br#"{"error":"state does not have a valid value"}"#),
+            "state does not have a valid value"
+        );
+        assert_eq!(forge_message(599, b""), "");
+        assert!(
+            forge_message(500, "a".repeat(2000).as_bytes())
+                .chars()
+                .count()
+                <= MAX_MESSAGE_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn plan_error_strings() {
+        let e = |forge| PlanError::UnsupportedSeverity {
+            forge,
+            severity: "trace".into(),
+        };
+        assert_eq!(
+            e(ForgeKind::GitHub).to_string(),
+            "can't convert to github state"
+        );
+        assert_eq!(
+            e(ForgeKind::GitLab).to_string(),
+            "can't convert to gitlab state"
+        );
+        assert_eq!(
+            e(ForgeKind::Bitbucket).to_string(),
+            "can't convert to bitbucket state"
+        );
+        assert_eq!(
+            e(ForgeKind::AzureDevOps).to_string(),
+            "can't convert to azure devops state"
+        );
+        assert_eq!(
+            PlanError::EmptyStatusId.to_string(),
+            "commit status cannot be empty"
+        );
+        assert_eq!(
+            PlanError::StatusIdTooLong {
+                forge: ForgeKind::GitHub,
+                len: 300,
+                max: 255
+            }
+            .to_string(),
+            "commit status ID is 300 characters long, github accepts at most 255"
+        );
+    }
+
+    #[test]
+    fn scrub_and_display() {
+        let err = DeliveryError::new(
+            ForgeKind::GitHub,
+            Some("could not create commit status"),
+            http::Method::POST,
+            "https://api.github.com/repos/o/r/statuses/abc".into(),
+            Failure::Status {
+                status: 401,
+                message: "Bad credentials: ghp_x".into(),
+                retry: Retry::No,
+            },
+        )
+        .scrub(&["ghp_x".into(), String::new(), "t".into()]);
+        assert_eq!(
+            err.to_string(),
+            "could not create commit status: POST https://api.github.com/repos/o/r/statuses/abc: 401 Bad credentials: *****"
+        );
+        assert!(!format!("{err:?}").contains("ghp_x"));
+        assert_eq!(err.status(), Some(401));
+        assert_eq!(err.retry(), Retry::No);
+    }
+}

@@ -1,0 +1,162 @@
+//! Bitbucket Cloud: `user:app-password` credentials, the fixed API host, build statuses keyed by
+//! the SHA-1 of the status ID, and the "same state and description" duplicate rule.
+
+use http::Method;
+use serde::Deserialize;
+
+use super::encode::{JsonObject, path_segment};
+use super::{Protocol, State, StatusEvent, Wanted, basic_auth, header_secrets, sha1_hex};
+use crate::address::GitAddress;
+use crate::describe::{object_name, truncate_chars};
+use crate::transport::USER_AGENT;
+use crate::{ConfigError, Credentials, ForgeKind, ForgeRequest, PlanError, Secret};
+
+/// Overrides the API base, as the Go SDK does (tests, proxies).
+pub(crate) const API_BASE_ENV: &str = "BITBUCKET_API_BASE_URL";
+const DEFAULT_API_BASE: &str = "https://api.bitbucket.org/2.0";
+/// Flux's constant status link; Bitbucket requires an absolute URL.
+const STATUS_URL: &str = "https://bitbucket.org";
+/// Longer names are rejected with 400 (reported by Atlassian integrators).
+const MAX_NAME_CHARS: usize = 255;
+
+#[derive(Debug)]
+pub(crate) struct Bitbucket {
+    /// Without trailing `/`.
+    api: String,
+    owner: String,
+    repo: String,
+    authorization: Secret,
+    /// The app password alone, scrubbed from errors like the whole token.
+    password: Secret,
+}
+
+impl Bitbucket {
+    /// The address host is ignored: Bitbucket Cloud has one API host.
+    pub(crate) fn new(
+        address: &str,
+        credentials: &Credentials,
+        api_base: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let token = credentials.token().ok_or(ConfigError::BitbucketToken)?;
+        let address = GitAddress::parse(address);
+        let (user, password) = match token.split(':').collect::<Vec<_>>()[..] {
+            [user, password] => (user, password),
+            _ => return Err(ConfigError::BitbucketTokenFormat),
+        };
+        let (owner, repo) = match address.segments()[..] {
+            [owner, repo] if !owner.is_empty() && !repo.is_empty() => {
+                (owner.to_owned(), repo.to_owned())
+            }
+            _ => return Err(ConfigError::RepositoryId(address.id)),
+        };
+        let api = api_base.unwrap_or_else(|| DEFAULT_API_BASE.to_owned());
+        Ok(Self {
+            api: api.trim().trim_end_matches('/').to_owned(),
+            owner,
+            repo,
+            authorization: Secret::new(basic_auth(user, password)),
+            password: Secret::new(password),
+        })
+    }
+
+    fn statuses_url(&self, sha: &str) -> String {
+        format!(
+            "{}/repositories/{}/{}/commit/{}/statuses/build",
+            self.api,
+            path_segment(&self.owner),
+            path_segment(&self.repo),
+            path_segment(sha)
+        )
+    }
+
+    fn request(&self, method: Method, url: String) -> ForgeRequest {
+        ForgeRequest::new(method, url)
+            .header("Authorization", self.authorization.expose())
+            .header("User-Agent", USER_AGENT)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BuildStatus {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl Protocol for Bitbucket {
+    fn kind(&self) -> ForgeKind {
+        ForgeKind::Bitbucket
+    }
+
+    fn state_name(&self, state: State) -> &'static str {
+        match state {
+            State::Success => "SUCCESSFUL",
+            State::Failure => "FAILED",
+            State::InProgress => "INPROGRESS",
+        }
+    }
+
+    fn wanted(
+        &self,
+        ev: &StatusEvent<'_>,
+        sha: String,
+        state: &'static str,
+        description: String,
+    ) -> Result<Wanted, PlanError> {
+        // The key is limited to 40 characters; a SHA-1 hex of the ID always fits.
+        Ok(Wanted {
+            sha,
+            state,
+            description,
+            context: sha1_hex(ev.status_id),
+            genre: None,
+        })
+    }
+
+    fn read_request(&self, wanted: &Wanted) -> ForgeRequest {
+        let url = format!(
+            "{}/{}",
+            self.statuses_url(&wanted.sha),
+            path_segment(&wanted.context)
+        );
+        self.request(Method::GET, url)
+    }
+
+    fn is_duplicate(&self, wanted: &Wanted, body: &[u8]) -> Result<bool, serde_json::Error> {
+        let existing: BuildStatus = serde_json::from_slice(body)?;
+        Ok(existing.state.as_deref() == Some(wanted.state)
+            && existing.description.as_deref().unwrap_or_default() == wanted.description)
+    }
+
+    fn write_request(&self, ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
+        let name = truncate_chars(&object_name(ev.kind, ev.name), MAX_NAME_CHARS);
+        let body = JsonObject::new(true)
+            .str("key", &wanted.context)
+            .str("url", STATUS_URL)
+            .str("state", wanted.state)
+            .str("name", &name)
+            .str("description", &wanted.description)
+            .finish();
+        self.request(Method::POST, self.statuses_url(&wanted.sha))
+            .json("application/json", body.into_bytes())
+    }
+
+    fn secret_values(&self) -> Vec<String> {
+        let mut values = header_secrets(&self.authorization);
+        values.push(self.password.expose().to_owned());
+        values
+    }
+
+    fn read_context(&self) -> &'static str {
+        "could not get commit status"
+    }
+
+    fn write_context(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn absent_on_not_found(&self) -> bool {
+        true
+    }
+}

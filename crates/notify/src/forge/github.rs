@@ -1,0 +1,182 @@
+//! GitHub and GitHub Enterprise Server: API base from the address, the statuses list/create
+//! exchange, and GitHub's "first status with our context" duplicate rule.
+
+use http::Method;
+use serde::Deserialize;
+
+use super::encode::{JsonObject, path_segment};
+use super::{Protocol, State, StatusEvent, Wanted, header_safe, header_secrets, require_http};
+use crate::address::GitAddress;
+use crate::describe::truncate_chars;
+use crate::transport::USER_AGENT;
+use crate::{ConfigError, Credentials, ForgeKind, ForgeRequest, PlanError, Secret};
+
+/// GitHub rejects longer descriptions with 422 ("description is too long").
+const MAX_DESCRIPTION_CHARS: usize = 140;
+/// Longer contexts get a 422 (observed, undocumented).
+const MAX_CONTEXT_CHARS: usize = 255;
+/// First page only, as Flux; a status we posted is among the newest.
+const LIST_PAGE_SIZE: u32 = 50;
+
+#[derive(Debug)]
+pub(crate) struct GitHub {
+    /// Ends with `/`.
+    api: String,
+    owner: String,
+    repo: String,
+    authorization: Secret,
+}
+
+impl GitHub {
+    pub(crate) fn new(address: &str, credentials: &Credentials) -> Result<Self, ConfigError> {
+        let token = credentials
+            .token_or_password()
+            .ok_or(ConfigError::GitHubCredentials)?;
+        let address = GitAddress::parse(address);
+        let (owner, repo) = match address.segments()[..] {
+            [owner, repo] if !owner.is_empty() && !repo.is_empty() => {
+                (owner.to_owned(), repo.to_owned())
+            }
+            _ => return Err(ConfigError::GitHubRepositoryId(address.id)),
+        };
+        require_http(&address)?;
+        Ok(Self {
+            api: api_base(&address),
+            owner,
+            repo,
+            authorization: header_safe(format!("Bearer {token}"))?,
+        })
+    }
+
+    fn repo_url(&self) -> String {
+        format!(
+            "{}repos/{}/{}",
+            self.api,
+            path_segment(&self.owner),
+            path_segment(&self.repo)
+        )
+    }
+
+    fn request(&self, method: Method, url: String) -> ForgeRequest {
+        ForgeRequest::new(method, url)
+            .header("Authorization", self.authorization.expose())
+            .header("Accept", "application/vnd.github.v3+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .header("User-Agent", USER_AGENT)
+    }
+}
+
+/// github.com → the public API host; anything else is GitHub Enterprise Server under
+/// `/api/v3/`, unless the address already names an API host (go-github's rule).
+fn api_base(address: &GitAddress) -> String {
+    let authority = address.authority.as_str();
+    if authority == "github.com" {
+        "https://api.github.com/".to_owned()
+    } else if authority.starts_with("api.") || authority.contains(".api.") {
+        format!("{}/", address.host)
+    } else {
+        format!("{}/api/v3/", address.host)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RepoStatus {
+    pub context: Option<String>,
+    pub state: Option<String>,
+    pub description: Option<String>,
+}
+
+/// The first complete status with our context decides; an older one further down the list is
+/// history, not the current state.
+pub(crate) fn duplicate(existing: &[RepoStatus], wanted: &Wanted) -> bool {
+    existing
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.context.as_deref()?,
+                s.state.as_deref()?,
+                s.description.as_deref()?,
+            ))
+        })
+        .find(|(context, _, _)| *context == wanted.context)
+        .is_some_and(|(_, state, description)| {
+            state == wanted.state && description == wanted.description
+        })
+}
+
+impl Protocol for GitHub {
+    fn kind(&self) -> ForgeKind {
+        ForgeKind::GitHub
+    }
+
+    fn state_name(&self, state: State) -> &'static str {
+        match state {
+            State::Success => "success",
+            State::Failure => "failure",
+            State::InProgress => "pending",
+        }
+    }
+
+    fn wanted(
+        &self,
+        ev: &StatusEvent<'_>,
+        sha: String,
+        state: &'static str,
+        description: String,
+    ) -> Result<Wanted, PlanError> {
+        let len = ev.status_id.chars().count();
+        if len > MAX_CONTEXT_CHARS {
+            return Err(PlanError::StatusIdTooLong {
+                forge: ForgeKind::GitHub,
+                len,
+                max: MAX_CONTEXT_CHARS,
+            });
+        }
+        Ok(Wanted {
+            sha,
+            state,
+            description: truncate_chars(&description, MAX_DESCRIPTION_CHARS),
+            context: ev.status_id.to_owned(),
+            genre: None,
+        })
+    }
+
+    fn read_request(&self, wanted: &Wanted) -> ForgeRequest {
+        let url = format!(
+            "{}/commits/{}/statuses?per_page={LIST_PAGE_SIZE}",
+            self.repo_url(),
+            path_segment(&wanted.sha)
+        );
+        self.request(Method::GET, url)
+    }
+
+    fn is_duplicate(&self, wanted: &Wanted, body: &[u8]) -> Result<bool, serde_json::Error> {
+        let existing: Vec<RepoStatus> = serde_json::from_slice(body)?;
+        Ok(duplicate(&existing, wanted))
+    }
+
+    fn write_request(&self, _ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
+        let url = format!("{}/statuses/{}", self.repo_url(), path_segment(&wanted.sha));
+        // go-github encodes without HTML escaping and ends the body with a newline.
+        let mut body = JsonObject::new(false)
+            .str("state", wanted.state)
+            .str("description", &wanted.description)
+            .str("context", &wanted.context)
+            .finish();
+        body.push('\n');
+        self.request(Method::POST, url)
+            .json("application/json", body.into_bytes())
+    }
+
+    fn secret_values(&self) -> Vec<String> {
+        header_secrets(&self.authorization)
+    }
+
+    fn read_context(&self) -> &'static str {
+        "could not list commit statuses"
+    }
+
+    fn write_context(&self) -> Option<&'static str> {
+        Some("could not create commit status")
+    }
+}

@@ -1,0 +1,22 @@
+//! Forge protocol knowledge and the one transport that speaks it: from a commit status to the
+//! exact HTTP exchange each Git forge expects, and the outcome of sending it.
+//!
+//! The split follows `reference/design.md` §7.2: everything under [`forge`] is sans-I/O (it
+//! builds [`ForgeRequest`]s and reads response bodies), and [`Forge::execute`] is the only code
+//! that touches the network. Nothing here knows about Kubernetes or manifests; the controller
+//! hands in a [`ForgeConfig`] and a [`StatusEvent`].
+
+pub mod address;
+pub mod describe;
+mod error;
+pub mod forge;
+mod request;
+pub mod revision;
+mod secret;
+mod transport;
+
+pub use error::{ConfigError, DeliveryError, PlanError, Retry};
+pub use forge::{Forge, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};
+pub use request::ForgeRequest;
+pub use secret::Secret;
+pub use transport::{ClientCache, Credentials, ForgeConfig, NetworkConfig, ProxyConfig, TlsConfig};
