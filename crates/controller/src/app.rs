@@ -1,0 +1,302 @@
+//! Process wiring: builds the shared state once from the flags, starts the servers, the
+//! manifest watcher and the delivery workers, and shuts them down in order on SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::routing::get;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use notify::{ClientCache, ProgressingMode};
+
+use crate::args::{Args, Progressing};
+use crate::catalog::Catalog;
+use crate::dispatch::{Dispatcher, LastPosted};
+use crate::manifests;
+use crate::ratelimit::Limiter;
+use crate::route::RouteSettings;
+use crate::server::{self, EventState, SharedCatalog};
+
+/// Delivery shards (and workers). Per-status ordering holds within a shard, so more shards
+/// only add parallelism across statuses.
+const SHARDS: usize = 16;
+/// Jobs each shard may hold before the event API starts answering 503.
+const SHARD_CAPACITY: usize = 4096;
+/// How long in-flight work may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the manifests are re-listed in case a file-system notification was missed.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        events_addr,
+        metrics_addr,
+        health_addr,
+        rate_limit_interval,
+        no_cross_namespace_refs,
+        log_level: _,
+        log_encoding: _,
+        manifests,
+        data_dir,
+        progressing_status,
+        watch_all_namespaces: _,
+    } = args;
+
+    if manifests.is_empty() {
+        bail!(
+            "Kubernetes mode is not available in this build yet: run standalone with --manifests PATH"
+        );
+    }
+    for path in &manifests {
+        if !path.exists() {
+            bail!("--manifests {}: no such file or directory", path.display());
+        }
+    }
+    if let Some(dir) = &data_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--data-dir {}: cannot create directory", dir.display()))?;
+    }
+
+    let clients = ClientCache::new();
+    let catalog: SharedCatalog = Arc::new(RwLock::new(Arc::new(Catalog::default())));
+    let mut reporter = Reporter::default();
+    reload(&manifests, &clients, &catalog, &mut reporter);
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_manifests(
+        manifests.clone(),
+        clients.clone(),
+        catalog.clone(),
+        reporter,
+        shutdown.clone(),
+    ));
+
+    let limiter = Arc::new(Limiter::new(rate_limit_interval));
+    {
+        let limiter = limiter.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(limiter.interval().max(Duration::from_secs(1)));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => limiter.sweep(),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    let memory = Arc::new(LastPosted::default());
+    let (dispatcher, mut workers) = Dispatcher::start(SHARDS, SHARD_CAPACITY, memory);
+    let settings = RouteSettings {
+        no_cross_namespace_refs,
+        progressing: match progressing_status {
+            Progressing::Pending => ProgressingMode::Pending,
+            Progressing::Skip => ProgressingMode::Skip,
+        },
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let events_listener = server::bind(&events_addr)
+        .await
+        .with_context(|| format!("--events-addr {events_addr}: cannot listen"))?;
+    let health_listener = server::bind(&health_addr)
+        .await
+        .with_context(|| format!("--health-addr {health_addr}: cannot listen"))?;
+    let metrics_listener = server::bind(&metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {metrics_addr}: cannot listen"))?;
+    tracing::info!(
+        events = %events_listener.local_addr()?,
+        health = %health_listener.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
+        "listening"
+    );
+
+    let events = server::events_router(EventState {
+        catalog: catalog.clone(),
+        limiter,
+        dispatcher: dispatcher.clone(),
+        settings,
+    });
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(server::serve(
+        events_listener,
+        events,
+        shutdown.clone(),
+        SHUTDOWN_GRACE,
+    ));
+    servers.spawn(server::serve(
+        health_listener,
+        server::health_router(ready.clone()),
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    let metrics = Router::new().route("/metrics", get(|| async { "# EOF\n" }));
+    servers.spawn(server::serve(
+        metrics_listener,
+        metrics,
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    ready.store(true, Ordering::Release);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new events accepted, finishing in-flight deliveries");
+    ready.store(false, Ordering::Release);
+    shutdown.cancel();
+    while servers.join_next().await.is_some() {}
+    dispatcher.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("deliveries still running after the grace period were abandoned");
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Reports each manifest problem once, not on every reload.
+#[derive(Default)]
+struct Reporter {
+    reported: std::collections::BTreeSet<String>,
+}
+
+fn reload(
+    paths: &[PathBuf],
+    clients: &ClientCache,
+    catalog: &SharedCatalog,
+    reporter: &mut Reporter,
+) {
+    let load = manifests::load(paths);
+    let mut now = std::collections::BTreeSet::new();
+    for p in &load.problems {
+        let text = p.to_string();
+        if !reporter.reported.contains(&text) {
+            tracing::error!(file = %p.origin.file.display(), document = p.origin.document, object = p.object.as_deref().unwrap_or(""), field = p.field.as_deref().unwrap_or(""), "invalid manifest skipped: {text}");
+        }
+        now.insert(text);
+    }
+    for w in &load.warnings {
+        let text = w.to_string();
+        if !reporter.reported.contains(&text) {
+            tracing::warn!(file = %w.origin.file.display(), document = w.origin.document, object = %w.object, field = %w.field, "{text}");
+        }
+        now.insert(text);
+    }
+    let files = load.files;
+    let problems = load.problems.len();
+    let built = Catalog::build(load.objects, clients, false);
+    for p in built.providers() {
+        if let Some(Err(e)) = &p.forge {
+            let text = format!("Provider/{}: {e}", p.key());
+            if !reporter.reported.contains(&text) {
+                tracing::warn!(provider = %p.key(), "provider cannot post commit statuses until fixed: {e}");
+            }
+            now.insert(text);
+        }
+    }
+    reporter.reported = now;
+    let (providers, alerts, secrets) = built.counts();
+    *catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(built);
+    tracing::info!(
+        files,
+        providers,
+        alerts,
+        secrets,
+        invalid = problems,
+        "manifests loaded"
+    );
+}
+
+/// Reloads on file-system notifications (fast) and on a periodic re-listing (robust against
+/// missed notifications, e.g. ConfigMap symlink swaps).
+async fn watch_manifests(
+    paths: Vec<PathBuf>,
+    clients: ClientCache,
+    catalog: SharedCatalog,
+    mut reporter: Reporter,
+    shutdown: CancellationToken,
+) {
+    use notify_watch::{RecursiveMode, Watcher};
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let watcher =
+        notify_watch::recommended_watcher(move |res: notify_watch::Result<notify_watch::Event>| {
+            if res.is_ok() {
+                let _ = tx.try_send(());
+            }
+        });
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            for p in &paths {
+                let (target, mode) = if p.is_dir() {
+                    (p.clone(), RecursiveMode::Recursive)
+                } else {
+                    // Editors replace files by renaming; watching the directory sees that.
+                    (
+                        p.parent().map(PathBuf::from).unwrap_or_else(|| ".".into()),
+                        RecursiveMode::NonRecursive,
+                    )
+                };
+                let target = if target.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    target
+                };
+                if let Err(e) = w.watch(&target, mode) {
+                    tracing::warn!(path = %target.display(), error = %e, "cannot watch; relying on periodic re-listing");
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "file-system notifications unavailable; relying on periodic re-listing");
+            None
+        }
+    };
+    let mut last = manifests::fingerprint(&paths);
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    loop {
+        let notified = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = rx.recv() => true,
+            _ = poll.tick() => false,
+        };
+        if notified {
+            tokio::time::sleep(manifests::DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+        }
+        let now = manifests::fingerprint(&paths);
+        if now != last || notified {
+            last = now;
+            let paths = paths.clone();
+            let clients = clients.clone();
+            let catalog = catalog.clone();
+            reporter = tokio::task::spawn_blocking(move || {
+                reload(&paths, &clients, &catalog, &mut reporter);
+                reporter
+            })
+            .await
+            .unwrap_or_default();
+        }
+    }
+}

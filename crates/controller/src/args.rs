@@ -1,0 +1,150 @@
+//! Command-line flags, with Flux's names and defaults where Flux has the flag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Posts Git commit statuses for Flux events: a drop-in replacement for the commit-status part
+/// of Flux's notification-controller.
+///
+/// With --manifests it runs standalone, reading Provider, Alert and Secret YAML from disk;
+/// without it, it runs in Kubernetes.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "commit-status-controller", version, about, long_about)]
+pub struct Args {
+    /// The address the event endpoint binds to (Flux controllers POST events here).
+    #[arg(long, default_value = ":9090", value_name = "ADDR")]
+    pub events_addr: String,
+
+    /// The address the metric endpoint binds to.
+    #[arg(long, default_value = ":8080", value_name = "ADDR")]
+    pub metrics_addr: String,
+
+    /// The address the health endpoint binds to (/healthz, /readyz).
+    #[arg(long, default_value = ":9440", value_name = "ADDR")]
+    pub health_addr: String,
+
+    /// Interval in which identical events are rate-limited (duplicates get HTTP 429).
+    #[arg(long, default_value = "5m", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub rate_limit_interval: Duration,
+
+    /// When set, an Alert may only select events from objects in its own namespace.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    pub no_cross_namespace_refs: bool,
+
+    /// Log verbosity: trace, debug, info or error.
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogEncoding::Json)]
+    pub log_encoding: LogEncoding,
+
+    /// Standalone mode: a manifest file, or a directory read recursively for *.yaml/*.yml.
+    /// Repeatable. Changes are picked up without a restart.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+
+    /// Directory for state that must survive restarts (created if missing).
+    #[arg(long, value_name = "PATH")]
+    pub data_dir: Option<PathBuf>,
+
+    /// What a `Progressing` event posts: the forge's in-progress state (pending), or nothing,
+    /// as Flux does (skip).
+    #[arg(long, value_enum, default_value_t = Progressing::Pending)]
+    pub progressing_status: Progressing,
+
+    /// Watch Alerts and Providers in all namespaces (false: only $RUNTIME_NAMESPACE).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
+    pub watch_all_namespaces: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogEncoding {
+    Json,
+    Console,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progressing {
+    Pending,
+    Skip,
+}
+
+/// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, `5m`); units ns, us, µs, ms, s, m, h.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("invalid duration {s:?}: use a Go duration such as 30s, 5m or 1h");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if end == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..end].parse().map_err(|_| err())?;
+        rest = &rest[end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_go_duration("5").is_err());
+        assert!(parse_go_duration("").is_err());
+        assert!(parse_go_duration("m").is_err());
+    }
+
+    #[test]
+    fn flux_defaults_and_bool_forms() {
+        let a = Args::parse_from(["x"]);
+        assert_eq!(a.events_addr, ":9090");
+        assert_eq!(a.metrics_addr, ":8080");
+        assert_eq!(a.health_addr, ":9440");
+        assert_eq!(a.rate_limit_interval, Duration::from_secs(300));
+        assert!(!a.no_cross_namespace_refs);
+        assert_eq!(a.log_encoding, LogEncoding::Json);
+        assert_eq!(a.progressing_status, Progressing::Pending);
+        assert!(Args::parse_from(["x", "--no-cross-namespace-refs"]).no_cross_namespace_refs);
+        assert!(Args::parse_from(["x", "--no-cross-namespace-refs=true"]).no_cross_namespace_refs);
+        assert!(!Args::parse_from(["x", "--watch-all-namespaces=false"]).watch_all_namespaces);
+        let a = Args::parse_from([
+            "x",
+            "--manifests",
+            "a",
+            "--manifests=b",
+            "--log-encoding=console",
+        ]);
+        assert_eq!(a.manifests.len(), 2);
+        assert_eq!(a.log_encoding, LogEncoding::Console);
+    }
+}

@@ -1,0 +1,164 @@
+//! The loaded configuration as one immutable snapshot: Alerts indexed by the (namespace, kind)
+//! of the events they can match, Providers with their forge ready to use, and Secrets.
+//!
+//! A snapshot is never mutated: a reload builds a new one and swaps it in, so an event being
+//! dispatched keeps the configuration it started with.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use regex::Regex;
+use serde_json::Value;
+
+use api::{Alert, Provider, Secret};
+use notify::{ClientCache, Forge, ForgeKind};
+
+use crate::resolve;
+use crate::status_expr::StatusExpr;
+
+pub type ObjectKey = (String, String);
+
+/// An Alert with its expressions compiled.
+#[derive(Debug)]
+pub struct AlertEntry {
+    pub alert: Alert,
+    /// The object as the API server would serve it, for `commitStatusExpr`'s `alert`.
+    pub json: Value,
+    pub inclusion: Vec<Regex>,
+    pub exclusion: Vec<Regex>,
+    /// `matchLabels` needs the involved object's labels, which only a cluster can tell; without
+    /// one, a source using it matches nothing.
+    pub labels_unavailable: bool,
+}
+
+/// A Provider with its status expression compiled and, for the types this controller posts
+/// to, its forge built (or the reason it cannot be).
+#[derive(Debug)]
+pub struct ProviderEntry {
+    pub provider: Provider,
+    pub json: Value,
+    pub expr: Option<StatusExpr>,
+    pub forge: Option<Result<Arc<Forge>, String>>,
+}
+
+impl ProviderEntry {
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.provider.metadata.namespace, self.provider.metadata.name
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    alerts: Vec<Arc<AlertEntry>>,
+    by_source: HashMap<ObjectKey, Vec<usize>>,
+    providers: HashMap<ObjectKey, Arc<ProviderEntry>>,
+    secrets: HashMap<ObjectKey, Arc<Secret>>,
+}
+
+/// What a load produced: objects that passed validation, in load order.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub providers: Vec<(Provider, Option<StatusExpr>)>,
+    pub alerts: Vec<Alert>,
+    pub secrets: Vec<Secret>,
+}
+
+impl Catalog {
+    /// Builds the snapshot. Providers whose forge cannot be built are kept, with the error,
+    /// which is reported when an event is dispatched to them (as Flux does).
+    pub fn build(objects: Objects, clients: &ClientCache, labels_available: bool) -> Catalog {
+        let secrets: HashMap<ObjectKey, Arc<Secret>> = objects
+            .secrets
+            .into_iter()
+            .map(|s| {
+                (
+                    (s.metadata.namespace.clone(), s.metadata.name.clone()),
+                    Arc::new(s),
+                )
+            })
+            .collect();
+
+        let mut providers = HashMap::new();
+        for (provider, expr) in objects.providers {
+            let forge = ForgeKind::from_provider_type(&provider.spec.type_).map(|kind| {
+                resolve::forge_config(&provider, kind, &secrets)
+                    .and_then(|cfg| Forge::new(cfg, clients).map_err(|e| e.to_string()))
+                    .map(Arc::new)
+            });
+            let json = serde_json::to_value(&provider).unwrap_or(Value::Null);
+            let key = (
+                provider.metadata.namespace.clone(),
+                provider.metadata.name.clone(),
+            );
+            providers.insert(
+                key,
+                Arc::new(ProviderEntry {
+                    provider,
+                    json,
+                    expr,
+                    forge,
+                }),
+            );
+        }
+
+        let mut alerts = Vec::new();
+        let mut by_source: HashMap<ObjectKey, Vec<usize>> = HashMap::new();
+        for alert in objects.alerts {
+            let compile =
+                |list: &[String]| list.iter().filter_map(|r| Regex::new(r).ok()).collect();
+            let ns = alert.metadata.namespace.clone();
+            let index = alerts.len();
+            let mut kinds = BTreeSet::new();
+            for src in &alert.spec.event_sources {
+                let src_ns = src.namespace.clone().unwrap_or_else(|| ns.clone());
+                kinds.insert((src_ns, src.kind.clone()));
+            }
+            for k in kinds {
+                by_source.entry(k).or_default().push(index);
+            }
+            alerts.push(Arc::new(AlertEntry {
+                inclusion: compile(&alert.spec.inclusion_list),
+                exclusion: compile(&alert.spec.exclusion_list),
+                json: serde_json::to_value(&alert).unwrap_or(Value::Null),
+                labels_unavailable: !labels_available,
+                alert,
+            }));
+        }
+        Catalog {
+            alerts,
+            by_source,
+            providers,
+            secrets,
+        }
+    }
+
+    /// Alerts with at least one source for this namespace and kind, in load order. The index
+    /// makes matching cost independent of alerts that cannot match.
+    pub fn candidates<'a>(
+        &'a self,
+        namespace: &str,
+        kind: &str,
+    ) -> impl Iterator<Item = &'a Arc<AlertEntry>> {
+        self.by_source
+            .get(&(namespace.to_string(), kind.to_string()))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.alerts[i])
+    }
+
+    pub fn provider(&self, namespace: &str, name: &str) -> Option<&Arc<ProviderEntry>> {
+        self.providers
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<ProviderEntry>> {
+        self.providers.values()
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.providers.len(), self.alerts.len(), self.secrets.len())
+    }
+}

@@ -1,0 +1,13 @@
+//! The controller: event API, routing of events to forges, manifests, and the process wiring.
+
+pub mod app;
+pub mod args;
+pub mod catalog;
+pub mod dispatch;
+pub mod manifests;
+pub mod ratelimit;
+pub mod resolve;
+pub mod route;
+pub mod server;
+pub mod status_expr;
+pub mod telemetry;

@@ -1,0 +1,441 @@
+//! Turns a Provider and the Secrets it references into a forge configuration, in the order and
+//! with the error messages of Flux's `createNotifier` (§2.10).
+
+use std::collections::BTreeMap;
+
+use api::{Provider, Secret};
+use notify::{Credentials, ForgeConfig, ForgeKind, NetworkConfig, ProxyConfig, TlsConfig};
+
+/// Looks a Secret up by namespace and name.
+pub trait SecretSource {
+    fn secret(&self, namespace: &str, name: &str) -> Option<&Secret>;
+}
+
+impl SecretSource for std::collections::HashMap<(String, String), std::sync::Arc<Secret>> {
+    fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+        self.get(&(namespace.to_string(), name.to_string()))
+            .map(|s| s.as_ref())
+    }
+}
+
+fn get_secret<'a>(src: &'a dyn SecretSource, ns: &str, name: &str) -> Result<&'a Secret, String> {
+    src.secret(ns, name)
+        .ok_or_else(|| format!("failed to get secret '{ns}/{name}': secrets \"{name}\" not found"))
+}
+
+const MAX_ADDRESS: usize = 2048;
+
+/// What `AuthMethodsFromSecret` finds in a credentials Secret.
+struct AuthMethods {
+    token: Option<String>,
+    basic: Option<(String, String)>,
+    tls: Option<TlsConfig>,
+}
+
+/// Flux reads credentials through `runtime/secrets`, which refuses a half-present basic-auth
+/// pair or unusable TLS material; that refusal matters for where errors surface.
+fn auth_methods(secret: &Secret, ns: &str, name: &str) -> Result<AuthMethods, String> {
+    let username = secret.string("username");
+    let password = secret.string("password");
+    let basic = match (username, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, Some(_)) => {
+            return Err(format!(
+                "secret '{ns}/{name}': malformed basic auth - has 'password' but missing 'username'"
+            ));
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "secret '{ns}/{name}': malformed basic auth - has 'username' but missing 'password'"
+            ));
+        }
+        (None, None) => None,
+    };
+    let tls = tls_from_secret(secret, ns, name, false)?;
+    Ok(AuthMethods {
+        token: secret.string("token"),
+        basic,
+        tls,
+    })
+}
+
+/// TLS material from `ca.crt`/`tls.crt`/`tls.key` (or the legacy `caFile`/`certFile`/`keyFile`).
+/// `required`: a `certSecretRef` Secret must hold at least a CA or a key pair.
+fn tls_from_secret(
+    secret: &Secret,
+    ns: &str,
+    name: &str,
+    required: bool,
+) -> Result<Option<TlsConfig>, String> {
+    let pick = |new: &str, legacy: &str| {
+        secret
+            .data
+            .get(new)
+            .or_else(|| secret.data.get(legacy))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let ca = pick("ca.crt", "caFile");
+    let cert = pick("tls.crt", "certFile");
+    let key = pick("tls.key", "keyFile");
+    if let Some(ca) = &ca
+        && !looks_like_pem(ca, "CERTIFICATE")
+    {
+        return Err(format!(
+            "secret '{ns}/{name}': failed to parse CA certificate: no PEM certificate found"
+        ));
+    }
+    let pair = match (cert, key) {
+        (Some(c), Some(k)) => {
+            if !looks_like_pem(&c, "CERTIFICATE") || !looks_like_pem(&k, "PRIVATE KEY") {
+                return Err(format!(
+                    "secret '{ns}/{name}': failed to parse client certificate and key: no PEM data found"
+                ));
+            }
+            Some((c, k))
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "secret '{ns}/{name}': found 'tls.crt' but missing 'tls.key'"
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "secret '{ns}/{name}': found 'tls.key' but missing 'tls.crt'"
+            ));
+        }
+        (None, None) => None,
+    };
+    if ca.is_none() && pair.is_none() {
+        if required {
+            return Err(format!(
+                "secret '{ns}/{name}': must contain either 'ca.crt' or both 'tls.crt' and 'tls.key'"
+            ));
+        }
+        return Ok(None);
+    }
+    let (client_cert_pem, client_key_pem) = match pair {
+        Some((c, k)) => (
+            Some(c),
+            Some(notify::Secret::new(String::from_utf8_lossy(&k))),
+        ),
+        None => (None, None),
+    };
+    Ok(Some(TlsConfig {
+        ca_pem: ca,
+        client_cert_pem,
+        client_key_pem,
+    }))
+}
+
+fn looks_like_pem(data: &[u8], label: &str) -> bool {
+    let text = String::from_utf8_lossy(data);
+    text.contains("-----BEGIN ") && text.contains(label)
+}
+
+/// Resolves everything a forge needs. `kind` is the Provider's (commit-status) type.
+pub fn forge_config(
+    provider: &Provider,
+    kind: ForgeKind,
+    secrets: &dyn SecretSource,
+) -> Result<ForgeConfig, String> {
+    let spec = &provider.spec;
+    let ns = provider.metadata.namespace.as_str();
+    let mut address = spec.address.clone().unwrap_or_default();
+    let mut proxy: Option<ProxyConfig> = spec.proxy.as_ref().map(|url| ProxyConfig {
+        url: url.clone(),
+        username: None,
+        password: None,
+    });
+    let mut credentials = Credentials {
+        username: spec.username.clone(),
+        ..Credentials::default()
+    };
+    let mut auth_error = None;
+    let mut secret_tls = None;
+
+    if let Some(secret_ref) = &spec.secret_ref {
+        let secret = get_secret(secrets, ns, &secret_ref.name)?;
+        if let Some(addr) = secret.data.get("address") {
+            if addr.len() > MAX_ADDRESS {
+                return Err(format!(
+                    "invalid address in secret: address exceeds maximum length of {MAX_ADDRESS} bytes"
+                ));
+            }
+            address = String::from_utf8_lossy(addr).trim().to_string();
+        }
+        if let Some(p) = secret.string("proxy") {
+            let p = p.trim().to_string();
+            if url::Url::parse(&p).is_err() {
+                return Err(format!(
+                    "invalid 'proxy' in secret '{ns}/{}'",
+                    secret_ref.name
+                ));
+            }
+            proxy = Some(ProxyConfig {
+                url: p,
+                username: None,
+                password: None,
+            });
+        }
+        if let Some(headers) = secret.string("headers")
+            && let Err(e) = serde_saphyr::from_str::<BTreeMap<String, String>>(&headers)
+        {
+            return Err(format!("failed to read headers from secret: {e}"));
+        }
+        match auth_methods(secret, ns, &secret_ref.name) {
+            Ok(auth) => {
+                credentials.token = auth.token.map(notify::Secret::new);
+                if let Some((u, p)) = auth.basic {
+                    credentials.username = Some(u);
+                    credentials.password = Some(notify::Secret::new(p));
+                }
+                secret_tls = auth.tls;
+            }
+            // Flux drops all credentials silently here, then fails below while reading TLS.
+            Err(e) => auth_error = Some(e),
+        }
+    }
+
+    if let Some(proxy_ref) = &spec.proxy_secret_ref {
+        let secret = get_secret(secrets, ns, &proxy_ref.name)
+            .map_err(|e| format!("failed to get proxy URL: {e}"))?;
+        let addr = secret
+            .string("address")
+            .map(|a| a.trim().to_string())
+            .unwrap_or_default();
+        if addr.is_empty() {
+            return Err(format!(
+                "failed to get proxy URL: secret '{ns}/{}': key 'address' not found",
+                proxy_ref.name
+            ));
+        }
+        if addr.len() > MAX_ADDRESS {
+            return Err(format!(
+                "failed to get proxy URL: secret '{ns}/{}': address exceeds maximum length of {MAX_ADDRESS} bytes",
+                proxy_ref.name
+            ));
+        }
+        match url::Url::parse(&addr) {
+            Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => {}
+            _ => {
+                return Err(format!(
+                    "failed to get proxy URL: secret '{ns}/{}': invalid proxy address {addr:?}: scheme must be http, https or socks5",
+                    proxy_ref.name
+                ));
+            }
+        }
+        proxy = Some(ProxyConfig {
+            url: addr,
+            username: secret.string("username").filter(|u| !u.is_empty()),
+            password: secret
+                .string("password")
+                .filter(|p| !p.is_empty())
+                .map(notify::Secret::new),
+        });
+    }
+
+    let tls = if let Some(cert_ref) = &spec.cert_secret_ref {
+        let secret = get_secret(secrets, ns, &cert_ref.name)
+            .map_err(|e| format!("failed to get TLS config: {e}"))?;
+        if !matches!(secret.type_.as_str(), "" | "Opaque" | "kubernetes.io/tls") {
+            return Err(format!(
+                "failed to get TLS config: secret '{ns}/{}': unsupported secret type {:?}, must be 'kubernetes.io/tls' or 'Opaque'",
+                cert_ref.name, secret.type_
+            ));
+        }
+        tls_from_secret(secret, ns, &cert_ref.name, true)
+            .map_err(|e| format!("failed to get TLS config: {e}"))?
+    } else {
+        if let Some(e) = auth_error {
+            return Err(format!("failed to get TLS config: {e}"));
+        }
+        secret_tls
+    };
+
+    Ok(ForgeConfig {
+        kind,
+        address,
+        credentials,
+        network: NetworkConfig {
+            timeout: spec.timeout(),
+            proxy,
+            tls,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::{LocalObjectReference, ObjectMeta, ProviderSpec};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> ((String, String), Arc<Secret>) {
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            },
+            type_: String::new(),
+            data: data
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        (("ns".into(), name.into()), Arc::new(s))
+    }
+
+    fn provider(spec: ProviderSpec) -> Provider {
+        Provider {
+            api_version: "notification.toolkit.fluxcd.io/v1beta3".into(),
+            kind: "Provider".into(),
+            metadata: ObjectMeta {
+                name: "p".into(),
+                namespace: "ns".into(),
+                ..Default::default()
+            },
+            spec,
+        }
+    }
+
+    fn spec_with(secret: &str) -> ProviderSpec {
+        ProviderSpec {
+            type_: "github".into(),
+            address: Some("https://github.com/o/r".into()),
+            secret_ref: Some(LocalObjectReference {
+                name: secret.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secret_overrides_and_errors() {
+        let secrets: HashMap<_, _> = [
+            secret(
+                "tok",
+                &[
+                    ("token", "ghp_x"),
+                    ("address", "  https://github.com/a/b \n"),
+                ],
+            ),
+            secret("half", &[("token", "t"), ("password", "p")]),
+            secret(
+                "badproxy",
+                &[("token", "t"), ("proxy", "https://exampleproxy.com|")],
+            ),
+            secret("headers", &[("token", "t"), ("headers", "foo")]),
+            secret(
+                "long",
+                &[(
+                    "address",
+                    &format!("https://example.org/{}", "a".repeat(2029)),
+                )],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let cfg = forge_config(&provider(spec_with("tok")), ForgeKind::GitHub, &secrets).unwrap();
+        assert_eq!(cfg.address, "https://github.com/a/b");
+        assert_eq!(cfg.credentials.token.unwrap().expose(), "ghp_x");
+        let err = |s: &str| {
+            forge_config(&provider(spec_with(s)), ForgeKind::GitHub, &secrets).unwrap_err()
+        };
+        assert_eq!(
+            err("missing"),
+            "failed to get secret 'ns/missing': secrets \"missing\" not found"
+        );
+        assert_eq!(
+            err("half"),
+            "failed to get TLS config: secret 'ns/half': malformed basic auth - has 'password' but missing 'username'"
+        );
+        assert_eq!(err("badproxy"), "invalid 'proxy' in secret 'ns/badproxy'");
+        assert!(err("headers").starts_with("failed to read headers from secret: "));
+        assert_eq!(
+            err("long"),
+            "invalid address in secret: address exceeds maximum length of 2048 bytes"
+        );
+    }
+
+    #[test]
+    fn timeout_and_proxy_secret() {
+        let secrets: HashMap<_, _> = [
+            secret("tok", &[("token", "t")]),
+            secret(
+                "proxy",
+                &[
+                    ("address", "http://127.0.0.1:3128"),
+                    ("username", "u"),
+                    ("password", "pw"),
+                ],
+            ),
+            secret("noaddr", &[("username", "u")]),
+        ]
+        .into_iter()
+        .collect();
+        let mut spec = spec_with("tok");
+        spec.timeout = Some("2s".into());
+        spec.proxy_secret_ref = Some(LocalObjectReference {
+            name: "proxy".into(),
+        });
+        let cfg = forge_config(&provider(spec.clone()), ForgeKind::GitHub, &secrets).unwrap();
+        assert_eq!(cfg.network.timeout, std::time::Duration::from_secs(2));
+        let p = cfg.network.proxy.unwrap();
+        assert_eq!(p.url, "http://127.0.0.1:3128");
+        assert_eq!(p.username.as_deref(), Some("u"));
+        spec.proxy_secret_ref = Some(LocalObjectReference {
+            name: "noaddr".into(),
+        });
+        let e = forge_config(&provider(spec), ForgeKind::GitHub, &secrets).unwrap_err();
+        assert!(e.starts_with("failed to get proxy URL: "), "{e}");
+    }
+
+    #[test]
+    fn cert_secret_rules() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+        let secrets: HashMap<_, _> = [
+            secret("tok", &[("token", "t")]),
+            secret("ca", &[("ca.crt", pem)]),
+            secret("legacy", &[("caFile", pem)]),
+            secret("mtls", &[("tls.crt", pem), ("tls.key", key)]),
+            secret("half", &[("tls.crt", pem)]),
+            secret("empty", &[("foo", "bar")]),
+            secret("badca", &[("ca.crt", "nope")]),
+        ]
+        .into_iter()
+        .collect();
+        let with_cert = |name: &str| {
+            let mut spec = spec_with("tok");
+            spec.cert_secret_ref = Some(LocalObjectReference { name: name.into() });
+            forge_config(&provider(spec), ForgeKind::GitHub, &secrets)
+        };
+        assert!(
+            with_cert("ca")
+                .unwrap()
+                .network
+                .tls
+                .unwrap()
+                .ca_pem
+                .is_some()
+        );
+        assert!(
+            with_cert("legacy")
+                .unwrap()
+                .network
+                .tls
+                .unwrap()
+                .ca_pem
+                .is_some()
+        );
+        let tls = with_cert("mtls").unwrap().network.tls.unwrap();
+        assert!(tls.client_cert_pem.is_some() && tls.client_key_pem.is_some());
+        for bad in ["half", "empty", "badca", "absent"] {
+            let e = with_cert(bad).unwrap_err();
+            assert!(e.starts_with("failed to get TLS config: "), "{bad}: {e}");
+        }
+    }
+}

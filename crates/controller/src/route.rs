@@ -1,0 +1,372 @@
+//! From one accepted event to the deliveries it causes: Alert matching (§2.7), the dispatch
+//! gates (§2.9), the metadata merge (§2.8), the commit status ID (§3.0.1) and the forge's plan.
+//! Pure: no I/O, so every rule is unit-tested here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use api::{EVENT_METADATA_PREFIX, Event};
+use notify::{Forge, Plan, ProgressingMode, StatusEvent};
+
+use crate::catalog::{AlertEntry, Catalog, ProviderEntry};
+
+/// Settings that shape routing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouteSettings {
+    pub no_cross_namespace_refs: bool,
+    pub progressing: ProgressingMode,
+}
+
+/// One delivery to make.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub forge: Arc<Forge>,
+    pub plan: Plan,
+    /// `namespace/name` of the Provider and of the Alert, for logs.
+    pub provider: String,
+    pub provider_uid: String,
+    pub alert: String,
+    /// `Kind/namespace/name` of the involved object.
+    pub object: String,
+}
+
+/// Where in Flux's pipeline a failure happened, which decides the words it is reported with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Before anything could be sent: "failed to dispatch notification".
+    Dispatch,
+    /// While building what to send: "failed to send notification".
+    Send,
+}
+
+/// The outcome of routing an event to one matching Alert.
+#[derive(Debug)]
+pub enum Routed {
+    Job(Box<Job>),
+    Failed {
+        alert: String,
+        provider: Option<String>,
+        stage: Stage,
+        error: String,
+    },
+    /// Nothing to do, and nothing wrong.
+    Skipped {
+        alert: String,
+        reason: &'static str,
+    },
+    /// A commit-status provider got an event without commit metadata (§2.9 step 6).
+    NoCommit {
+        alert: String,
+    },
+}
+
+impl Routed {
+    /// The message Flux records for a failure (its Kubernetes event text).
+    pub fn failure_message(object: &str, stage: Stage, error: &str) -> String {
+        match stage {
+            Stage::Dispatch => format!("failed to dispatch notification for {object}: {error}"),
+            Stage::Send => format!("failed to send notification for {object}: {error}"),
+        }
+    }
+}
+
+/// Keeps only metadata keys of the event API or of the object's own group, minus the
+/// group's `checksum`/`digest` (§1.4).
+pub fn cleanup_metadata(event: &mut Event) {
+    let own = format!("{}/", event.group());
+    let checksum = format!("{own}checksum");
+    let digest = format!("{own}digest");
+    let md = event.metadata.take().unwrap_or_default();
+    let kept = md
+        .into_iter()
+        .filter(|(k, _)| {
+            (k.starts_with(EVENT_METADATA_PREFIX) || k.starts_with(&own))
+                && !k.eq_ignore_ascii_case(&checksum)
+                && !k.eq_ignore_ascii_case(&digest)
+        })
+        .collect();
+    event.metadata = Some(kept);
+}
+
+/// Drops `<group>/token`, which only serves the rate-limit key (§1.6 step 2).
+pub fn strip_token(event: &mut Event) {
+    let key = format!("{}/token", event.group());
+    if let Some(md) = event.metadata.as_mut() {
+        md.remove(&key);
+    }
+}
+
+/// The Alerts that select this event, in load order (§2.7).
+pub fn matching_alerts<'a>(catalog: &'a Catalog, event: &Event) -> Vec<&'a Arc<AlertEntry>> {
+    let o = &event.involved_object;
+    catalog
+        .candidates(&o.namespace, &o.kind)
+        .filter(|a| alert_matches(a, event))
+        .collect()
+}
+
+fn alert_matches(entry: &AlertEntry, event: &Event) -> bool {
+    let alert = &entry.alert;
+    if alert.spec.suspend {
+        return false;
+    }
+    let o = &event.involved_object;
+    let severity = alert.spec.event_severity.as_str();
+    let source_matches = alert.spec.event_sources.iter().any(|src| {
+        let ns = src
+            .namespace
+            .as_deref()
+            .unwrap_or(&alert.metadata.namespace);
+        o.namespace == ns
+            && o.kind == src.kind
+            && !(event.severity != severity && severity != "info")
+            && (src.name == "*" || src.name == o.name)
+            && (src.match_labels.is_none() || !entry.labels_unavailable)
+    });
+    if !source_matches {
+        return false;
+    }
+    if !alert.spec.inclusion_list.is_empty()
+        && !entry.inclusion.iter().any(|r| r.is_match(&event.message))
+    {
+        return false;
+    }
+    !entry.exclusion.iter().any(|r| r.is_match(&event.message))
+}
+
+/// Metadata for the outgoing notification, by increasing precedence: object annotations
+/// (`event.toolkit.fluxcd.io/*`), the Alert's `eventMetadata`, its `summary`, then the
+/// controller's own `<group>/*` keys, prefixes stripped. Also returns the keys more than one
+/// source provided, with the sources' names, for Flux's conflict warning.
+pub fn merge_metadata(
+    event: &Event,
+    alert: &api::Alert,
+) -> (
+    BTreeMap<String, String>,
+    BTreeMap<String, Vec<&'static str>>,
+) {
+    let md = event.metadata.clone().unwrap_or_default();
+    let own = format!("{}/", event.group());
+    let mut merged = BTreeMap::new();
+    let mut sources: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    let mut put = |k: String, v: String, src: &'static str| {
+        sources.entry(k.clone()).or_default().push(src);
+        merged.insert(k, v);
+    };
+    for (k, v) in &md {
+        if let Some(stripped) = k.strip_prefix(EVENT_METADATA_PREFIX) {
+            put(
+                stripped.to_string(),
+                v.clone(),
+                "involved object annotations",
+            );
+        }
+    }
+    for (k, v) in &alert.spec.event_metadata {
+        put(k.clone(), v.clone(), "Alert object .spec.eventMetadata");
+    }
+    if !alert.spec.summary.is_empty() {
+        put(
+            "summary".into(),
+            alert.spec.summary.clone(),
+            "Alert object .spec.summary",
+        );
+    }
+    for (k, v) in &md {
+        if let Some(stripped) = k.strip_prefix(&own) {
+            put(
+                stripped.to_string(),
+                v.clone(),
+                "involved object controller metadata",
+            );
+        }
+    }
+    sources.retain(|_, s| s.len() > 1);
+    (merged, sources)
+}
+
+/// Flux's default status ID: `kind/name/<provider UID up to its first dash>`, lower-cased.
+pub fn default_status_id(event: &Event, provider_uid: &str) -> String {
+    let prefix = provider_uid.split('-').next().unwrap_or_default();
+    let o = &event.involved_object;
+    format!("{}/{}/{}", o.kind, o.name, prefix).to_lowercase()
+}
+
+/// Routes one event through one matching Alert.
+pub fn route(
+    catalog: &Catalog,
+    event: &Event,
+    entry: &AlertEntry,
+    settings: RouteSettings,
+) -> Routed {
+    let alert = &entry.alert;
+    let alert_key = format!("{}/{}", alert.metadata.namespace, alert.metadata.name);
+    let o = &event.involved_object;
+    let fail = |provider: Option<String>, stage, error: String| Routed::Failed {
+        alert: alert_key.clone(),
+        provider,
+        stage,
+        error,
+    };
+
+    if settings.no_cross_namespace_refs && o.namespace != alert.metadata.namespace {
+        return fail(
+            None,
+            Stage::Dispatch,
+            format!(
+                "discarding event, access denied to cross-namespace sources: alert '{}' can't process event from '{}', cross-namespace references have been blocked",
+                alert_key,
+                event.object_ref()
+            ),
+        );
+    }
+    let provider_name = &alert.spec.provider_ref.name;
+    let Some(provider) = catalog.provider(&alert.metadata.namespace, provider_name) else {
+        return fail(
+            None,
+            Stage::Dispatch,
+            format!(
+                "failed to read provider: providers.notification.toolkit.fluxcd.io \"{provider_name}\" not found"
+            ),
+        );
+    };
+    let spec = &provider.provider.spec;
+    if spec.suspend {
+        return Routed::Skipped {
+            alert: alert_key,
+            reason: "provider is suspended",
+        };
+    }
+
+    let group = event.group();
+    let md = event.metadata.as_ref();
+    let commit_status_update = md
+        .and_then(|m| m.get(&format!("{group}/commit_status")))
+        .is_some_and(|v| v == "update");
+    let has_commit_key = md
+        .and_then(|m| m.get(&format!("{EVENT_METADATA_PREFIX}commit")))
+        .is_some_and(|v| !v.is_empty());
+    if !spec.is_commit_status() {
+        // Chat and webhook providers are Flux notification-controller's job, not ours.
+        return Routed::Skipped {
+            alert: alert_key,
+            reason: "provider type is not a commit-status type",
+        };
+    }
+    if !has_commit_key && !commit_status_update && event.severity != "error" {
+        return Routed::NoCommit { alert: alert_key };
+    }
+    if spec
+        .service_account_name
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        return fail(
+            Some(provider.key()),
+            Stage::Dispatch,
+            "to use spec.serviceAccountName for provider authentication please enable the ObjectLevelWorkloadIdentity feature gate in the controller".into(),
+        );
+    }
+
+    let (merged, conflicts) = merge_metadata(event, alert);
+    if !conflicts.is_empty() {
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|(k, s)| format!("{k}: {}", s.join(", ")))
+            .collect();
+        tracing::info!(alert = %alert_key, conflicts = ?list, "warning: metadata key conflicts detected (please refer to the Alert API docs and Flux RFC 0008 for more information)");
+    }
+    let metadata = if merged.is_empty() {
+        md.cloned().unwrap_or_default()
+    } else {
+        merged
+    };
+
+    let status_id = match status_id(event, &metadata, provider, entry) {
+        Ok(id) => id,
+        Err(e) => {
+            return fail(
+                Some(provider.key()),
+                Stage::Dispatch,
+                format!(
+                    "failed to create commit status: failed to evaluate the spec.commitStatusExpr CEL expression for the event: {e}"
+                ),
+            );
+        }
+    };
+
+    let forge = match &provider.forge {
+        Some(Ok(forge)) => forge.clone(),
+        Some(Err(e)) => {
+            return fail(
+                Some(provider.key()),
+                Stage::Dispatch,
+                format!("failed to initialize notifier for provider '{provider_name}': {e}"),
+            );
+        }
+        None => {
+            return fail(
+                Some(provider.key()),
+                Stage::Dispatch,
+                format!(
+                    "failed to initialize notifier: provider {} not supported",
+                    spec.type_
+                ),
+            );
+        }
+    };
+
+    let status_event = StatusEvent {
+        status_id: &status_id,
+        kind: &o.kind,
+        name: &o.name,
+        reason: &event.reason,
+        severity: &event.severity,
+        metadata: &metadata,
+    };
+    match forge.plan(&status_event, settings.progressing) {
+        Ok(Some(plan)) => Routed::Job(Box::new(Job {
+            forge,
+            plan,
+            provider: provider.key(),
+            provider_uid: provider.provider.metadata.uid.clone(),
+            alert: alert_key,
+            object: event.object_ref(),
+        })),
+        Ok(None) => Routed::Skipped {
+            alert: alert_key,
+            reason: "progressing event",
+        },
+        Err(e) => fail(Some(provider.key()), Stage::Send, e.to_string()),
+    }
+}
+
+fn status_id(
+    event: &Event,
+    metadata: &BTreeMap<String, String>,
+    provider: &ProviderEntry,
+    entry: &AlertEntry,
+) -> Result<String, String> {
+    match &provider.expr {
+        None => Ok(default_status_id(event, &provider.provider.metadata.uid)),
+        Some(expr) => {
+            let mut merged = event.clone();
+            merged.metadata = Some(metadata.clone());
+            expr.evaluate(&merged.to_json(), &provider.json, &entry.json)
+        }
+    }
+}
+
+/// The Alerts, as `namespace/name`, whose commit-status provider dropped the event.
+pub fn no_commit_alerts(routed: &[Routed]) -> BTreeSet<&str> {
+    routed
+        .iter()
+        .filter_map(|r| match r {
+            Routed::NoCommit { alert } => Some(alert.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,243 @@
+//! The HTTP side: the event API on `--events-addr` (every path and method, as Flux), health
+//! probes on `--health-addr` and metrics on `--metrics-addr`, served with Flux's limits.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::{BodyExt, Limited};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken as CancelToken;
+
+use api::Event;
+
+use crate::catalog::Catalog;
+use crate::dispatch::Dispatcher;
+use crate::ratelimit::{Limiter, event_key, rfc1123_utc};
+use crate::route::{self, RouteSettings, Routed};
+
+/// Flux's request body cap: 3 MiB; a body of exactly this size is accepted.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Flux's header block cap.
+const MAX_HEADER_BYTES: usize = 256 * 1024;
+/// Flux's `ReadHeaderTimeout`.
+const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Flux's `ReadTimeout`: the whole request, body included.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The configuration snapshot, swapped whole on reload.
+pub type SharedCatalog = Arc<RwLock<Arc<Catalog>>>;
+
+/// What the event handler needs.
+#[derive(Clone)]
+pub struct EventState {
+    pub catalog: SharedCatalog,
+    pub limiter: Arc<Limiter>,
+    pub dispatcher: Dispatcher,
+    pub settings: RouteSettings,
+}
+
+pub fn events_router(state: EventState) -> Router {
+    Router::new().fallback(handle_event).with_state(state)
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+async fn handle_event(State(state): State<EventState>, req: Request) -> Response {
+    let bytes = match tokio::time::timeout(
+        READ_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
+        _ => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    let mut event = match Event::decode(&bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            // Flux answers with an empty body; a reason helps whoever is sending by hand.
+            let mut r = (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            return r;
+        }
+    };
+    route::cleanup_metadata(&mut event);
+
+    let key = event_key(&event);
+    let decision = state.limiter.take(&key);
+    let reset = HeaderValue::from_str(&rfc1123_utc(decision.reset)).expect("ASCII date");
+    let with_limits = |mut r: Response| {
+        let h = r.headers_mut();
+        h.insert("x-ratelimit-limit", HeaderValue::from_static("1"));
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        h.insert("x-ratelimit-reset", reset.clone());
+        r
+    };
+    if !decision.allowed {
+        tracing::debug!(object = %event.object_ref(), "Discarding event, rate limiting duplicate events");
+        let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+        r.headers_mut().insert(header::RETRY_AFTER, reset.clone());
+        return with_limits(r);
+    }
+    route::strip_token(&mut event);
+
+    let catalog = state
+        .catalog
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let alerts = route::matching_alerts(&catalog, &event);
+    if alerts.is_empty() {
+        tracing::debug!(object = %event.object_ref(), "discarding event, no alerts found for the involved object");
+        return with_limits(StatusCode::ACCEPTED.into_response());
+    }
+    tracing::info!(object = %event.object_ref(), reason = %event.reason, severity = %event.severity, alerts = alerts.len(), "dispatching event");
+
+    let routed: Vec<Routed> = alerts
+        .iter()
+        .map(|a| route::route(&catalog, &event, a, state.settings))
+        .collect();
+    let dropped = route::no_commit_alerts(&routed);
+    if !dropped.is_empty() {
+        tracing::info!(object = %event.object_ref(), alerts = ?dropped, "event dropped for commit status providers due to missing commit metadata key");
+    }
+    let object = event.object_ref();
+    let mut jobs = Vec::new();
+    for r in routed {
+        match r {
+            Routed::Job(job) => jobs.push(*job),
+            Routed::Failed {
+                alert,
+                provider,
+                stage,
+                error,
+            } => {
+                let msg = Routed::failure_message(&object, stage, &error);
+                let what = match stage {
+                    route::Stage::Dispatch => "failed to dispatch notification",
+                    route::Stage::Send => "failed to send notification",
+                };
+                tracing::error!(alert = %alert, provider = provider.as_deref().unwrap_or(""), object = %object, error = %msg, "{what}");
+            }
+            Routed::Skipped { alert, reason } => {
+                tracing::debug!(alert = %alert, object = %object, reason, "not sending a commit status");
+            }
+            Routed::NoCommit { .. } => {}
+        }
+    }
+    if !jobs.is_empty() && state.dispatcher.enqueue(jobs).is_err() {
+        // Give the token back: the sender will retry (Flux's recorder retries 5xx) and that
+        // retry must not be taken for a duplicate.
+        state.limiter.refund(&key);
+        tracing::warn!(object = %object, "delivery queues are full, asking the sender to retry");
+        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return with_limits(r);
+    }
+    with_limits(StatusCode::ACCEPTED.into_response())
+}
+
+/// Health probes: `/healthz` always answers; `/readyz` once `ready` is set.
+pub fn health_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::Acquire) {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        )
+}
+
+/// Resolves a Go-style listen address: `:9090` means every interface.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid port in {addr:?}"),
+            )
+        })?;
+        // `[::]` also takes IPv4 on a dual-stack host, as Go's ":port" does.
+        return match TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
+            Ok(l) => Ok(l),
+            Err(_) => TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
+        };
+    }
+    TcpListener::bind(addr).await
+}
+
+/// Serves `router` until `shutdown` fires, then lets open connections finish for `grace`.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancelToken, grace: Duration) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(READ_HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+}

@@ -1,0 +1,31 @@
+//! Logging: JSON lines (Flux's default) or human-readable console output.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::args::LogEncoding;
+
+/// Installs the global subscriber. `level` takes Flux's names (`debug`, `info`, `error`,
+/// `trace`) or a full `tracing` filter directive.
+pub fn init(level: &str, encoding: LogEncoding) -> Result<(), String> {
+    let directive = match level {
+        "trace" | "debug" | "info" | "warn" | "error" => {
+            format!("{level},hyper=warn,reqwest=warn,h2=warn,rustls=warn")
+        }
+        other => other.to_string(),
+    };
+    let filter = EnvFilter::try_new(&directive)
+        .map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match encoding {
+        LogEncoding::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogEncoding::Console => builder.try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}

@@ -1,0 +1,264 @@
+//! Test harness: runs the real `commit-status-controller` binary on loopback ports, with
+//! manifests in a temporary directory, and captures its logs.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SHA: &str = "5394cb7f48332b2de7c17dd8b8384bbc84b7e738";
+pub const UID: &str = "0c9c2e41-d2f9-4f9b-9c41-bebc1984d67a";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Controller {
+    child: Child,
+    pub events_url: String,
+    pub health_url: String,
+    pub metrics_url: String,
+    pub manifests: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Controller {
+    /// Starts the binary on `manifests` and waits until `/readyz` answers 200.
+    pub async fn start(manifests: &Path, args: &[&str], env: &[(&str, &str)]) -> Controller {
+        let (events, health, metrics) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_commit-status-controller"));
+        cmd.arg("--manifests")
+            .arg(manifests)
+            .arg(format!("--events-addr=127.0.0.1:{events}"))
+            .arg(format!("--health-addr=127.0.0.1:{health}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
+            .args(args)
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !args.iter().any(|a| a.starts_with("--log-level")) {
+            cmd.arg("--log-level=debug");
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn controller");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let c = Controller {
+            child,
+            events_url: format!("http://127.0.0.1:{events}/"),
+            health_url: format!("http://127.0.0.1:{health}"),
+            metrics_url: format!("http://127.0.0.1:{metrics}"),
+            manifests: manifests.to_path_buf(),
+            logs,
+            _dir: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", c.health_url)).await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller not ready; logs:\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c
+    }
+
+    pub fn keep_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self._dir = Some(dir);
+        self
+    }
+
+    pub async fn post(&self, event: &serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(&self.events_url)
+            .json(event)
+            .send()
+            .await
+            .expect("POST event")
+    }
+
+    pub async fn post_raw(&self, method: &str, path: &str, body: Vec<u8>) -> reqwest::Response {
+        let url = format!("{}{}", self.events_url.trim_end_matches('/'), path);
+        reqwest::Client::new()
+            .request(method.parse().unwrap(), url)
+            .body(body)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Flux-shaped kustomize-controller event.
+pub fn kustomization_event(
+    name: &str,
+    severity: &str,
+    reason: &str,
+    message: &str,
+    metadata: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "involvedObject": {
+            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+            "kind": "Kustomization",
+            "namespace": "flux-system",
+            "name": name,
+            "uid": "7d0cdc51-ddcf-4743-b223-83ca5c699632",
+        },
+        "severity": severity,
+        "timestamp": "2026-11-25T07:26:19Z",
+        "message": message,
+        "reason": reason,
+        "metadata": metadata,
+        "reportingController": "kustomize-controller",
+        "reportingInstance": "kustomize-controller-7f5c8b6d9c-x2x9z",
+    })
+}
+
+/// The success event kustomize-controller sends at the end of a reconciliation.
+pub fn success_event(name: &str, sha: &str) -> serde_json::Value {
+    kustomization_event(
+        name,
+        "info",
+        "ReconciliationSucceeded",
+        "Reconciliation finished in 2.1s, next run in 10m0s",
+        serde_json::json!({
+            "kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{sha}"),
+            "kustomize.toolkit.fluxcd.io/commit_status": "update",
+        }),
+    )
+}
+
+/// Writes a manifest file.
+pub fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// A Provider + Alert (+ Secret) for one forge, in namespace flux-system, watching
+/// Kustomization `*`.
+pub fn forge_manifests(
+    type_: &str,
+    address: &str,
+    secret: &[(&str, &str)],
+    extra_spec: &str,
+) -> String {
+    let mut secret_yaml = String::new();
+    for (k, v) in secret {
+        secret_yaml.push_str(&format!("  {k}: {}\n", serde_json::to_string(v).unwrap()));
+    }
+    format!(
+        r#"apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Provider
+metadata:
+  name: {type_}
+  namespace: flux-system
+  uid: {UID}
+spec:
+  type: {type_}
+  address: {address}
+  secretRef:
+    name: {type_}-token
+{extra_spec}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {type_}-token
+  namespace: flux-system
+stringData:
+{secret_yaml}---
+apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Alert
+metadata:
+  name: {type_}
+  namespace: flux-system
+spec:
+  providerRef:
+    name: {type_}
+  eventSources:
+    - kind: Kustomization
+      name: '*'
+"#
+    )
+}
