@@ -241,7 +241,17 @@ async fn watch_manifests(
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let watcher =
         notify_watch::recommended_watcher(move |res: notify_watch::Result<notify_watch::Event>| {
-            if res.is_ok() {
+            use notify_watch::EventKind;
+            use notify_watch::event::ModifyKind;
+            // Reading the manifests produces access (and atime) events; reloading on those
+            // would loop forever. Only content, name and existence changes matter.
+            let relevant = res.is_ok_and(|e| match e.kind {
+                EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any => true,
+                EventKind::Modify(ModifyKind::Metadata(_)) => false,
+                EventKind::Modify(_) => true,
+                EventKind::Access(_) | EventKind::Other => false,
+            });
+            if relevant {
                 let _ = tx.try_send(());
             }
         });
