@@ -167,7 +167,11 @@ async fn no_secret_reaches_the_logs() {
 #[tokio::test]
 async fn reading_the_manifests_does_not_trigger_reloads() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "m.yaml", &forge_manifests("github", "https://github.com/o/r", &[("token", "t")], ""));
+    write(
+        dir.path(),
+        "m.yaml",
+        &forge_manifests("github", "https://github.com/o/r", &[("token", "t")], ""),
+    );
     let c = Controller::start(dir.path(), &[], &[]).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(c.count_log("manifests loaded"), 1, "{}", c.logs());
