@@ -16,19 +16,15 @@ use notify::{ClientCache, ProgressingMode};
 
 use crate::args::{Args, Progressing};
 use crate::catalog::Catalog;
-use crate::dispatch::{Dispatcher, LastPosted};
+use crate::delivery;
 use crate::manifests;
+use crate::outbox::Outbox;
 use crate::ratelimit::Limiter;
 use crate::route::RouteSettings;
 use crate::server::{self, EventState, SharedCatalog};
 
-/// Delivery shards (and workers). Per-status ordering holds within a shard, so more shards
-/// only add parallelism across statuses.
-const SHARDS: usize = 16;
-/// Jobs each shard may hold before the event API starts answering 503.
-const SHARD_CAPACITY: usize = 4096;
-/// How long in-flight work may take to finish after SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Attempts in flight at once across all forges; per-host limits apply below it.
+const MAX_IN_FLIGHT: usize = 256;
 /// How often the manifests are re-listed in case a file-system notification was missed.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -44,7 +40,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         manifests,
         data_dir,
         progressing_status,
+        delivery_max_age,
+        max_pending,
+        min_retry_delay,
+        max_retry_delay,
+        max_in_flight_per_host,
+        graceful_shutdown_timeout,
         watch_all_namespaces: _,
+        command: _,
     } = args;
 
     if manifests.is_empty() {
@@ -93,8 +96,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let memory = Arc::new(LastPosted::default());
-    let (dispatcher, mut workers) = Dispatcher::start(SHARDS, SHARD_CAPACITY, memory);
+    let (outbox, pending) = Outbox::open(data_dir.as_deref())?;
+    if data_dir.is_none() {
+        tracing::warn!("no --data-dir: accepted deliveries are kept in memory and lost on restart");
+    }
+    if !pending.is_empty() {
+        tracing::info!(
+            pending = pending.len(),
+            "resuming deliveries accepted before the restart"
+        );
+    }
     let settings = RouteSettings {
         no_cross_namespace_refs,
         progressing: match progressing_status {
@@ -102,6 +113,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Progressing::Skip => ProgressingMode::Skip,
         },
     };
+    let delivery_shutdown = CancellationToken::new();
+    let (scheduler, deliveries) = delivery::start(
+        outbox.clone(),
+        catalog.clone(),
+        delivery::Settings {
+            min_retry_delay,
+            max_retry_delay,
+            max_age: delivery_max_age,
+            max_in_flight: MAX_IN_FLIGHT,
+            max_in_flight_per_host,
+            progressing: settings.progressing,
+        },
+        pending,
+        delivery_shutdown.clone(),
+        graceful_shutdown_timeout,
+    );
+    let deliveries = tokio::spawn(deliveries);
 
     let ready = Arc::new(AtomicBool::new(false));
     let events_listener = server::bind(&events_addr)
@@ -123,15 +151,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let events = server::events_router(EventState {
         catalog: catalog.clone(),
         limiter,
-        dispatcher: dispatcher.clone(),
+        outbox: outbox.clone(),
+        scheduler,
         settings,
+        max_pending,
     });
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(server::serve(
         events_listener,
         events,
         shutdown.clone(),
-        SHUTDOWN_GRACE,
+        graceful_shutdown_timeout,
     ));
     servers.spawn(server::serve(
         health_listener,
@@ -153,15 +183,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ready.store(false, Ordering::Release);
     shutdown.cancel();
     while servers.join_next().await.is_some() {}
-    dispatcher.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!("deliveries still running after the grace period were abandoned");
-    }
+    delivery_shutdown.cancel();
+    let _ = deliveries.await;
     tasks.shutdown().await;
     Ok(())
 }

@@ -12,7 +12,11 @@ use clap::{Parser, ValueEnum};
 /// without it, it runs in Kubernetes.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "commit-status-controller", version, about, long_about)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The address the event endpoint binds to (Flux controllers POST events here).
     #[arg(long, default_value = ":9090", value_name = "ADDR")]
     pub events_addr: String,
@@ -55,9 +59,74 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Progressing::Pending)]
     pub progressing_status: Progressing,
 
+    /// Deliveries not landed within this long are recorded as expired.
+    #[arg(long, default_value = "24h", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub delivery_max_age: Duration,
+
+    /// Pending deliveries above which the event API answers 503 with Retry-After (Flux's event
+    /// recorders retry 5xx).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_pending: usize,
+
+    /// Upper bound of the first retry's wait; each retry doubles it (with full jitter).
+    #[arg(long, default_value = "1s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub min_retry_delay: Duration,
+
+    /// Cap of the retry wait.
+    #[arg(long, default_value = "5m", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub max_retry_delay: Duration,
+
+    /// Attempts in flight at once against one forge host.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_in_flight_per_host: usize,
+
+    /// How long in-flight attempts may take to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub graceful_shutdown_timeout: Duration,
+
     /// Watch Alerts and Providers in all namespaces (false: only $RUNTIME_NAMESPACE).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
     pub watch_all_namespaces: bool,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Lists recent delivery outcomes (or pending deliveries) from a data directory, or from a
+    /// running controller with --server.
+    Deliveries(DeliveriesArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeliveriesArgs {
+    /// The controller's --data-dir (read while the controller is stopped).
+    #[arg(long, value_name = "PATH", required_unless_present = "server")]
+    pub data_dir: Option<PathBuf>,
+    /// A running controller's event API, e.g. http://localhost:9090.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Only this Provider (`namespace/name`).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only repositories whose address contains this.
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// Only commits starting with this.
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Pending deliveries instead of outcomes.
+    #[arg(long)]
+    pub pending: bool,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -39,6 +39,8 @@ pub struct ProviderEntry {
     pub json: Value,
     pub expr: Option<StatusExpr>,
     pub forge: Option<Result<Arc<Forge>, String>>,
+    /// The repository address in effect (the Secret's `address` overrides the spec's).
+    pub address: String,
 }
 
 impl ProviderEntry {
@@ -83,9 +85,13 @@ impl Catalog {
 
         let mut providers = HashMap::new();
         for (provider, expr) in objects.providers {
+            let mut address = provider.spec.address.clone().unwrap_or_default();
             let forge = ForgeKind::from_provider_type(&provider.spec.type_).map(|kind| {
                 resolve::forge_config(&provider, kind, &secrets)
-                    .and_then(|cfg| Forge::new(cfg, clients).map_err(|e| e.to_string()))
+                    .and_then(|cfg| {
+                        address = cfg.address.clone();
+                        Forge::new(cfg, clients).map_err(|e| e.to_string())
+                    })
                     .map(Arc::new)
             });
             let json = serde_json::to_value(&provider).unwrap_or(Value::Null);
@@ -100,6 +106,7 @@ impl Catalog {
                     json,
                     expr,
                     forge,
+                    address,
                 }),
             );
         }

@@ -3,8 +3,10 @@
 pub mod app;
 pub mod args;
 pub mod catalog;
-pub mod dispatch;
+pub mod deliveries_cmd;
+pub mod delivery;
 pub mod manifests;
+pub mod outbox;
 pub mod ratelimit;
 pub mod resolve;
 pub mod route;

@@ -2,10 +2,29 @@
 
 use clap::Parser;
 
-use controller::args::Args;
+use controller::args::{Args, Command};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(Command::Deliveries(cmd)) = args.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let result = match runtime {
+            Ok(rt) => rt.block_on(controller::deliveries_cmd::run(cmd)),
+            Err(e) => Err(e.into()),
+        };
+        return match result {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = controller::telemetry::init(&args.log_level, args.log_encoding) {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);

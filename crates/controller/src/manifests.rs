@@ -144,16 +144,12 @@ pub fn load(paths: &[PathBuf]) -> Load {
     for file in list_files(paths) {
         load.files += 1;
         match std::fs::read(&file) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                for (document, doc) in split_documents(&text).into_iter().enumerate() {
-                    let origin = Origin {
-                        file: file.clone(),
-                        document,
-                    };
-                    load_document(&origin, doc, &mut load, &mut seen);
-                }
-            }
+            Ok(bytes) => load_file(
+                &file,
+                &String::from_utf8_lossy(&bytes),
+                &mut load,
+                &mut seen,
+            ),
             Err(e) => load.problems.push(Problem {
                 origin: Origin { file, document: 0 },
                 object: None,
@@ -163,6 +159,28 @@ pub fn load(paths: &[PathBuf]) -> Load {
         }
     }
     load
+}
+
+/// Validates `text` as the contents of one file called `name`, exactly as [`load`] does for
+/// each file it reads (without touching the file system; used by the fuzz target).
+pub fn load_text(name: &str, text: &str) -> Load {
+    let mut load = Load {
+        files: 1,
+        ..Load::default()
+    };
+    load_file(Path::new(name), text, &mut load, &mut BTreeMap::new());
+    load
+}
+
+/// Every document of one file's text, in order; `seen` spans files (first definition wins).
+fn load_file(file: &Path, text: &str, load: &mut Load, seen: &mut BTreeMap<String, Origin>) {
+    for (document, doc) in split_documents(text).into_iter().enumerate() {
+        let origin = Origin {
+            file: file.to_path_buf(),
+            document,
+        };
+        load_document(&origin, doc, load, seen);
+    }
 }
 
 /// Splits a YAML stream on `---` separator lines, as Kubernetes' YAML reader does, so that one

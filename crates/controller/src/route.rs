@@ -6,28 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use api::{EVENT_METADATA_PREFIX, Event};
-use notify::{Forge, Plan, ProgressingMode, StatusEvent};
+use notify::{ProgressingMode, StatusEvent};
 
 use crate::catalog::{AlertEntry, Catalog, ProviderEntry};
+use crate::outbox::Pending;
 
 /// Settings that shape routing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RouteSettings {
     pub no_cross_namespace_refs: bool,
     pub progressing: ProgressingMode,
-}
-
-/// One delivery to make.
-#[derive(Clone, Debug)]
-pub struct Job {
-    pub forge: Arc<Forge>,
-    pub plan: Plan,
-    /// `namespace/name` of the Provider and of the Alert, for logs.
-    pub provider: String,
-    pub provider_uid: String,
-    pub alert: String,
-    /// `Kind/namespace/name` of the involved object.
-    pub object: String,
 }
 
 /// Where in Flux's pipeline a failure happened, which decides the words it is reported with.
@@ -42,7 +30,8 @@ pub enum Stage {
 /// The outcome of routing an event to one matching Alert.
 #[derive(Debug)]
 pub enum Routed {
-    Job(Box<Job>),
+    /// A delivery to make (its sequence number is assigned when it is stored).
+    Job(Box<Pending>),
     Failed {
         alert: String,
         provider: Option<String>,
@@ -50,14 +39,9 @@ pub enum Routed {
         error: String,
     },
     /// Nothing to do, and nothing wrong.
-    Skipped {
-        alert: String,
-        reason: &'static str,
-    },
+    Skipped { alert: String, reason: &'static str },
     /// A commit-status provider got an event without commit metadata (§2.9 step 6).
-    NoCommit {
-        alert: String,
-    },
+    NoCommit { alert: String },
 }
 
 impl Routed {
@@ -325,13 +309,28 @@ pub fn route(
         metadata: &metadata,
     };
     match forge.plan(&status_event, settings.progressing) {
-        Ok(Some(plan)) => Routed::Job(Box::new(Job {
-            forge,
-            plan,
+        Ok(Some(plan)) => Routed::Job(Box::new(Pending {
+            seq: 0,
+            accepted_ms: crate::outbox::now_ms(),
+            not_before_ms: 0,
+            attempts: 0,
+            last_error: None,
             provider: provider.key(),
             provider_uid: provider.provider.metadata.uid.clone(),
             alert: alert_key,
             object: event.object_ref(),
+            repository: provider.address.clone(),
+            forge: forge.kind().to_string(),
+            sha: plan.sha,
+            status_id: plan.status_id,
+            state: plan.state,
+            description: plan.description,
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+            reason: event.reason.clone(),
+            severity: event.severity.clone(),
+            metadata,
+            message: event.message.clone(),
         })),
         Ok(None) => Routed::Skipped {
             alert: alert_key,

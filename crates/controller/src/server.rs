@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken as CancelToken;
 use api::Event;
 
 use crate::catalog::Catalog;
-use crate::dispatch::Dispatcher;
+use crate::delivery::Scheduler;
+use crate::outbox::{HistoryFilter, Outbox};
 use crate::ratelimit::{Limiter, event_key, rfc1123_utc};
 use crate::route::{self, RouteSettings, Routed};
 
@@ -39,12 +40,59 @@ pub type SharedCatalog = Arc<RwLock<Arc<Catalog>>>;
 pub struct EventState {
     pub catalog: SharedCatalog,
     pub limiter: Arc<Limiter>,
-    pub dispatcher: Dispatcher,
+    pub outbox: Outbox,
+    pub scheduler: Scheduler,
     pub settings: RouteSettings,
+    /// Pending deliveries above which new events are refused with 503.
+    pub max_pending: usize,
 }
 
+/// The event API, plus `GET /api/v1/deliveries`. Any other path or method is an event, as in
+/// Flux (a GET there has an empty body, which Flux answers 400 too).
 pub fn events_router(state: EventState) -> Router {
-    Router::new().fallback(handle_event).with_state(state)
+    Router::new()
+        .route(
+            "/api/v1/deliveries",
+            get(list_deliveries).fallback(handle_event),
+        )
+        .fallback(handle_event)
+        .with_state(state)
+}
+
+/// The delivery history, newest first, with `?provider=ns/name&repository=…&commit=…&limit=N`;
+/// `&pending=true` lists the deliveries still queued instead.
+async fn list_deliveries(
+    State(state): State<EventState>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let filter = HistoryFilter {
+        provider: params.get("provider").cloned(),
+        repository: params.get("repository").cloned(),
+        commit: params.get("commit").cloned(),
+        limit: params
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(100),
+    };
+    let pending = params.get("pending").is_some_and(|p| p == "true");
+    let outbox = state.outbox.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        if pending {
+            outbox
+                .pending(&filter)
+                .map(|p| serde_json::to_value(p).unwrap_or_default())
+        } else {
+            outbox
+                .history(&filter)
+                .map(|h| serde_json::to_value(h).unwrap_or_default())
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response {
@@ -126,10 +174,10 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
         tracing::info!(object = %event.object_ref(), alerts = ?dropped, "event dropped for commit status providers due to missing commit metadata key");
     }
     let object = event.object_ref();
-    let mut jobs = Vec::new();
+    let mut records = Vec::new();
     for r in routed {
         match r {
-            Routed::Job(job) => jobs.push(*job),
+            Routed::Job(record) => records.push(*record),
             Routed::Failed {
                 alert,
                 provider,
@@ -149,17 +197,32 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
             Routed::NoCommit { .. } => {}
         }
     }
-    if !jobs.is_empty() && state.dispatcher.enqueue(jobs).is_err() {
+    if records.is_empty() {
+        return with_limits(StatusCode::ACCEPTED.into_response());
+    }
+    let refuse = |why: &str| {
         // Give the token back: the sender will retry (Flux's recorder retries 5xx) and that
         // retry must not be taken for a duplicate.
         state.limiter.refund(&key);
-        tracing::warn!(object = %object, "delivery queues are full, asking the sender to retry");
+        tracing::warn!(object = %object, "{why}: asking the sender to retry");
         let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
         r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return with_limits(r);
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        with_limits(r)
+    };
+    if state.outbox.pending_len() + records.len() > state.max_pending {
+        return refuse("too many pending deliveries (--max-pending)");
     }
-    with_limits(StatusCode::ACCEPTED.into_response())
+    match state.outbox.accept(records).await {
+        Ok(records) => {
+            state.scheduler.accepted(&records);
+            with_limits(StatusCode::ACCEPTED.into_response())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store deliveries");
+            refuse("the delivery store is unavailable")
+        }
+    }
 }
 
 /// Health probes: `/healthz` always answers; `/readyz` once `ready` is set.

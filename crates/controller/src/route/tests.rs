@@ -273,7 +273,7 @@ fn route_one(c: &Catalog, e: &Event, settings: RouteSettings) -> Routed {
 
 fn kinds(r: &Routed) -> String {
     match r {
-        Routed::Job(j) => format!("job {} {} {}", j.plan.state, j.plan.status_id, j.plan.sha),
+        Routed::Job(j) => format!("job {} {} {}", j.state, j.status_id, j.sha),
         Routed::Failed { error, stage, .. } => format!("failed {stage:?}: {error}"),
         Routed::Skipped { reason, .. } => format!("skipped: {reason}"),
         Routed::NoCommit { .. } => "nocommit".into(),

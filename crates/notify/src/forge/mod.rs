@@ -340,6 +340,18 @@ impl Forge {
         })
     }
 
+    /// A short, stable fingerprint of the credentials (never the credentials themselves), so
+    /// deliveries sharing a rate-limit budget can be grouped.
+    pub fn credential_fingerprint(&self) -> String {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        for s in &self.inner.secrets {
+            h.update(s.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(&h.finalize()[..8])
+    }
+
     /// The forge kind.
     pub fn kind(&self) -> ForgeKind {
         self.inner.protocol.kind()

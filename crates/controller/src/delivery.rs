@@ -1,0 +1,534 @@
+//! Sends what the outbox holds: schedules each pending delivery, attempts it with the forge
+//! named by the current configuration, and retries with exponential backoff and full jitter
+//! until it lands, fails for good or expires.
+//!
+//! Limits: one attempt at a time per status (so states keep their order), a bounded number of
+//! attempts in flight in all and per forge host, and a shared rate-limit budget per (forge
+//! host, credential): once a forge says the budget is spent, every delivery on that credential
+//! waits for the reset instead of each failing against it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use notify::{Outcome as Sent, ProgressingMode, Retry, StatusEvent};
+
+use crate::outbox::{Finish, Outbox, Outcome, Pending, Verdict, now_ms, rfc3339};
+use crate::server::SharedCatalog;
+
+/// Tunables of delivery.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// First retry waits up to this long; each further retry doubles it.
+    pub min_retry_delay: Duration,
+    /// Cap of the retry wait (before jitter).
+    pub max_retry_delay: Duration,
+    /// Deliveries older than this are recorded as expired.
+    pub max_age: Duration,
+    /// Attempts in flight at once, in all.
+    pub max_in_flight: usize,
+    /// Attempts in flight at once against one forge host.
+    pub max_in_flight_per_host: usize,
+    pub progressing: ProgressingMode,
+}
+
+enum Msg {
+    Accepted(Vec<(String, u64, i64)>),
+    /// An attempt ended; `at` is when to look at the key again, if its record remains.
+    Ended {
+        key: String,
+        seq: u64,
+        at: Option<i64>,
+    },
+}
+
+/// Hands newly accepted deliveries to the scheduler.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Scheduler {
+    pub fn accepted(&self, records: &[Pending]) {
+        let keys = records
+            .iter()
+            .map(|r| (r.key(), r.seq, r.not_before_ms))
+            .collect();
+        let _ = self.tx.send(Msg::Accepted(keys));
+    }
+}
+
+struct Shared {
+    outbox: Outbox,
+    catalog: SharedCatalog,
+    settings: Settings,
+    global: Semaphore,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Rate-limit budgets that are spent, until when (ms since epoch).
+    budgets: Mutex<HashMap<String, i64>>,
+}
+
+/// Starts the scheduler with what the store held at start-up. The returned future ends after
+/// `shutdown`, once in-flight attempts finished or `grace` passed.
+pub fn start(
+    outbox: Outbox,
+    catalog: SharedCatalog,
+    settings: Settings,
+    initial: Vec<Pending>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> (Scheduler, impl std::future::Future<Output = ()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let scheduler = Scheduler { tx: tx.clone() };
+    let shared = Arc::new(Shared {
+        global: Semaphore::new(settings.max_in_flight.max(1)),
+        outbox,
+        catalog,
+        settings,
+        hosts: Mutex::default(),
+        budgets: Mutex::default(),
+    });
+    let _ = tx.send(Msg::Accepted(
+        initial
+            .iter()
+            .map(|p| (p.key(), p.seq, p.not_before_ms))
+            .collect(),
+    ));
+    (scheduler, run(shared, tx, rx, shutdown, grace))
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    // Latest sequence number known per pending key; due times; keys with an attempt running.
+    let mut latest: HashMap<String, u64> = HashMap::new();
+    let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
+    let mut due_at: HashMap<String, i64> = HashMap::new();
+    let mut running: HashMap<String, u64> = HashMap::new();
+    let mut tasks = JoinSet::new();
+
+    let schedule = |due: &mut BTreeSet<(i64, String)>,
+                    due_at: &mut HashMap<String, i64>,
+                    key: String,
+                    at: i64| {
+        if let Some(old) = due_at.insert(key.clone(), at) {
+            due.remove(&(old, key.clone()));
+        }
+        due.insert((at, key));
+    };
+
+    loop {
+        let next = due.first().map(|(at, _)| *at);
+        let sleep = match next {
+            Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64),
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    Msg::Accepted(keys) => {
+                        for (key, seq, at) in keys {
+                            latest.insert(key.clone(), seq);
+                            if !running.contains_key(&key) {
+                                schedule(&mut due, &mut due_at, key, at);
+                            }
+                        }
+                    }
+                    Msg::Ended { key, seq, at } => {
+                        running.remove(&key);
+                        match latest.get(&key) {
+                            // A newer state arrived meanwhile: send it now.
+                            Some(&l) if l != seq => schedule(&mut due, &mut due_at, key, now_ms()),
+                            Some(_) => match at {
+                                Some(at) => schedule(&mut due, &mut due_at, key, at),
+                                None => {
+                                    latest.remove(&key);
+                                }
+                            },
+                            None => {}
+                        }
+                    }
+                }
+            }
+            () = tokio::time::sleep(sleep), if next.is_some() => {
+                let now = now_ms();
+                while let Some((at, key)) = due.first().cloned() {
+                    if at > now {
+                        break;
+                    }
+                    due.remove(&(at, key.clone()));
+                    due_at.remove(&key);
+                    let Some(&seq) = latest.get(&key) else { continue };
+                    running.insert(key.clone(), seq);
+                    let shared = shared.clone();
+                    let tx = tx.clone();
+                    tasks.spawn(async move {
+                        let at = attempt(&shared, &key, seq).await;
+                        let _ = tx.send(Msg::Ended { key, seq, at });
+                    });
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            abandoned = tasks.len(),
+            "attempts still running after the grace period were abandoned; they stay queued"
+        );
+        tasks.abort_all();
+    }
+    shared.outbox.flush().await;
+}
+
+/// One attempt. Returns when to look at the key again, or `None` when it is finished.
+async fn attempt(shared: &Shared, key: &str, seq: u64) -> Option<i64> {
+    let _permit = shared.global.acquire().await.ok()?;
+    let record = match shared.outbox.get(key) {
+        Ok(Some(r)) if r.seq == seq => r,
+        // Replaced by a newer state (the scheduler knows) or already finished.
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a pending delivery; retrying");
+            return Some(now_ms() + 1000);
+        }
+    };
+    let settings = &shared.settings;
+    let age = now_ms() - record.accepted_ms;
+    if age > settings.max_age.as_millis() as i64 {
+        let message = format!(
+            "not delivered within {:?} (last error: {})",
+            settings.max_age,
+            record.last_error.as_deref().unwrap_or("none")
+        );
+        report(&record, Verdict::Expired, &message);
+        done(shared, &record, Verdict::Expired, None, None, Some(message));
+        return None;
+    }
+
+    let catalog = shared
+        .catalog
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let (ns, name) = record
+        .provider
+        .split_once('/')
+        .unwrap_or(("", &record.provider));
+    let provider = catalog
+        .provider(ns, name)
+        .filter(|p| p.provider.metadata.uid == record.provider_uid);
+    let Some(provider) = provider else {
+        report(
+            &record,
+            Verdict::Skipped,
+            "the provider was deleted or replaced",
+        );
+        done(
+            shared,
+            &record,
+            Verdict::Skipped,
+            None,
+            None,
+            Some("the provider was deleted or replaced".into()),
+        );
+        return None;
+    };
+    if provider.provider.spec.suspend {
+        report(&record, Verdict::Skipped, "the provider is suspended");
+        done(
+            shared,
+            &record,
+            Verdict::Skipped,
+            None,
+            None,
+            Some("the provider is suspended".into()),
+        );
+        return None;
+    }
+    let forge = match &provider.forge {
+        Some(Ok(f)) => f.clone(),
+        Some(Err(e)) => {
+            let msg = format!("failed to initialize notifier for provider '{name}': {e}");
+            report(&record, Verdict::Failed, &msg);
+            done(shared, &record, Verdict::Failed, None, None, Some(msg));
+            return None;
+        }
+        None => {
+            report(
+                &record,
+                Verdict::Skipped,
+                "the provider is no longer a commit-status type",
+            );
+            done(
+                shared,
+                &record,
+                Verdict::Skipped,
+                None,
+                None,
+                Some("the provider is no longer a commit-status type".into()),
+            );
+            return None;
+        }
+    };
+    let ev = StatusEvent {
+        status_id: &record.status_id,
+        kind: &record.kind,
+        name: &record.name,
+        reason: &record.reason,
+        severity: &record.severity,
+        metadata: &record.metadata,
+    };
+    let plan = match forge.plan(&ev, settings.progressing) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => {
+            report(&record, Verdict::Skipped, "progressing event");
+            done(
+                shared,
+                &record,
+                Verdict::Skipped,
+                None,
+                None,
+                Some("progressing event".into()),
+            );
+            return None;
+        }
+        Err(e) => {
+            report(&record, Verdict::Failed, &e.to_string());
+            done(
+                shared,
+                &record,
+                Verdict::Failed,
+                None,
+                None,
+                Some(e.to_string()),
+            );
+            return None;
+        }
+    };
+    let fingerprint = plan.fingerprint();
+    if shared.outbox.posted(key).ok().flatten().as_deref() == Some(fingerprint.as_str()) {
+        tracing::debug!(provider = %record.provider, object = %record.object, commit = %record.sha, status = %record.status_id, state = %record.state, "commit status already posted, skipping");
+        done(
+            shared,
+            &record,
+            Verdict::AlreadySet,
+            Some(fingerprint),
+            None,
+            Some("identical to the last status posted; no API call".into()),
+        );
+        return None;
+    }
+
+    let host = origin(&plan.write.url);
+    let budget = format!("{host} {}", forge.credential_fingerprint());
+    let blocked_until = shared
+        .budgets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&budget)
+        .copied();
+    if let Some(until) = blocked_until.filter(|u| *u > now_ms()) {
+        return Some(until);
+    }
+    let host_limit = {
+        let mut hosts = shared.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .entry(host.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(settings.max_in_flight_per_host.max(1))))
+            .clone()
+    };
+    let _host_permit = host_limit.acquire().await.ok()?;
+
+    let attempts = record.attempts + 1;
+    match forge.execute(&plan).await {
+        Ok(sent) => {
+            let verdict = match sent {
+                Sent::Posted => Verdict::Posted,
+                Sent::AlreadySet => Verdict::AlreadySet,
+            };
+            tracing::info!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, state = %plan.state, attempts, already_set = verdict == Verdict::AlreadySet, "commit status posted");
+            let mut record = record;
+            record.attempts = attempts;
+            done(shared, &record, verdict, Some(fingerprint), None, None);
+            None
+        }
+        Err(e) => {
+            let message = crate::route::Routed::failure_message(
+                &record.object,
+                crate::route::Stage::Send,
+                &e.to_string(),
+            );
+            let wait = match e.retry() {
+                Retry::No => None,
+                Retry::Backoff => Some(backoff(settings, record.attempts)),
+                Retry::After(d) => {
+                    if matches!(e.status(), Some(429 | 403)) {
+                        // The budget is per credential: everyone using it waits.
+                        let until = now_ms() + d.as_millis() as i64;
+                        shared
+                            .budgets
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(budget, until);
+                    }
+                    Some(d.max(Duration::from_millis(10)))
+                }
+            };
+            let mut record = record;
+            record.attempts = attempts;
+            match wait {
+                Some(wait)
+                    if (now_ms() + wait.as_millis() as i64 - record.accepted_ms)
+                        <= settings.max_age.as_millis() as i64 =>
+                {
+                    tracing::warn!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, retry_in = ?wait, error = %message, "commit status not delivered yet, will retry");
+                    let at = now_ms() + wait.as_millis() as i64;
+                    shared.outbox.finish(Finish::Retry {
+                        key: key.to_string(),
+                        seq,
+                        attempts,
+                        not_before_ms: at,
+                        error: message,
+                    });
+                    Some(at)
+                }
+                Some(_) => {
+                    tracing::error!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification: delivery expired");
+                    done(
+                        shared,
+                        &record,
+                        Verdict::Expired,
+                        None,
+                        e.status(),
+                        Some(message),
+                    );
+                    None
+                }
+                None => {
+                    tracing::error!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification");
+                    done(
+                        shared,
+                        &record,
+                        Verdict::Failed,
+                        None,
+                        e.status(),
+                        Some(message),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Logs a delivery that ended without reaching the forge.
+fn report(r: &Pending, verdict: Verdict, message: &str) {
+    match verdict {
+        Verdict::Skipped | Verdict::AlreadySet | Verdict::Posted => {
+            tracing::info!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, reason = %message, "commit status skipped")
+        }
+        Verdict::Failed | Verdict::Expired => {
+            tracing::error!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, error = %crate::route::Routed::failure_message(&r.object, crate::route::Stage::Send, message), "failed to send notification")
+        }
+    }
+}
+
+fn done(
+    shared: &Shared,
+    r: &Pending,
+    verdict: Verdict,
+    fingerprint: Option<String>,
+    http_status: Option<u16>,
+    message: Option<String>,
+) {
+    let now = now_ms();
+    shared.outbox.finish(Finish::Done {
+        key: r.key(),
+        seq: r.seq,
+        fingerprint,
+        outcome: Outcome {
+            id: 0,
+            time: rfc3339(now),
+            outcome: verdict,
+            provider: r.provider.clone(),
+            alert: r.alert.clone(),
+            object: r.object.clone(),
+            repository: r.repository.clone(),
+            forge: r.forge.clone(),
+            commit: r.sha.clone(),
+            status: r.status_id.clone(),
+            state: r.state.clone(),
+            description: r.description.clone(),
+            attempts: r.attempts,
+            http_status,
+            message,
+            event_message: r.message.clone(),
+            accepted: rfc3339(r.accepted_ms),
+        },
+    });
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, min·2^attempts)].
+fn backoff(settings: &Settings, attempts: u32) -> Duration {
+    let cap = settings
+        .min_retry_delay
+        .saturating_mul(1u32 << attempts.min(20))
+        .min(settings.max_retry_delay);
+    let ms = cap.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 10..=ms).max(1))
+}
+
+/// `scheme://host[:port]` of a URL, the unit of per-host limits.
+fn origin(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = Settings {
+            min_retry_delay: Duration::from_millis(100),
+            max_retry_delay: Duration::from_secs(2),
+            max_age: Duration::from_secs(60),
+            max_in_flight: 1,
+            max_in_flight_per_host: 1,
+            progressing: ProgressingMode::Pending,
+        };
+        for attempts in 0..30 {
+            let cap =
+                Duration::from_millis(100 * (1u64 << attempts.min(20))).min(Duration::from_secs(2));
+            let d = backoff(&s, attempts);
+            assert!(d <= cap && d >= cap / 10, "{attempts}: {d:?} vs {cap:?}");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            origin("https://api.github.com/repos/o/r"),
+            "https://api.github.com"
+        );
+        assert_eq!(origin("http://127.0.0.1:8080/x"), "http://127.0.0.1:8080");
+    }
+}

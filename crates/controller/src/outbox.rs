@@ -1,0 +1,612 @@
+//! The durable outbox: every accepted delivery is committed to redb before the event API
+//! answers 202, together with the "last posted" memory and a bounded history of outcomes.
+//!
+//! One writer thread owns all writes and group-commits whatever has queued up since its last
+//! commit, so durability costs one fsync per batch, not per event. Pending deliveries are keyed
+//! by (provider UID, commit, status name): a newer desired state replaces a queued older one,
+//! and a finished attempt only removes the record it was started from, so an older state can
+//! never be posted after a newer one, across restarts included.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// Pending deliveries: status key → [`Pending`] (JSON).
+const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
+/// What was last posted per status key: the plan's fingerprint.
+const POSTED: TableDefinition<&str, &str> = TableDefinition::new("posted");
+/// Outcomes in the order they happened: id → [`Outcome`] (JSON).
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+/// Per-provider index of the history, to bound it per provider.
+const HISTORY_BY_PROVIDER: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("history_by_provider");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Outcomes kept per provider; older ones are dropped.
+pub const HISTORY_PER_PROVIDER: usize = 500;
+/// Outcomes kept in all; bounds the store when there are many providers.
+const HISTORY_TOTAL: u64 = 100_000;
+/// "Last posted" fingerprints kept; each costs ~250 bytes on disk.
+const POSTED_CAP: u64 = 200_000;
+/// Writes applied in one transaction at most; bounds a commit's latency under load.
+const MAX_BATCH: usize = 4096;
+/// redb's page cache; the store is small and mostly written, so a few MiB suffice.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `provider UID`, commit and status name, joined by a separator no field can contain.
+pub fn status_key(provider_uid: &str, sha: &str, status_id: &str) -> String {
+    format!("{provider_uid}\u{1f}{sha}\u{1f}{status_id}")
+}
+
+/// A delivery to make: what is needed to plan it again at send time. It holds no secret:
+/// credentials are looked up in the current configuration when the attempt starts, so a
+/// rotated token is picked up by the next retry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Pending {
+    pub seq: u64,
+    pub accepted_ms: i64,
+    pub not_before_ms: i64,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// `namespace/name` of the Provider and its UID.
+    pub provider: String,
+    pub provider_uid: String,
+    pub alert: String,
+    pub object: String,
+    pub repository: String,
+    pub forge: String,
+    pub sha: String,
+    pub status_id: String,
+    pub state: String,
+    pub description: String,
+    /// The event as the forge planned it.
+    pub kind: String,
+    pub name: String,
+    pub reason: String,
+    pub severity: String,
+    pub metadata: BTreeMap<String, String>,
+    /// The full event message, which the forge's description cannot hold.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Pending {
+    pub fn key(&self) -> String {
+        status_key(&self.provider_uid, &self.sha, &self.status_id)
+    }
+}
+
+/// How a delivery ended.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Posted,
+    AlreadySet,
+    Skipped,
+    Failed,
+    Expired,
+}
+
+/// One entry of the delivery history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    pub id: u64,
+    pub time: String,
+    pub outcome: Verdict,
+    pub provider: String,
+    pub alert: String,
+    pub object: String,
+    pub repository: String,
+    pub forge: String,
+    pub commit: String,
+    pub status: String,
+    pub state: String,
+    pub description: String,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub event_message: String,
+    pub accepted: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the delivery store {path}: {source}")]
+    Open {
+        path: String,
+        source: redb::DatabaseError,
+    },
+    #[error("delivery store: {0}")]
+    Storage(String),
+    #[error("the delivery store is shut down")]
+    Closed,
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// How a finished attempt changes the store.
+#[derive(Debug)]
+pub enum Finish {
+    /// Done for good: drop the pending record (if it is still this one), remember what was
+    /// posted (if anything), record the outcome.
+    Done {
+        key: String,
+        seq: u64,
+        fingerprint: Option<String>,
+        outcome: Outcome,
+    },
+    /// Try again later (if the record is still this one).
+    Retry {
+        key: String,
+        seq: u64,
+        attempts: u32,
+        not_before_ms: i64,
+        error: String,
+    },
+}
+
+enum Op {
+    Accept(
+        Vec<Pending>,
+        oneshot::Sender<Result<Vec<Pending>, StoreError>>,
+    ),
+    Finish(Finish),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    db: Arc<Database>,
+    tx: mpsc::UnboundedSender<Op>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    /// Opens (or creates) the store in `dir`, or an in-memory one without a directory.
+    pub fn open(dir: Option<&Path>) -> Result<(Outbox, Vec<Pending>), StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        let db = match dir {
+            Some(dir) => {
+                let path = dir.join("deliveries.redb");
+                builder.create(&path).map_err(|source| StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                })?
+            }
+            None => builder
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .map_err(|source| StoreError::Open {
+                    path: "(memory)".into(),
+                    source,
+                })?,
+        };
+        let db = Arc::new(db);
+        let (pending, counts, next_id) = init(&db)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let gauge = Arc::new(AtomicUsize::new(pending.len()));
+        let writer = Writer {
+            db: db.clone(),
+            next_id,
+            counts,
+            pending: gauge.clone(),
+        };
+        std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(storage)?;
+        Ok((
+            Outbox {
+                db,
+                tx,
+                pending: gauge,
+            },
+            pending,
+        ))
+    }
+
+    /// Commits the deliveries durably; returns them with their sequence numbers.
+    pub async fn accept(&self, records: Vec<Pending>) -> Result<Vec<Pending>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Accept(records, reply))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn finish(&self, finish: Finish) {
+        let _ = self.tx.send(Op::Finish(finish));
+    }
+
+    /// Waits until everything sent so far is committed.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Op::Flush(reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Deliveries accepted and not yet finished.
+    pub fn pending_len(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Pending>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        let value = table.get(key).map_err(storage)?;
+        Ok(value.and_then(|v| serde_json::from_slice(v.value()).ok()))
+    }
+
+    pub fn posted(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(POSTED).map_err(storage)?;
+        Ok(table
+            .get(key)
+            .map_err(storage)?
+            .map(|v| v.value().to_string()))
+    }
+
+    /// The newest outcomes first, filtered.
+    pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<Outcome>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        read_history(&txn.open_table(HISTORY).map_err(storage)?, filter)
+    }
+
+    /// Pending deliveries, oldest first, filtered like the history.
+    pub fn pending(&self, filter: &HistoryFilter) -> Result<Vec<Pending>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            if let Ok(p) = serde_json::from_slice::<Pending>(v.value()) {
+                if filter.matches(&p.provider, &p.repository, &p.sha) {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort_by_key(|p| p.seq);
+        out.truncate(filter.limit);
+        Ok(out)
+    }
+}
+
+/// Reads the history from a store file, for the `deliveries` subcommand.
+pub fn read_file(
+    dir: &Path,
+    filter: &HistoryFilter,
+) -> Result<(Vec<Outcome>, Vec<Pending>), StoreError> {
+    let path = dir.join("deliveries.redb");
+    let db = redb::ReadOnlyDatabase::open(&path).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let txn = db.begin_read().map_err(storage)?;
+    let history = match txn.open_table(HISTORY) {
+        Ok(t) => read_history(&t, filter)?,
+        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        Err(e) => return Err(storage(e)),
+    };
+    let mut pending = Vec::new();
+    if let Ok(t) = txn.open_table(PENDING) {
+        for entry in t.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            if let Ok(p) = serde_json::from_slice::<Pending>(v.value()) {
+                if filter.matches(&p.provider, &p.repository, &p.sha) {
+                    pending.push(p);
+                }
+            }
+        }
+    }
+    pending.sort_by_key(|p| p.seq);
+    Ok((history, pending))
+}
+
+fn read_history(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    filter: &HistoryFilter,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(storage)?.rev() {
+        let (_, v) = entry.map_err(storage)?;
+        if let Ok(o) = serde_json::from_slice::<Outcome>(v.value()) {
+            if filter.matches(&o.provider, &o.repository, &o.commit) {
+                out.push(o);
+                if out.len() >= filter.limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Which outcomes to list.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct HistoryFilter {
+    /// `namespace/name` of a Provider.
+    pub provider: Option<String>,
+    /// Repository address, or a part of it.
+    pub repository: Option<String>,
+    /// Commit SHA, or a prefix of it.
+    pub commit: Option<String>,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+impl HistoryFilter {
+    fn matches(&self, provider: &str, repository: &str, commit: &str) -> bool {
+        self.provider.as_deref().is_none_or(|p| p == provider)
+            && self
+                .repository
+                .as_deref()
+                .is_none_or(|r| repository.contains(r))
+            && self.commit.as_deref().is_none_or(|c| commit.starts_with(c))
+    }
+}
+
+type Init = (Vec<Pending>, HashMap<String, u64>, u64);
+
+fn init(db: &Database) -> Result<Init, StoreError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let mut pending = Vec::new();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let next_id;
+    {
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        for entry in table.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            match serde_json::from_slice::<Pending>(v.value()) {
+                Ok(p) => pending.push(p),
+                Err(e) => tracing::error!(error = %e, "unreadable pending delivery skipped"),
+            }
+        }
+        txn.open_table(POSTED).map_err(storage)?;
+        txn.open_table(HISTORY).map_err(storage)?;
+        let index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
+        for entry in index.iter().map_err(storage)? {
+            let (k, _) = entry.map_err(storage)?;
+            *counts.entry(k.value().0.to_string()).or_default() += 1;
+        }
+        let meta = txn.open_table(META).map_err(storage)?;
+        next_id = meta
+            .get("seq")
+            .map_err(storage)?
+            .map(|v| v.value())
+            .unwrap_or(0)
+            + 1;
+    }
+    txn.commit().map_err(storage)?;
+    pending.sort_by_key(|p| p.seq);
+    Ok((pending, counts, next_id))
+}
+
+struct Writer {
+    db: Arc<Database>,
+    next_id: u64,
+    counts: HashMap<String, u64>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut accepted = Vec::new();
+            let mut flushes = Vec::new();
+            let result = self.apply(batch, &mut accepted, &mut flushes);
+            match result {
+                Ok(()) => {
+                    for (records, reply) in accepted {
+                        let _ = reply.send(Ok(records));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery store write failed");
+                    for (_, reply) in accepted {
+                        let _ = reply.send(Err(StoreError::Storage(e.to_string())));
+                    }
+                }
+            }
+            for f in flushes {
+                let _ = f.send(());
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        batch: Vec<Op>,
+        accepted: &mut Vec<(
+            Vec<Pending>,
+            oneshot::Sender<Result<Vec<Pending>, StoreError>>,
+        )>,
+        flushes: &mut Vec<oneshot::Sender<()>>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let first_id = self.next_id;
+        {
+            let mut pending = txn.open_table(PENDING).map_err(storage)?;
+            let mut posted = txn.open_table(POSTED).map_err(storage)?;
+            let mut history = txn.open_table(HISTORY).map_err(storage)?;
+            let mut index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
+            for op in batch {
+                match op {
+                    Op::Accept(mut records, reply) => {
+                        for r in &mut records {
+                            r.seq = self.next_id;
+                            self.next_id += 1;
+                            let bytes = serde_json::to_vec(r).map_err(storage)?;
+                            if pending
+                                .insert(r.key().as_str(), bytes.as_slice())
+                                .map_err(storage)?
+                                .is_none()
+                            {
+                                self.pending.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        accepted.push((records, reply));
+                    }
+                    Op::Finish(Finish::Done {
+                        key,
+                        seq,
+                        fingerprint,
+                        mut outcome,
+                    }) => {
+                        let current = pending
+                            .get(key.as_str())
+                            .map_err(storage)?
+                            .map(|v| seq_of(v.value()));
+                        if current == Some(seq) {
+                            pending.remove(key.as_str()).map_err(storage)?;
+                            self.pending.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        if let Some(f) = fingerprint {
+                            posted.insert(key.as_str(), f.as_str()).map_err(storage)?;
+                        }
+                        outcome.id = self.next_id;
+                        self.next_id += 1;
+                        let bytes = serde_json::to_vec(&outcome).map_err(storage)?;
+                        history
+                            .insert(outcome.id, bytes.as_slice())
+                            .map_err(storage)?;
+                        index
+                            .insert((outcome.provider.as_str(), outcome.id), ())
+                            .map_err(storage)?;
+                        let count = self.counts.entry(outcome.provider.clone()).or_default();
+                        *count += 1;
+                        if *count > HISTORY_PER_PROVIDER as u64 {
+                            let oldest = index
+                                .range(
+                                    (outcome.provider.as_str(), 0)
+                                        ..(outcome.provider.as_str(), u64::MAX),
+                                )
+                                .map_err(storage)?
+                                .next()
+                                .transpose()
+                                .map_err(storage)?
+                                .map(|(k, _)| k.value().1);
+                            if let Some(id) = oldest {
+                                index
+                                    .remove((outcome.provider.as_str(), id))
+                                    .map_err(storage)?;
+                                history.remove(id).map_err(storage)?;
+                                *count -= 1;
+                            }
+                        }
+                    }
+                    Op::Finish(Finish::Retry {
+                        key,
+                        seq,
+                        attempts,
+                        not_before_ms,
+                        error,
+                    }) => {
+                        let current = pending
+                            .get(key.as_str())
+                            .map_err(storage)?
+                            .and_then(|v| serde_json::from_slice::<Pending>(v.value()).ok());
+                        if let Some(mut p) = current.filter(|p| p.seq == seq) {
+                            p.attempts = attempts;
+                            p.not_before_ms = not_before_ms;
+                            p.last_error = Some(error);
+                            let bytes = serde_json::to_vec(&p).map_err(storage)?;
+                            pending
+                                .insert(key.as_str(), bytes.as_slice())
+                                .map_err(storage)?;
+                        }
+                    }
+                    Op::Flush(reply) => flushes.push(reply),
+                }
+            }
+            if history.len().map_err(storage)? > HISTORY_TOTAL {
+                let drop: Vec<(u64, String)> = history
+                    .iter()
+                    .map_err(storage)?
+                    .take(1024)
+                    .filter_map(|e| e.ok())
+                    .map(|(k, v)| {
+                        let provider = serde_json::from_slice::<Outcome>(v.value())
+                            .map(|o| o.provider)
+                            .unwrap_or_default();
+                        (k.value(), provider)
+                    })
+                    .collect();
+                for (id, provider) in drop {
+                    history.remove(id).map_err(storage)?;
+                    index.remove((provider.as_str(), id)).map_err(storage)?;
+                    if let Some(c) = self.counts.get_mut(&provider) {
+                        *c = c.saturating_sub(1);
+                    }
+                }
+            }
+            if posted.len().map_err(storage)? > POSTED_CAP {
+                // Forgetting costs one read on the forge later, never a wrong status.
+                let keys: Vec<String> = posted
+                    .iter()
+                    .map_err(storage)?
+                    .take(1024)
+                    .filter_map(|e| e.ok())
+                    .map(|(k, _)| k.value().to_string())
+                    .collect();
+                for k in keys {
+                    posted.remove(k.as_str()).map_err(storage)?;
+                }
+            }
+            if self.next_id != first_id {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                meta.insert("seq", self.next_id - 1).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+}
+
+fn seq_of(bytes: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(bytes)
+        .map(|s| s.seq)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 in UTC, for outcome times.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
