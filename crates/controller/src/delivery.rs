@@ -44,6 +44,7 @@ enum Msg {
         key: String,
         seq: u64,
         at: Option<i64>,
+        attempts: u32,
     },
 }
 
@@ -93,10 +94,13 @@ pub fn start(
         hosts: Mutex::default(),
         budgets: Mutex::default(),
     });
+    // A restart is a natural moment to try again: what waited for a long backoff before the
+    // restart is retried soon after it.
+    let soon = now_ms() + shared.settings.min_retry_delay.as_millis() as i64;
     let _ = tx.send(Msg::Accepted(
         initial
             .iter()
-            .map(|p| (p.key(), p.seq, p.not_before_ms))
+            .map(|p| (p.key(), p.seq, p.not_before_ms.min(soon)))
             .collect(),
     ));
     (scheduler, run(shared, tx, rx, shutdown, grace))
@@ -114,6 +118,8 @@ async fn run(
     let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
     let mut due_at: HashMap<String, i64> = HashMap::new();
     let mut running: HashMap<String, u64> = HashMap::new();
+    // Attempts made per key; the store's copy may lag behind the writer.
+    let mut tries: HashMap<String, u32> = HashMap::new();
     let mut tasks = JoinSet::new();
 
     let schedule = |due: &mut BTreeSet<(i64, String)>,
@@ -139,21 +145,28 @@ async fn run(
                 match msg {
                     Msg::Accepted(keys) => {
                         for (key, seq, at) in keys {
-                            latest.insert(key.clone(), seq);
+                            if latest.insert(key.clone(), seq) != Some(seq) && !running.contains_key(&key) {
+                                tries.remove(&key);
+                            }
                             if !running.contains_key(&key) {
                                 schedule(&mut due, &mut due_at, key, at);
                             }
                         }
                     }
-                    Msg::Ended { key, seq, at } => {
+                    Msg::Ended { key, seq, at, attempts } => {
                         running.remove(&key);
+                        tries.insert(key.clone(), attempts);
                         match latest.get(&key) {
                             // A newer state arrived meanwhile: send it now.
-                            Some(&l) if l != seq => schedule(&mut due, &mut due_at, key, now_ms()),
+                            Some(&l) if l != seq => {
+                                tries.remove(&key);
+                                schedule(&mut due, &mut due_at, key, now_ms())
+                            }
                             Some(_) => match at {
                                 Some(at) => schedule(&mut due, &mut due_at, key, at),
                                 None => {
                                     latest.remove(&key);
+                                    tries.remove(&key);
                                 }
                             },
                             None => {}
@@ -170,12 +183,14 @@ async fn run(
                     due.remove(&(at, key.clone()));
                     due_at.remove(&key);
                     let Some(&seq) = latest.get(&key) else { continue };
+                    let known = tries.get(&key).copied().unwrap_or(0);
                     running.insert(key.clone(), seq);
                     let shared = shared.clone();
                     let tx = tx.clone();
                     tasks.spawn(async move {
-                        let at = attempt(&shared, &key, seq).await;
-                        let _ = tx.send(Msg::Ended { key, seq, at });
+                        let mut attempts = known;
+                        let at = attempt(&shared, &key, seq, &mut attempts).await;
+                        let _ = tx.send(Msg::Ended { key, seq, at, attempts });
                     });
                 }
             }
@@ -196,7 +211,8 @@ async fn run(
 }
 
 /// One attempt. Returns when to look at the key again, or `None` when it is finished.
-async fn attempt(shared: &Shared, key: &str, seq: u64) -> Option<i64> {
+/// `attempts`: attempts made so far (the store's count may lag); updated when one is made.
+async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Option<i64> {
     let _permit = shared.global.acquire().await.ok()?;
     let record = match shared.outbox.get(key) {
         Ok(Some(r)) if r.seq == seq => r,
@@ -354,7 +370,10 @@ async fn attempt(shared: &Shared, key: &str, seq: u64) -> Option<i64> {
     };
     let _host_permit = host_limit.acquire().await.ok()?;
 
-    let attempts = record.attempts + 1;
+    let mut record = record;
+    record.attempts = record.attempts.max(*attempts);
+    *attempts = record.attempts + 1;
+    let attempts = *attempts;
     match forge.execute(&plan).await {
         Ok(sent) => {
             let verdict = match sent {
@@ -461,7 +480,7 @@ fn done(
         key: r.key(),
         seq: r.seq,
         fingerprint,
-        outcome: Outcome {
+        outcome: Box::new(Outcome {
             id: 0,
             time: rfc3339(now),
             outcome: verdict,
@@ -479,7 +498,7 @@ fn done(
             message,
             event_message: r.message.clone(),
             accepted: rfc3339(r.accepted_ms),
-        },
+        }),
     });
 }
 

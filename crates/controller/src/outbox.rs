@@ -152,7 +152,7 @@ pub enum Finish {
         key: String,
         seq: u64,
         fingerprint: Option<String>,
-        outcome: Outcome,
+        outcome: Box<Outcome>,
     },
     /// Try again later (if the record is still this one).
     Retry {
@@ -269,26 +269,15 @@ impl Outbox {
 
     /// The newest outcomes first, filtered.
     pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<Outcome>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        read_history(&txn.open_table(HISTORY).map_err(storage)?, filter)
+        read_db(&*self.db, filter).map(|(history, _)| history)
     }
 
     /// Pending deliveries, oldest first, filtered like the history.
     pub fn pending(&self, filter: &HistoryFilter) -> Result<Vec<Pending>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(PENDING).map_err(storage)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(storage)? {
-            let (_, v) = entry.map_err(storage)?;
-            if let Ok(p) = serde_json::from_slice::<Pending>(v.value()) {
-                if filter.matches(&p.provider, &p.repository, &p.sha) {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort_by_key(|p| p.seq);
-        out.truncate(filter.limit);
-        Ok(out)
+        read_db(&*self.db, filter).map(|(_, mut pending)| {
+            pending.truncate(filter.limit);
+            pending
+        })
     }
 }
 
@@ -298,10 +287,25 @@ pub fn read_file(
     filter: &HistoryFilter,
 ) -> Result<(Vec<Outcome>, Vec<Pending>), StoreError> {
     let path = dir.join("deliveries.redb");
-    let db = redb::ReadOnlyDatabase::open(&path).map_err(|source| StoreError::Open {
+    let open_error = |source| StoreError::Open {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    match redb::ReadOnlyDatabase::open(&path) {
+        Ok(db) => read_db(&db, filter),
+        // After an unclean stop the file needs a repair, which only a writer may do; the
+        // controller is not running (it would hold the lock), so open it for writing.
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            Err(open_error(redb::DatabaseError::DatabaseAlreadyOpen))
+        }
+        Err(_) => read_db(&Database::open(&path).map_err(open_error)?, filter),
+    }
+}
+
+fn read_db(
+    db: &impl ReadableDatabase,
+    filter: &HistoryFilter,
+) -> Result<(Vec<Outcome>, Vec<Pending>), StoreError> {
     let txn = db.begin_read().map_err(storage)?;
     let history = match txn.open_table(HISTORY) {
         Ok(t) => read_history(&t, filter)?,
@@ -312,10 +316,10 @@ pub fn read_file(
     if let Ok(t) = txn.open_table(PENDING) {
         for entry in t.iter().map_err(storage)? {
             let (_, v) = entry.map_err(storage)?;
-            if let Ok(p) = serde_json::from_slice::<Pending>(v.value()) {
-                if filter.matches(&p.provider, &p.repository, &p.sha) {
-                    pending.push(p);
-                }
+            if let Ok(p) = serde_json::from_slice::<Pending>(v.value())
+                && filter.matches(&p.provider, &p.repository, &p.sha)
+            {
+                pending.push(p);
             }
         }
     }
@@ -330,12 +334,12 @@ fn read_history(
     let mut out = Vec::new();
     for entry in table.iter().map_err(storage)?.rev() {
         let (_, v) = entry.map_err(storage)?;
-        if let Ok(o) = serde_json::from_slice::<Outcome>(v.value()) {
-            if filter.matches(&o.provider, &o.repository, &o.commit) {
-                out.push(o);
-                if out.len() >= filter.limit {
-                    break;
-                }
+        if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
+            && filter.matches(&o.provider, &o.repository, &o.commit)
+        {
+            out.push(o);
+            if out.len() >= filter.limit {
+                break;
             }
         }
     }

@@ -382,6 +382,11 @@ impl StubForge {
         self.inner.state().scripted.push_back((matcher, response));
     }
 
+    /// Drops every scripted answer not used yet: the forge is healthy again.
+    pub fn clear_scripted(&self) {
+        self.inner.state().scripted.clear();
+    }
+
     /// Delays every answer by `delay` (scripted answers add their own delay on top).
     pub fn set_delay(&self, delay: Duration) {
         self.inner.state().delay = delay;
