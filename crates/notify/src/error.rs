@@ -63,6 +63,36 @@ pub enum ConfigError {
     /// The HTTP client could not be built from the TLS/proxy settings.
     #[error("failed to build HTTP client: {0}")]
     HttpClient(String),
+    /// Gitea (and Forgejo): neither `token` nor `password` in the secret.
+    #[error("gitea token cannot be empty")]
+    GiteaToken,
+    /// Bitbucket Server: the address cannot be read as an HTTP(S) clone URL. Flux's wording
+    /// (`could not parse git address: ...`).
+    #[error("could not parse git address: {0}")]
+    BitbucketServerAddress(String),
+    /// Bitbucket Server: neither a token nor a username and password.
+    #[error("invalid credentials, expected to be one of username/password or API Token")]
+    BitbucketServerCredentials,
+    /// GitHub App: neither `githubAppInstallationID` nor `githubAppInstallationOwner`.
+    #[error("app installation owner or ID must be provided to use github app authentication")]
+    GitHubAppInstallationMissing,
+    /// GitHub App: both `githubAppInstallationID` and `githubAppInstallationOwner`.
+    #[error(
+        "only one of app installation owner or ID must be provided to use github app authentication"
+    )]
+    GitHubAppInstallationAmbiguous,
+    /// GitHub App: the installation ID is not a number (it is a path segment of the token call).
+    #[error("app installation ID must be a number to use github app authentication")]
+    GitHubAppInstallationId,
+    /// GitHub App: no `githubAppPrivateKey`.
+    #[error("private key must be provided to use github app authentication")]
+    GitHubAppPrivateKeyMissing,
+    /// GitHub App: the private key is not a usable PEM RSA key. Never contains key material.
+    #[error("could not parse private key: {0}")]
+    GitHubAppPrivateKey(String),
+    /// GitHub App: `githubAppBaseURL` is not an absolute http(s) URL.
+    #[error("invalid github app base URL: {0}")]
+    GitHubAppBaseUrl(String),
 }
 
 /// Why an event cannot become a commit status on this forge. Not retryable: the same event
@@ -96,6 +126,23 @@ pub enum PlanError {
         len: usize,
         /// The forge's limit.
         max: usize,
+    },
+    /// The target URL (a link on the status) is one the forge would refuse.
+    #[error("target URL is not accepted by {forge}: {reason}")]
+    TargetUrl {
+        /// The forge whose rule applies.
+        forge: ForgeKind,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another plan error under the prefix the forge's Flux notifier puts before it
+    /// (Bitbucket Server: `could not parse revision: ...`).
+    #[error("{context}: {inner}")]
+    Context {
+        /// Flux's prefix.
+        context: &'static str,
+        /// The error itself.
+        inner: Box<PlanError>,
     },
 }
 
@@ -133,6 +180,9 @@ pub struct DeliveryError {
     method: http::Method,
     url: String,
     failure: Failure,
+    /// The whole message in the forge's Flux wording, when it differs from the shared format
+    /// (Bitbucket Server's `<code> - <reason>`).
+    text: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -165,7 +215,14 @@ impl DeliveryError {
             method,
             url,
             failure,
+            text: None,
         }
+    }
+
+    /// Replaces the rendered message; classification (`retry`, `status`) is unchanged.
+    pub(crate) fn with_text(mut self, text: Option<String>) -> Self {
+        self.text = text;
+        self
     }
 
     /// Replaces every occurrence of the given values (credentials) in the text. The forge's
@@ -181,6 +238,9 @@ impl DeliveryError {
             }
         };
         clean(&mut self.url);
+        if let Some(text) = &mut self.text {
+            clean(text);
+        }
         match &mut self.failure {
             Failure::Status { message, .. }
             | Failure::Transport { message, .. }
@@ -220,6 +280,9 @@ impl DeliveryError {
 
 impl fmt::Display for DeliveryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = &self.text {
+            return f.write_str(text);
+        }
         if let Some(context) = self.context {
             write!(f, "{context}: ")?;
         }
@@ -243,6 +306,7 @@ impl fmt::Debug for DeliveryError {
             .field("method", &self.method)
             .field("url", &self.url)
             .field("failure", &self.failure)
+            .field("text", &self.text)
             .finish()
     }
 }

@@ -16,6 +16,7 @@ mod secret;
 mod transport;
 
 pub use error::{ConfigError, DeliveryError, PlanError, Retry};
+pub use forge::github_app::GitHubApp;
 pub use forge::{Forge, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};
 pub use request::ForgeRequest;
 pub use secret::Secret;

@@ -10,7 +10,8 @@ use reqwest::{Certificate, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::{ConfigError, ForgeKind, ForgeRequest, Retry, Secret};
+use crate::forge::github_app::TokenCache;
+use crate::{ConfigError, ForgeKind, ForgeRequest, GitHubApp, Retry, Secret};
 
 /// Sent on every request, so forge admins can tell our traffic apart.
 pub(crate) const USER_AGENT: &str = concat!("commit-status-controller/", env!("CARGO_PKG_VERSION"));
@@ -34,6 +35,9 @@ pub struct Credentials {
     pub username: Option<String>,
     /// Secret key `password`.
     pub password: Option<Secret>,
+    /// GitHub App settings (secret keys `githubApp*`); GitHub only, used when there is no
+    /// `token`/`password`. Set it when the secret has the key `githubAppID`.
+    pub github_app: Option<GitHubApp>,
 }
 
 impl Credentials {
@@ -172,11 +176,13 @@ struct ClientKey {
 }
 
 /// Shares reqwest clients between providers with the same (proxy, TLS) settings so 1,000
-/// providers do not mean 1,000 connection pools. Cheap to clone (Arc inside). Timeouts are per
-/// request, not per client.
+/// providers do not mean 1,000 connection pools, and GitHub App installation tokens between
+/// providers using the same App. Cheap to clone (Arc inside). Timeouts are per request, not
+/// per client.
 #[derive(Clone, Default)]
 pub struct ClientCache {
     clients: Arc<Mutex<HashMap<ClientKey, reqwest::Client>>>,
+    app_tokens: TokenCache,
 }
 
 impl ClientCache {
@@ -200,6 +206,10 @@ impl ClientCache {
         self.clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn app_tokens(&self) -> &TokenCache {
+        &self.app_tokens
     }
 
     /// The client for these settings, built on first use.
@@ -426,11 +436,16 @@ mod tests {
                 token: Some(Secret::new("ghp_tok")),
                 username: None,
                 password: Some(Secret::new("pw_secret")),
+                github_app: Some(GitHubApp {
+                    app_id: "1".into(),
+                    private_key: Secret::new("APPKEY"),
+                    ..GitHubApp::default()
+                }),
             },
             network,
         };
         let text = format!("{config:?}");
-        for secret in ["proxypass", "PRIVATEKEY", "ghp_tok", "pw_secret"] {
+        for secret in ["proxypass", "PRIVATEKEY", "ghp_tok", "pw_secret", "APPKEY"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert_eq!(NetworkConfig::default().timeout, Duration::from_secs(15));
@@ -440,8 +455,8 @@ mod tests {
     fn credentials_are_trimmed() {
         let c = Credentials {
             token: Some(Secret::new(" \n")),
-            username: None,
             password: Some(Secret::new("pw\n")),
+            ..Credentials::default()
         };
         assert_eq!(c.token(), None);
         assert_eq!(c.token_or_password(), Some("pw"));

@@ -6,7 +6,10 @@ use http::Method;
 use serde::Deserialize;
 
 use super::encode::{JsonObject, path_segment};
-use super::{Protocol, State, StatusEvent, Wanted, basic_auth, header_secrets, require_http};
+use super::{
+    Protocol, State, StatusEvent, Wanted, basic_auth, checked_target_url, header_secrets,
+    require_http,
+};
 use crate::address::GitAddress;
 use crate::transport::USER_AGENT;
 use crate::{ConfigError, Credentials, ForgeKind, ForgeRequest, PlanError, Secret};
@@ -169,12 +172,19 @@ impl Protocol for AzureDevOps {
             Some(summary) => format!("{GENRE}:{summary}"),
             None => GENRE.to_owned(),
         };
+        // Azure DevOps documents no rule for `targetUrl`; it only renders it as a link.
+        let target_url = ev
+            .link()
+            .map(|u| checked_target_url(ForgeKind::AzureDevOps, u, false, None))
+            .transpose()?;
         Ok(Wanted {
             sha,
             state,
             description,
             context: ev.status_id.to_owned(),
             genre: Some(genre),
+            name: None,
+            target_url,
         })
     }
 
@@ -191,11 +201,15 @@ impl Protocol for AzureDevOps {
         let context = JsonObject::new(true)
             .str("genre", wanted.genre.as_deref().unwrap_or(GENRE))
             .str("name", &wanted.context);
-        let body = JsonObject::new(true)
+        // The SDK's field order: `targetUrl` follows `state`, and is left out when unset.
+        let mut body = JsonObject::new(true)
             .object("context", context)
             .str("description", &wanted.description)
-            .str("state", wanted.state)
-            .finish();
+            .str("state", wanted.state);
+        if let Some(target_url) = &wanted.target_url {
+            body = body.str("targetUrl", target_url);
+        }
+        let body = body.finish();
         self.request(Method::POST, self.statuses_url(&wanted.sha))
             .json("application/json;charset=utf-8", body.into_bytes())
     }

@@ -5,7 +5,9 @@ use http::Method;
 use serde::Deserialize;
 
 use super::encode::{JsonObject, path_segment};
-use super::{Protocol, State, StatusEvent, Wanted, basic_auth, header_secrets, sha1_hex};
+use super::{
+    Protocol, State, StatusEvent, Wanted, basic_auth, checked_target_url, header_secrets, sha1_hex,
+};
 use crate::address::GitAddress;
 use crate::describe::{object_name, truncate_chars};
 use crate::transport::USER_AGENT;
@@ -104,6 +106,11 @@ impl Protocol for Bitbucket {
         state: &'static str,
         description: String,
     ) -> Result<Wanted, PlanError> {
+        // Bitbucket refuses a relative `url` with 400 ("Enter a valid URL").
+        let target_url = ev
+            .link()
+            .map(|u| checked_target_url(ForgeKind::Bitbucket, u, true, None))
+            .transpose()?;
         // The key is limited to 40 characters; a SHA-1 hex of the ID always fits.
         Ok(Wanted {
             sha,
@@ -111,6 +118,8 @@ impl Protocol for Bitbucket {
             description,
             context: sha1_hex(ev.status_id),
             genre: None,
+            name: None,
+            target_url,
         })
     }
 
@@ -133,7 +142,7 @@ impl Protocol for Bitbucket {
         let name = truncate_chars(&object_name(ev.kind, ev.name), MAX_NAME_CHARS);
         let body = JsonObject::new(true)
             .str("key", &wanted.context)
-            .str("url", STATUS_URL)
+            .str("url", wanted.target_url.as_deref().unwrap_or(STATUS_URL))
             .str("state", wanted.state)
             .str("name", &name)
             .str("description", &wanted.description)
@@ -156,7 +165,8 @@ impl Protocol for Bitbucket {
         None
     }
 
-    fn absent_on_not_found(&self) -> bool {
-        true
+    /// No status for this key yet.
+    fn absent(&self, status: u16) -> bool {
+        status == 404
     }
 }

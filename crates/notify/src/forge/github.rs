@@ -5,7 +5,11 @@ use http::Method;
 use serde::Deserialize;
 
 use super::encode::{JsonObject, path_segment};
-use super::{Protocol, State, StatusEvent, Wanted, header_safe, header_secrets, require_http};
+use super::github_app::{AppAuth, TokenCache};
+use super::{
+    Protocol, State, StatusEvent, Wanted, checked_target_url, header_safe, header_secrets,
+    require_http,
+};
 use crate::address::GitAddress;
 use crate::describe::truncate_chars;
 use crate::transport::USER_AGENT;
@@ -24,14 +28,25 @@ pub(crate) struct GitHub {
     api: String,
     owner: String,
     repo: String,
-    authorization: Secret,
+    /// `None` with a GitHub App: the installation token is added at execution.
+    authorization: Option<Secret>,
 }
 
 impl GitHub {
-    pub(crate) fn new(address: &str, credentials: &Credentials) -> Result<Self, ConfigError> {
-        let token = credentials
-            .token_or_password()
-            .ok_or(ConfigError::GitHubCredentials)?;
+    /// A token (or password) wins over App settings, as in Flux.
+    pub(crate) fn new(
+        address: &str,
+        credentials: &Credentials,
+        app_tokens: &TokenCache,
+    ) -> Result<(Self, Option<AppAuth>), ConfigError> {
+        let (authorization, app) = match (credentials.token_or_password(), &credentials.github_app)
+        {
+            (Some(token), _) => (Some(header_safe(format!("Bearer {token}"))?), None),
+            (None, Some(app)) if !app.app_id.trim().is_empty() => {
+                (None, Some(AppAuth::new(app, app_tokens)?))
+            }
+            (None, _) => return Err(ConfigError::GitHubCredentials),
+        };
         let address = GitAddress::parse(address);
         let (owner, repo) = match address.segments()[..] {
             [owner, repo] if !owner.is_empty() && !repo.is_empty() => {
@@ -40,12 +55,13 @@ impl GitHub {
             _ => return Err(ConfigError::GitHubRepositoryId(address.id)),
         };
         require_http(&address)?;
-        Ok(Self {
+        let github = Self {
             api: api_base(&address),
             owner,
             repo,
-            authorization: header_safe(format!("Bearer {token}"))?,
-        })
+            authorization,
+        };
+        Ok((github, app))
     }
 
     fn repo_url(&self) -> String {
@@ -58,8 +74,11 @@ impl GitHub {
     }
 
     fn request(&self, method: Method, url: String) -> ForgeRequest {
-        ForgeRequest::new(method, url)
-            .header("Authorization", self.authorization.expose())
+        let mut request = ForgeRequest::new(method, url);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization.expose());
+        }
+        request
             .header("Accept", "application/vnd.github.v3+json")
             .header("X-GitHub-Api-Version", "2022-11-28")
             .header("User-Agent", USER_AGENT)
@@ -132,12 +151,19 @@ impl Protocol for GitHub {
                 max: MAX_CONTEXT_CHARS,
             });
         }
+        // GitHub documents no limit or format for `target_url`.
+        let target_url = ev
+            .link()
+            .map(|u| checked_target_url(ForgeKind::GitHub, u, false, None))
+            .transpose()?;
         Ok(Wanted {
             sha,
             state,
             description: truncate_chars(&description, MAX_DESCRIPTION_CHARS),
             context: ev.status_id.to_owned(),
             genre: None,
+            name: None,
+            target_url,
         })
     }
 
@@ -158,8 +184,12 @@ impl Protocol for GitHub {
     fn write_request(&self, _ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
         let url = format!("{}/statuses/{}", self.repo_url(), path_segment(&wanted.sha));
         // go-github encodes without HTML escaping and ends the body with a newline.
-        let mut body = JsonObject::new(false)
-            .str("state", wanted.state)
+        // go-github's field order; `target_url` is omitted when empty, as Flux never sets it.
+        let mut body = JsonObject::new(false).str("state", wanted.state);
+        if let Some(target_url) = &wanted.target_url {
+            body = body.str("target_url", target_url);
+        }
+        let mut body = body
             .str("description", &wanted.description)
             .str("context", &wanted.context)
             .finish();
@@ -169,7 +199,10 @@ impl Protocol for GitHub {
     }
 
     fn secret_values(&self) -> Vec<String> {
-        header_secrets(&self.authorization)
+        self.authorization
+            .as_ref()
+            .map(header_secrets)
+            .unwrap_or_default()
     }
 
     fn read_context(&self) -> &'static str {

@@ -5,7 +5,10 @@ use http::Method;
 use serde::Deserialize;
 
 use super::encode::{JsonObject, path_segment, query_value};
-use super::{Protocol, State, StatusEvent, Wanted, header_safe, header_secrets, require_http};
+use super::{
+    Protocol, State, StatusEvent, Wanted, checked_target_url, header_safe, header_secrets,
+    require_http,
+};
 use crate::address::GitAddress;
 use crate::describe::truncate_chars;
 use crate::transport::USER_AGENT;
@@ -13,6 +16,8 @@ use crate::{ConfigError, Credentials, ForgeKind, ForgeRequest, PlanError, Secret
 
 /// GitLab stores descriptions in a 255-character column.
 const MAX_DESCRIPTION_CHARS: usize = 255;
+/// The model validates `target_url` as an addressable http(s) URL of at most 255 characters.
+const MAX_TARGET_URL_CHARS: usize = 255;
 
 #[derive(Debug)]
 pub(crate) struct GitLab {
@@ -95,12 +100,18 @@ impl Protocol for GitLab {
         state: &'static str,
         description: String,
     ) -> Result<Wanted, PlanError> {
+        let target_url = ev
+            .link()
+            .map(|u| checked_target_url(ForgeKind::GitLab, u, true, Some(MAX_TARGET_URL_CHARS)))
+            .transpose()?;
         Ok(Wanted {
             sha,
             state,
             description: truncate_chars(&description, MAX_DESCRIPTION_CHARS),
             context: ev.status_id.to_owned(),
             genre: None,
+            name: None,
+            target_url,
         })
     }
 
@@ -127,11 +138,14 @@ impl Protocol for GitLab {
             self.project,
             path_segment(&wanted.sha)
         );
-        let body = JsonObject::new(true)
+        // go-gitlab's field order (state, ref, name, context, target_url, description).
+        let mut body = JsonObject::new(true)
             .str("state", wanted.state)
-            .str("name", &wanted.context)
-            .str("description", &wanted.description)
-            .finish();
+            .str("name", &wanted.context);
+        if let Some(target_url) = &wanted.target_url {
+            body = body.str("target_url", target_url);
+        }
+        let body = body.str("description", &wanted.description).finish();
         self.request(Method::POST, url)
             .json("application/json", body.into_bytes())
     }

@@ -2,11 +2,18 @@
 //! I/O). Each forge module supplies only what differs, through the private [`Protocol`] trait:
 //! its address rules, state names, the read request and how to spot a duplicate in its answer,
 //! and the write request. Adding a forge is one file plus one arm in [`Forge::new_with_env`].
+//!
+//! GitHub App authentication is the one exception to "requests are complete at plan time": the
+//! installation token is only known at execution, so [`Forge::execute`] adds it (see
+//! [`github_app`]).
 
 mod azure_devops;
 mod bitbucket;
+mod bitbucket_server;
 mod encode;
+mod gitea;
 mod github;
+pub(crate) mod github_app;
 mod gitlab;
 
 use std::collections::BTreeMap;
@@ -20,9 +27,10 @@ use sha1::{Digest as _, Sha1};
 use crate::error::{Failure, classify, forge_message};
 use crate::transport::{self, SendError};
 use crate::{
-    ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Retry,
+    ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Retry, Secret,
     address::GitAddress, describe, revision,
 };
+use github_app::AppAuth;
 
 /// The Git forges Flux can post commit statuses to (Provider `spec.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,7 +90,8 @@ pub enum ProgressingMode {
     /// Post the forge's in-progress state.
     #[default]
     Pending,
-    /// Send nothing (Flux's behaviour for every forge but Gitea).
+    /// Send nothing (Flux's behaviour for every forge but Gitea). Gitea is skipped too: Flux
+    /// posts `pending` there, but one switch for all forges is easier to reason about.
     Skip,
 }
 
@@ -102,6 +111,39 @@ pub struct StatusEvent<'a> {
     pub severity: &'a str,
     /// Merged metadata: keys `commit`, `originRevision`, `revision`, `summary`, ...
     pub metadata: &'a BTreeMap<String, String>,
+    /// Link shown on the status (evaluated by the controller). `None` or blank: the forge's
+    /// Flux default (none, `""` on Gitea, `https://bitbucket.org`, the Provider address on
+    /// Bitbucket Server), and a body byte-identical to Flux's.
+    pub target_url: Option<&'a str>,
+    /// Description replacing the one derived from the reason (evaluated by the controller),
+    /// still cut to the forge's limit. `None` or empty: the reason-derived one.
+    pub description: Option<&'a str>,
+}
+
+/// Metadata of a defaulted [`StatusEvent`].
+static NO_METADATA: BTreeMap<String, String> = BTreeMap::new();
+
+impl Default for StatusEvent<'_> {
+    /// Every text empty and no metadata, for `..StatusEvent::default()` in struct literals.
+    fn default() -> Self {
+        Self {
+            status_id: "",
+            kind: "",
+            name: "",
+            reason: "",
+            severity: "",
+            metadata: &NO_METADATA,
+            target_url: None,
+            description: None,
+        }
+    }
+}
+
+impl<'a> StatusEvent<'a> {
+    /// The target URL, if one is set and not blank.
+    pub(crate) fn link(&self) -> Option<&'a str> {
+        self.target_url.map(str::trim).filter(|u| !u.is_empty())
+    }
 }
 
 /// Result of a successful [`Forge::execute`].
@@ -166,6 +208,17 @@ pub(crate) struct Wanted {
     pub context: String,
     /// Azure DevOps context genre.
     pub genre: Option<String>,
+    /// Bitbucket Server's status name (compared by its duplicate rule).
+    pub name: Option<String>,
+    /// The link the status carries, already checked against the forge's rules.
+    pub target_url: Option<String>,
+}
+
+/// Which of the two exchanges failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Read,
+    Write,
 }
 
 /// Protocol knowledge for one forge. No I/O: builds requests and reads answers.
@@ -201,9 +254,26 @@ pub(crate) trait Protocol: Send + Sync + fmt::Debug {
     /// Flux's prefix for a failed write, if Flux adds one.
     fn write_context(&self) -> Option<&'static str>;
 
-    /// Whether a 404 to the read means "no status yet" rather than an error.
-    fn absent_on_not_found(&self) -> bool {
+    /// Whether this answer to the read means "no status yet" (rather than an error, or a
+    /// body to inspect).
+    fn absent(&self, _status: u16) -> bool {
         false
+    }
+
+    /// The whole error message in Flux's wording, when this forge's notifier words it
+    /// differently from the shared `<context>: <METHOD> <url>: <status> <message>`.
+    fn failure_text(
+        &self,
+        _phase: Phase,
+        _request: &ForgeRequest,
+        _failure: &Failure,
+    ) -> Option<String> {
+        None
+    }
+
+    /// A plan error as this forge's Flux notifier reports it (some add a prefix).
+    fn plan_error(&self, error: PlanError) -> PlanError {
+        error
     }
 
     /// Whether an answer is a success.
@@ -268,6 +338,33 @@ pub(crate) fn sha1_hex(s: &str) -> String {
     hex::encode(Sha1::digest(s.as_bytes()))
 }
 
+/// Checks a target URL against a forge's rules: an absolute http(s) URL when `absolute`, and
+/// at most `max` characters.
+pub(crate) fn checked_target_url(
+    forge: ForgeKind,
+    url: &str,
+    absolute: bool,
+    max: Option<usize>,
+) -> Result<String, PlanError> {
+    let refuse = |reason: String| PlanError::TargetUrl { forge, reason };
+    if let Some(max) = max {
+        let len = url.chars().count();
+        if len > max {
+            return Err(refuse(format!(
+                "it is {len} characters long, at most {max} are allowed"
+            )));
+        }
+    }
+    if absolute {
+        let ok = url::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            return Err(refuse(format!("{url:?} is not an absolute http(s) URL")));
+        }
+    }
+    Ok(url.to_owned())
+}
+
 // === impl Forge ===
 
 /// A ready-to-use commit-status client for one Provider. Cheap to clone.
@@ -282,6 +379,9 @@ struct Inner {
     timeout: Duration,
     /// Credential values scrubbed from error texts.
     secrets: Vec<String>,
+    /// GitHub App: the `Authorization` header is added at execution, with an installation
+    /// token from the shared cache.
+    app: Option<AppAuth>,
 }
 
 impl fmt::Debug for Forge {
@@ -313,29 +413,42 @@ impl Forge {
             credentials,
             network,
         } = config;
+        let mut app = None;
         let protocol: Box<dyn Protocol> = match kind {
-            ForgeKind::GitHub => Box::new(github::GitHub::new(&address, &credentials)?),
+            ForgeKind::GitHub => {
+                let (github, app_auth) =
+                    github::GitHub::new(&address, &credentials, clients.app_tokens())?;
+                app = app_auth;
+                Box::new(github)
+            }
             ForgeKind::GitLab => Box::new(gitlab::GitLab::new(&address, &credentials)?),
+            ForgeKind::Gitea => Box::new(gitea::Gitea::new(&address, &credentials)?),
             ForgeKind::Bitbucket => {
                 let api = env(bitbucket::API_BASE_ENV).filter(|v| !v.trim().is_empty());
                 Box::new(bitbucket::Bitbucket::new(&address, &credentials, api)?)
             }
+            ForgeKind::BitbucketServer => Box::new(bitbucket_server::BitbucketServer::new(
+                &address,
+                &credentials,
+            )?),
             ForgeKind::AzureDevOps => {
                 Box::new(azure_devops::AzureDevOps::new(&address, &credentials)?)
-            }
-            ForgeKind::Gitea | ForgeKind::BitbucketServer => {
-                return Err(ConfigError::Unsupported(kind));
             }
         };
         let client = clients.client(&network)?;
         let mut secrets = credentials.values();
         secrets.extend(protocol.secret_values());
+        if let Some(app) = &app {
+            // Not a credential, but it tells Apps apart in `credential_fingerprint`.
+            secrets.push(app.fingerprint.clone());
+        }
         Ok(Forge {
             inner: Arc::new(Inner {
                 protocol,
                 client,
                 timeout: network.timeout,
                 secrets,
+                app,
             }),
         })
     }
@@ -372,9 +485,12 @@ impl Forge {
         if is_progressing && progressing == ProgressingMode::Skip {
             return Ok(None);
         }
-        let sha = revision::from_metadata(ev.metadata)?;
+        let sha = revision::from_metadata(ev.metadata).map_err(|e| protocol.plan_error(e))?;
         let state = protocol.state_name(state_for(protocol.kind(), ev.severity, is_progressing)?);
-        let description = describe::description(ev.reason);
+        let description = match ev.description.filter(|d| !d.is_empty()) {
+            Some(custom) => custom.to_owned(),
+            None => describe::description(ev.reason),
+        };
         let wanted = protocol.wanted(ev, sha, state, description)?;
         Ok(Some(Plan {
             sha: wanted.sha.clone(),
@@ -391,13 +507,13 @@ impl Forge {
     /// request is bounded by `network.timeout`.
     pub async fn execute(&self, plan: &Plan) -> Result<Outcome, DeliveryError> {
         let protocol = &self.inner.protocol;
+        // One installation token for both requests, even one too close to expiry to cache.
+        let mut token = None;
         if let Some(read) = &plan.read {
-            let context = Some(protocol.read_context());
-            let answer = self.send(read, context).await?;
-            let absent = answer.status == 404 && protocol.absent_on_not_found();
-            if !absent {
+            let answer = self.send(read, Phase::Read, &mut token).await?;
+            if !protocol.absent(answer.status) {
                 if !protocol.accepts(answer.status) {
-                    return Err(self.refused(read, context, &answer));
+                    return Err(self.refused(read, Phase::Read, &answer));
                 }
                 match protocol.is_duplicate(&plan.wanted, &answer.body) {
                     Ok(true) => {
@@ -407,16 +523,15 @@ impl Forge {
                     Ok(false) => {}
                     Err(e) => {
                         let failure = Failure::Decode {
-                            message: e.to_string(),
+                            message: decode_message(&e),
                         };
-                        return Err(self.error(read, context, failure));
+                        return Err(self.error(read, Phase::Read, failure));
                     }
                 }
             }
         }
         let write = &plan.write;
-        let context = protocol.write_context();
-        let answer = self.send(write, context).await?;
+        let answer = self.send(write, Phase::Write, &mut token).await?;
         if protocol.accepts(answer.status) {
             tracing::debug!(forge = %self.kind(), sha = %plan.sha, state = %plan.state, "commit status posted");
             return Ok(Outcome::Posted);
@@ -424,15 +539,61 @@ impl Forge {
         if protocol.write_was_noop(answer.status, &answer.body) {
             return Ok(Outcome::AlreadySet);
         }
-        Err(self.refused(write, context, &answer))
+        Err(self.refused(write, Phase::Write, &answer))
     }
 
+    /// Sends one request; with a GitHub App, authenticated with an installation token, and
+    /// once more with a fresh token if the forge refuses the cached one (revoked, or the App's
+    /// permissions changed).
     async fn send(
         &self,
         request: &ForgeRequest,
-        context: Option<&'static str>,
+        phase: Phase,
+        token: &mut Option<Secret>,
+    ) -> Result<transport::Response, DeliveryError> {
+        let Some(app) = &self.inner.app else {
+            return self.send_as(request, phase, None).await;
+        };
+        let (client, timeout) = (&self.inner.client, self.inner.timeout);
+        let current = match token.take() {
+            Some(current) => current,
+            None => app.token(client, timeout, None).await?,
+        };
+        let answer = self.send_as(request, phase, Some(&current)).await?;
+        if answer.status != 401 {
+            *token = Some(current);
+            return Ok(answer);
+        }
+        tracing::debug!(forge = %self.kind(), "installation token refused, getting a new one");
+        let fresh = app.token(client, timeout, Some(&current)).await?;
+        let answer = self.send_as(request, phase, Some(&fresh)).await;
+        *token = Some(fresh);
+        answer
+    }
+
+    async fn send_as(
+        &self,
+        request: &ForgeRequest,
+        phase: Phase,
+        token: Option<&Secret>,
     ) -> Result<transport::Response, DeliveryError> {
         tracing::trace!(forge = %self.kind(), method = %request.method, url = %request.url, "sending");
+        let authorized;
+        let request = match token {
+            Some(token) => {
+                let mut with_token = request.clone();
+                with_token.headers.insert(
+                    0,
+                    (
+                        "Authorization".to_owned(),
+                        format!("Bearer {}", token.expose()),
+                    ),
+                );
+                authorized = with_token;
+                &authorized
+            }
+            None => request,
+        };
         transport::send(&self.inner.client, request, self.inner.timeout)
             .await
             .map_err(|e| {
@@ -444,14 +605,14 @@ impl Forge {
                         Failure::Transport { message, retry }
                     }
                 };
-                self.error(request, context, failure)
+                self.error(request, phase, failure)
             })
     }
 
     fn refused(
         &self,
         request: &ForgeRequest,
-        context: Option<&'static str>,
+        phase: Phase,
         answer: &transport::Response,
     ) -> DeliveryError {
         let retry: Retry = classify(
@@ -464,7 +625,7 @@ impl Forge {
         let message = forge_message(answer.status, &answer.body);
         self.error(
             request,
-            context,
+            phase,
             Failure::Status {
                 status: answer.status,
                 message,
@@ -473,12 +634,23 @@ impl Forge {
         )
     }
 
-    fn error(
-        &self,
-        request: &ForgeRequest,
-        context: Option<&'static str>,
-        failure: Failure,
-    ) -> DeliveryError {
+    fn error(&self, request: &ForgeRequest, phase: Phase, failure: Failure) -> DeliveryError {
+        let protocol = &self.inner.protocol;
+        let context = match phase {
+            Phase::Read => Some(protocol.read_context()),
+            Phase::Write => protocol.write_context(),
+        };
+        let text = protocol.failure_text(phase, request, &failure);
+        let mut secrets = self.inner.secrets.clone();
+        // An installation token is not known at construction; scrub the one this request
+        // carried.
+        if self.inner.app.is_some()
+            && let Some(token) = request
+                .header_value("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            secrets.push(token.to_owned());
+        }
         DeliveryError::new(
             self.kind(),
             context,
@@ -486,7 +658,18 @@ impl Forge {
             request.url.clone(),
             failure,
         )
-        .scrub(&self.inner.secrets)
+        .with_text(text)
+        .scrub(&secrets)
+    }
+}
+
+/// serde's wording, except for an empty or cut-off body, which reads as Go's (Flux's error
+/// texts quote `encoding/json`).
+fn decode_message(e: &serde_json::Error) -> String {
+    if e.is_eof() {
+        "unexpected end of JSON input".to_owned()
+    } else {
+        e.to_string()
     }
 }
 

@@ -75,6 +75,7 @@ fn event<'a>(metadata: &'a BTreeMap<String, String>) -> StatusEvent<'a> {
         reason: "ReconciliationSucceeded",
         severity: "info",
         metadata,
+        ..StatusEvent::default()
     }
 }
 
@@ -102,15 +103,26 @@ fn kinds_round_trip() {
 }
 
 #[test]
-fn unsupported_kinds() {
-    for (kind, text) in [
-        (ForgeKind::Gitea, "provider gitea is not supported yet"),
+fn every_kind_is_supported() {
+    let addresses = [
+        (ForgeKind::GitHub, "https://github.com/o/r", "t"),
+        (ForgeKind::GitLab, "https://gitlab.com/o/r", "t"),
+        (ForgeKind::Gitea, "https://gitea.example.com/o/r", "t"),
+        (ForgeKind::Bitbucket, "https://bitbucket.org/o/r", "u:p"),
         (
             ForgeKind::BitbucketServer,
-            "provider bitbucketserver is not supported yet",
+            "https://bb.example.com/scm/PRJ/r.git",
+            "t",
         ),
-    ] {
-        assert_eq!(new_err(kind, "https://example.com/a/b", creds("t")), text);
+        (
+            ForgeKind::AzureDevOps,
+            "https://dev.azure.com/o/p/_git/r",
+            "t",
+        ),
+    ];
+    for kind in ForgeKind::ALL {
+        let (_, address, token) = addresses.iter().find(|(k, _, _)| *k == kind).unwrap();
+        assert_eq!(forge(kind, address, token).kind(), kind);
     }
 }
 
@@ -485,6 +497,18 @@ fn plan_order_and_progressing() {
             "t",
             "can't convert to azure devops state",
         ),
+        (
+            ForgeKind::Gitea,
+            "https://gitea.example.com/o/r",
+            "t",
+            "can't convert to gitea state",
+        ),
+        (
+            ForgeKind::BitbucketServer,
+            "https://bb.example.com/scm/o/r.git",
+            "t",
+            "couldn't convert to bitbucket server state: bitbucket server state generated on info or error events only",
+        ),
     ] {
         let f = forge(kind, address, token);
         assert_eq!(
@@ -500,7 +524,7 @@ fn plan_order_and_progressing() {
         };
         let p = f.plan(&ev, ProgressingMode::Pending).unwrap().unwrap();
         let want = match kind {
-            ForgeKind::GitHub | ForgeKind::AzureDevOps => "pending",
+            ForgeKind::GitHub | ForgeKind::AzureDevOps | ForgeKind::Gitea => "pending",
             ForgeKind::GitLab => "running",
             _ => "INPROGRESS",
         };
@@ -554,6 +578,20 @@ fn state_mapping() {
             "t",
             "succeeded",
             "error",
+        ),
+        (
+            ForgeKind::Gitea,
+            "https://gitea.example.com/o/r",
+            "t",
+            "success",
+            "failure",
+        ),
+        (
+            ForgeKind::BitbucketServer,
+            "https://bb.example.com/scm/o/r.git",
+            "t",
+            "SUCCESSFUL",
+            "FAILED",
         ),
     ] {
         let f = forge(kind, address, token);
@@ -610,6 +648,20 @@ fn limits() {
         serde_json::from_slice(bb.write.body.as_deref().unwrap()).unwrap();
     assert_eq!(body["name"].as_str().unwrap().chars().count(), 255);
     assert_eq!(body["key"].as_str().unwrap().len(), 40);
+    // Bitbucket Cloud refuses keys over 40 characters: the SHA-1 of any ID fits.
+    let long_id = "kustomization/".repeat(40);
+    let bb = plan(
+        &forge(ForgeKind::Bitbucket, "https://bitbucket.org/o/r", "u:p"),
+        &StatusEvent {
+            status_id: &long_id,
+            ..event(&m)
+        },
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(bb.write.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["key"], sha1_hex(&long_id));
+    assert_eq!(body["key"].as_str().unwrap().len(), 40);
+    assert!(bb.read.unwrap().url.ends_with(&sha1_hex(&long_id)));
 }
 
 #[test]
@@ -837,6 +889,7 @@ fn azure_devops_post_vectors() {
         reason: "ApplySucceeded",
         severity: "info",
         metadata: &m,
+        ..StatusEvent::default()
     };
     let p = plan(&f, &ev);
     assert_eq!(
@@ -907,6 +960,8 @@ fn wanted(state: &'static str, context: &str, description: &str) -> Wanted {
         description: description.to_owned(),
         context: context.to_owned(),
         genre: Some("fluxcd".to_owned()),
+        name: None,
+        target_url: None,
     }
 }
 
@@ -1622,5 +1677,1106 @@ async fn bitbucket_errors_never_show_the_credentials() {
         err.to_string()
             .starts_with("could not get commit status: GET "),
         "{err}"
+    );
+}
+
+// === Gitea (§3.3, §7.7) ===
+
+const GITEA_SHA: &str = "69b59063470310ebbd88a9156325322a124e55a3";
+const GITEA_ORIGIN_SHA: &str = "8a9156325322a124e55a369b59063470310ebbd8";
+
+#[test]
+fn gitea_construction() {
+    let m = revision_meta();
+    let ev = event(&m);
+    let p = plan(
+        &forge(
+            ForgeKind::Gitea,
+            "https://gitea.example.com/foo/bar",
+            "foobar",
+        ),
+        &ev,
+    );
+    assert_eq!(
+        p.write.url,
+        format!("https://gitea.example.com/api/v1/repos/foo/bar/statuses/{SHA}")
+    );
+    assert_eq!(
+        new_err(
+            ForgeKind::Gitea,
+            "https://gitea.example.com/foo/bar/baz",
+            creds("t")
+        ),
+        "invalid repository id \"foo/bar/baz\""
+    );
+    // A sub-path install is not supported, as in Flux.
+    assert_eq!(
+        new_err(
+            ForgeKind::Gitea,
+            "https://example.com/gitea/foo/bar",
+            creds("t")
+        ),
+        "invalid repository id \"gitea/foo/bar\""
+    );
+    for none in [Credentials::default(), creds(" \n")] {
+        assert_eq!(
+            new_err(ForgeKind::Gitea, "https://gitea.example.com/foo/bar", none),
+            "gitea token cannot be empty"
+        );
+    }
+    let password = Credentials {
+        password: Some(Secret::new("pw")),
+        ..Credentials::default()
+    };
+    let f = Forge::new_with_env(
+        config(
+            ForgeKind::Gitea,
+            "git@gitea.example.com:foo/bar.git",
+            password,
+        ),
+        &ClientCache::new(),
+        no_env,
+    )
+    .unwrap();
+    let p = plan(&f, &ev);
+    assert_eq!(p.write.header_value("authorization"), Some("token pw"));
+    assert!(
+        p.write
+            .url
+            .starts_with("https://gitea.example.com/api/v1/repos/foo/bar/")
+    );
+    // `invalid proxy URL` (§7.7), from the shared transport.
+    let mut bad_proxy = config(ForgeKind::Gitea, "/foo/bar", creds("t"));
+    bad_proxy.address = "https://gitea.example.com/foo/bar".into();
+    bad_proxy.network.proxy = Some(ProxyConfig {
+        url: "wrong\nURL".into(),
+        username: None,
+        password: None,
+    });
+    let err = Forge::new_with_env(bad_proxy, &ClientCache::new(), no_env).unwrap_err();
+    assert!(err.to_string().starts_with("invalid proxy URL"), "{err}");
+    // Empty ID (§7.7).
+    let f = forge(ForgeKind::Gitea, "https://gitea.example.com/foo/bar", "t");
+    let ev = StatusEvent {
+        status_id: "",
+        ..event(&m)
+    };
+    assert_eq!(
+        f.plan(&ev, ProgressingMode::Pending)
+            .unwrap_err()
+            .to_string(),
+        "commit status cannot be empty"
+    );
+}
+
+#[test]
+fn gitea_post_vectors() {
+    // TestGitea_Post (§7.7): the revision's SHA, or the originRevision's when present.
+    let f = forge(
+        ForgeKind::Gitea,
+        "https://gitea.example.com/foo/bar",
+        "foobar",
+    );
+    let only_revision = meta(&[("revision", &format!("main@sha1:{GITEA_SHA}"))]);
+    let ev = StatusEvent {
+        status_id: "kustomization/gitops-system/0c9c2e41",
+        kind: "Kustomization",
+        name: "podinfo-repo",
+        reason: "ApplySucceeded",
+        severity: "info",
+        metadata: &only_revision,
+        ..StatusEvent::default()
+    };
+    let p = plan(&f, &ev);
+    assert_eq!(p.sha, GITEA_SHA);
+    assert_eq!(
+        p.read.as_ref().unwrap().url,
+        format!(
+            "https://gitea.example.com/api/v1/repos/foo/bar/commits/{GITEA_SHA}/statuses?limit=50&page=1"
+        )
+    );
+    let both = meta(&[
+        ("revision", &format!("main@sha1:{GITEA_SHA}")),
+        ("originRevision", &format!("main@sha1:{GITEA_ORIGIN_SHA}")),
+    ]);
+    let p = plan(
+        &f,
+        &StatusEvent {
+            metadata: &both,
+            ..ev
+        },
+    );
+    assert_eq!(p.sha, GITEA_ORIGIN_SHA);
+    assert_eq!(
+        p.write.url,
+        format!("https://gitea.example.com/api/v1/repos/foo/bar/statuses/{GITEA_ORIGIN_SHA}")
+    );
+}
+
+#[test]
+fn worked_example_gitea() {
+    let m = revision_meta();
+    let f = forge(
+        ForgeKind::Gitea,
+        "https://gitea.example.com/my-org/my-repo",
+        "gtok",
+    );
+    let p = plan(&f, &event(&m));
+    let read = p.read.as_ref().unwrap();
+    assert_eq!(read.method, http::Method::GET);
+    assert_eq!(
+        read.url,
+        format!(
+            "https://gitea.example.com/api/v1/repos/my-org/my-repo/commits/{SHA}/statuses?limit=50&page=1"
+        )
+    );
+    assert_eq!(
+        headers(read),
+        [
+            ("Authorization", "token gtok"),
+            ("User-Agent", transport::USER_AGENT),
+            ("Content-Type", "application/json"),
+        ]
+    );
+    assert_eq!(read.body, None);
+    assert_eq!(p.write.method, http::Method::POST);
+    assert_eq!(
+        p.write.url,
+        format!("https://gitea.example.com/api/v1/repos/my-org/my-repo/statuses/{SHA}")
+    );
+    assert_eq!(
+        headers(&p.write),
+        [
+            ("Authorization", "token gtok"),
+            ("User-Agent", transport::USER_AGENT),
+            ("Content-Type", "application/json"),
+        ]
+    );
+    assert_eq!(
+        p.write.body_text(),
+        "{\"state\":\"success\",\"target_url\":\"\",\"description\":\"reconciliation succeeded\",\"context\":\"kustomization/flux-system/0c9c2e41\"}"
+    );
+    // The SDK's json.Marshal escapes HTML characters.
+    let ev = StatusEvent {
+        status_id: "a<b>&c",
+        ..event(&m)
+    };
+    assert!(
+        plan(&f, &ev)
+            .write
+            .body_text()
+            .contains("\"context\":\"a\\u003cb\\u003e\\u0026c\"")
+    );
+}
+
+#[test]
+fn gitea_progressing() {
+    let m = revision_meta();
+    let f = forge(ForgeKind::Gitea, "https://gitea.example.com/o/r", "t");
+    let ev = StatusEvent {
+        reason: "Progressing",
+        severity: "info",
+        ..event(&m)
+    };
+    let p = f.plan(&ev, ProgressingMode::Pending).unwrap().unwrap();
+    assert_eq!(
+        (p.state.as_str(), p.description.as_str()),
+        ("pending", "progressing")
+    );
+    // Flux posts `pending` on Gitea whatever the mode; ours skips it like every forge.
+    assert!(f.plan(&ev, ProgressingMode::Skip).unwrap().is_none());
+}
+
+#[test]
+fn duplicate_gitea_status() {
+    // GitHub's rule, with the state read from `status`.
+    let s = |status: &str, context: &str, description: &str| gitea::CommitStatus {
+        status: Some(status.into()),
+        context: Some(context.into()),
+        description: Some(description.into()),
+    };
+    let cases = [
+        (
+            vec![s("success", "foo", "bar")],
+            wanted("success", "foo", "bar"),
+            true,
+        ),
+        (
+            vec![s("success", "foo", "bar")],
+            wanted("failure", "foo", "bar"),
+            false,
+        ),
+        (
+            vec![s("success", "foo", "bar")],
+            wanted("success", "baz", "bar"),
+            false,
+        ),
+        (
+            vec![s("success", "foo", "bar")],
+            wanted("success", "foo", "baz"),
+            false,
+        ),
+        (
+            vec![s("success", "baz", "bar"), s("success", "foo", "bar")],
+            wanted("success", "foo", "bar"),
+            true,
+        ),
+        (
+            vec![s("failure", "foo", "bar"), s("success", "foo", "bar")],
+            wanted("success", "foo", "bar"),
+            false,
+        ),
+        // Empty fields are skipped, not decisive.
+        (
+            vec![s("", "foo", "bar"), s("success", "foo", "bar")],
+            wanted("success", "foo", "bar"),
+            true,
+        ),
+        (vec![], wanted("success", "foo", "bar"), false),
+    ];
+    for (existing, w, want) in cases {
+        assert_eq!(gitea::duplicate(&existing, &w), want, "{existing:?} {w:?}");
+    }
+    // The answer's state field is `status`; a `state` field is not read.
+    let f = gitea::Gitea::new("https://g.example.com/o/r", &creds("t")).unwrap();
+    let w = wanted("success", "foo", "bar");
+    assert!(
+        f.is_duplicate(
+            &w,
+            br#"[{"id":1,"status":"success","context":"foo","description":"bar","target_url":""}]"#
+        )
+        .unwrap()
+    );
+    assert!(
+        !f.is_duplicate(
+            &w,
+            br#"[{"state":"success","context":"foo","description":"bar"}]"#
+        )
+        .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn gitea_execute_against_the_flux_stub() {
+    // §7.7's stub: only the two list paths and the two create paths exist.
+    let s = stub(|r| {
+        let known = [GITEA_SHA, GITEA_ORIGIN_SHA];
+        let path = r.target.split('?').next().unwrap_or_default();
+        for sha in known {
+            if path == format!("/api/v1/repos/foo/bar/commits/{sha}/statuses") {
+                return json(200, "[]");
+            }
+            if path == format!("/api/v1/repos/foo/bar/statuses/{sha}") {
+                return json(201, "{}");
+            }
+        }
+        json(404, "{\"message\":\"The target couldn't be found.\"}")
+    })
+    .await;
+    let f = forge(ForgeKind::Gitea, &format!("{}/foo/bar", s.base), "foobar");
+    for metadata in [
+        meta(&[("revision", &format!("main@sha1:{GITEA_SHA}"))]),
+        meta(&[
+            ("revision", &format!("main@sha1:{GITEA_SHA}")),
+            ("originRevision", &format!("main@sha1:{GITEA_ORIGIN_SHA}")),
+        ]),
+    ] {
+        let p = plan(&f, &event(&metadata));
+        assert_eq!(f.execute(&p).await.unwrap(), Outcome::Posted);
+    }
+    let requests = s.requests();
+    assert_eq!(requests.len(), 4, "no version probe: {requests:?}");
+    assert_eq!(
+        requests[3].target,
+        format!("/api/v1/repos/foo/bar/statuses/{GITEA_ORIGIN_SHA}")
+    );
+    for r in &requests {
+        assert_eq!(r.header("authorization"), Some("token foobar"));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+}
+
+// === Bitbucket Server (§3.5, §7.9) ===
+
+const BBS_ADDRESS: &str = "https://example.com:7990/scm/projectfoo/repobar.git";
+const BBS_ID: &str = "kustomization/gitops-system/0c9c2e41";
+
+fn bbs_event<'a>(metadata: &'a BTreeMap<String, String>) -> StatusEvent<'a> {
+    StatusEvent {
+        status_id: BBS_ID,
+        kind: "Kustomization",
+        name: "hello-world",
+        reason: "reason",
+        severity: "info",
+        metadata,
+        ..StatusEvent::default()
+    }
+}
+
+fn user_password(user: &str, password: &str) -> Credentials {
+    Credentials {
+        username: Some(user.into()),
+        password: Some(Secret::new(password)),
+        ..Credentials::default()
+    }
+}
+
+#[test]
+fn bitbucket_server_construction() {
+    let m = meta(&[("revision", &format!("main@sha1:{SHA}"))]);
+    let ev = bbs_event(&m);
+    for (address, base) in [
+        (BBS_ADDRESS, "https://example.com:7990"),
+        (
+            "https://example.com:7990/context/scm/projectfoo/repobar.git",
+            "https://example.com:7990/context",
+        ),
+    ] {
+        let f = Forge::new_with_env(
+            config(
+                ForgeKind::BitbucketServer,
+                address,
+                user_password("dummyuser", "testpassword"),
+            ),
+            &ClientCache::new(),
+            no_env,
+        )
+        .unwrap();
+        let p = plan(&f, &ev);
+        assert_eq!(
+            p.write.url,
+            format!(
+                "{base}/rest/api/latest/projects/projectfoo/repos/repobar/commits/{SHA}/builds"
+            )
+        );
+        assert_eq!(
+            p.write.header_value("authorization"),
+            Some(basic_auth("dummyuser", "testpassword").as_str())
+        );
+    }
+    let token = "BBDC-ODIxODYxMzIyNzUyOttorMjO059P2rYTb6EH7mP";
+    let p = plan(&forge(ForgeKind::BitbucketServer, BBS_ADDRESS, token), &ev);
+    assert_eq!(
+        p.write.header_value("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    for (address, credentials, error) in [
+        (
+            "https://example.com:7990/context1/context2/context3/projectfoo/repobar.git",
+            creds("t"),
+            "could not parse git address: supplied provider address is not http(s) git clone url",
+        ),
+        (
+            "ssh://git@mybitbucket:2222/ap/fluxcd-sandbox.git",
+            creds("t"),
+            "could not parse git address: unsupported scheme type in address: ssh. Must be http or https",
+        ),
+        (
+            "https://example.com:7990/scm/projectfoo/repobar/invalid.git",
+            creds("t"),
+            "could not parse git address: invalid repository id \"projectfoo/repobar/invalid\"",
+        ),
+        (
+            BBS_ADDRESS,
+            Credentials::default(),
+            "invalid credentials, expected to be one of username/password or API Token",
+        ),
+        (
+            BBS_ADDRESS,
+            Credentials {
+                password: Some(Secret::new("pw")),
+                ..Credentials::default()
+            },
+            "invalid credentials, expected to be one of username/password or API Token",
+        ),
+        (
+            BBS_ADDRESS,
+            Credentials {
+                username: Some("u".into()),
+                ..Credentials::default()
+            },
+            "invalid credentials, expected to be one of username/password or API Token",
+        ),
+    ] {
+        assert_eq!(
+            new_err(ForgeKind::BitbucketServer, address, credentials),
+            error,
+            "{address}"
+        );
+    }
+    // Empty ID.
+    let f = forge(ForgeKind::BitbucketServer, BBS_ADDRESS, "t");
+    assert_eq!(
+        f.plan(
+            &StatusEvent {
+                status_id: "",
+                ..ev
+            },
+            ProgressingMode::Pending
+        )
+        .unwrap_err()
+        .to_string(),
+        "commit status cannot be empty"
+    );
+}
+
+#[test]
+fn bitbucket_server_plan_errors() {
+    let f = forge(ForgeKind::BitbucketServer, BBS_ADDRESS, "goodtoken");
+    let err = |m: &BTreeMap<String, String>, severity: &'static str| {
+        f.plan(
+            &StatusEvent {
+                severity,
+                ..bbs_event(m)
+            },
+            ProgressingMode::Pending,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert_eq!(
+        err(&meta(&[("dummybadrevision", "bad")]), "info"),
+        "missing revision metadata"
+    );
+    assert_eq!(
+        err(&meta(&[("revision", "badhash")]), "info"),
+        "could not parse revision: failed to extract commit hash from 'badhash' revision"
+    );
+    assert_eq!(
+        err(
+            &meta(&[("revision", &format!("main@sha1:{SHA}"))]),
+            "badserveritystate"
+        ),
+        "couldn't convert to bitbucket server state: bitbucket server state generated on info or error events only"
+    );
+}
+
+#[test]
+fn worked_example_bitbucket_server() {
+    let m = revision_meta();
+    let f = forge(
+        ForgeKind::BitbucketServer,
+        "https://bb.example.com/scm/PRJ/my-repo.git",
+        "bbtok",
+    );
+    let p = plan(&f, &event(&m));
+    let key = "776b17bcc91fd6eb5d0ce2a027da584c8ea81eed";
+    let url = format!(
+        "https://bb.example.com/rest/api/latest/projects/PRJ/repos/my-repo/commits/{SHA}/builds"
+    );
+    let read = p.read.as_ref().unwrap();
+    assert_eq!(read.method, http::Method::GET);
+    assert_eq!(read.url, format!("{url}?key={key}"));
+    let common = [
+        ("Authorization", "Bearer bbtok"),
+        ("x-atlassian-token", "no-check"),
+        ("x-requested-with", "XMLHttpRequest"),
+        ("User-Agent", transport::USER_AGENT),
+    ];
+    assert_eq!(headers(read), common);
+    assert_eq!(read.body, None);
+    assert_eq!(
+        (p.write.method.as_str(), p.write.url.as_str()),
+        ("POST", url.as_str())
+    );
+    let mut with_type = common.to_vec();
+    with_type.push(("Content-Type", "application/json"));
+    assert_eq!(headers(&p.write), with_type);
+    assert_eq!(
+        p.write.body_text(),
+        format!(
+            "{{\"description\":\"reconciliation succeeded\",\"key\":\"{key}\",\"name\":\"kustomization/flux-system [reconciliation succeeded]\",\"state\":\"SUCCESSFUL\",\"url\":\"https://bb.example.com/scm/PRJ/my-repo.git\"}}\n"
+        )
+    );
+    // HTML-escaped like Go's encoder.
+    let p = plan(
+        &forge(
+            ForgeKind::BitbucketServer,
+            "https://bb.example.com/scm/PRJ/r.git?a=1&b=<2>",
+            "t",
+        ),
+        &event(&m),
+    );
+    assert!(
+        p.write.body_text().ends_with(
+            "\"url\":\"https://bb.example.com/scm/PRJ/r.git?a=1\\u0026b=\\u003c2\\u003e\"}\n"
+        ),
+        "{}",
+        p.write.body_text()
+    );
+}
+
+#[test]
+fn bitbucket_server_limits() {
+    let m = revision_meta();
+    let long = "n".repeat(300);
+    let f = forge(ForgeKind::BitbucketServer, BBS_ADDRESS, "t");
+    let p = plan(
+        &f,
+        &StatusEvent {
+            name: &long,
+            status_id: &long,
+            description: Some(&long),
+            ..event(&m)
+        },
+    );
+    let body: serde_json::Value = serde_json::from_slice(p.write.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["name"].as_str().unwrap().chars().count(), 255);
+    assert_eq!(body["description"].as_str().unwrap().chars().count(), 255);
+    assert_eq!(body["key"].as_str().unwrap().len(), 40);
+    let long_address = format!("https://example.com/{}/scm/PRJ/r.git", "c".repeat(440));
+    let err = forge(ForgeKind::BitbucketServer, &long_address, "t")
+        .plan(&event(&m), ProgressingMode::Pending)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlanError::TargetUrl {
+                forge: ForgeKind::BitbucketServer,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let long_link = format!("https://ci.example.com/{}", "x".repeat(430));
+    let err = f
+        .plan(
+            &StatusEvent {
+                target_url: Some(&long_link),
+                ..event(&m)
+            },
+            ProgressingMode::Pending,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "target URL is not accepted by bitbucketserver: it is 453 characters long, at most 450 are allowed"
+    );
+}
+
+/// §7.9's request-validation table, against a stub that answers like Flux's test server.
+#[tokio::test]
+async fn bitbucket_server_request_validation() {
+    let key = sha1_hex(BBS_ID);
+    let builds = |sha: &str| {
+        format!("/rest/api/latest/projects/projectfoo/repos/repobar/commits/{sha}/builds")
+    };
+    let unrelated =
+        "{\"key\":\"TEST2\",\"state\":\"SUCCESSFUL\",\"name\":\"x\",\"description\":\"y\"}";
+    let accepting = |r: &Recorded| match r.method.as_str() {
+        "GET" => json(
+            200,
+            "{\"key\":\"TEST2\",\"state\":\"SUCCESSFUL\",\"name\":\"x\",\"description\":\"y\"}",
+        ),
+        _ => Some((204, vec![], String::new())),
+    };
+    let check_common = |r: &Recorded| {
+        assert_eq!(r.header("x-atlassian-token"), Some("no-check"));
+        assert_eq!(r.header("x-requested-with"), Some("XMLHttpRequest"));
+    };
+    let bbs = |s: &Stub, credentials: Credentials| {
+        Forge::new_with_env(
+            config(
+                ForgeKind::BitbucketServer,
+                &format!("{}/scm/projectfoo/repobar.git", s.base),
+                credentials,
+            ),
+            &ClientCache::new(),
+            no_env,
+        )
+        .unwrap()
+    };
+    let rev = meta(&[(
+        "revision",
+        "main@sha1:5394cb7f48332b2de7c17dd8b8384bbc84b7e738",
+    )]);
+
+    // Token, info.
+    let s = stub(accepting).await;
+    let f = bbs(&s, creds("goodtoken"));
+    assert_eq!(
+        f.execute(&plan(&f, &bbs_event(&rev))).await.unwrap(),
+        Outcome::Posted
+    );
+    let r = s.requests();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].method, "GET");
+    assert_eq!(r[0].target, format!("{}?key={key}", builds(SHA)));
+    assert_eq!(r[0].body, "");
+    assert_eq!(r[1].method, "POST");
+    assert_eq!(r[1].target, builds(SHA));
+    assert_eq!(r[1].header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&r[1].body).unwrap();
+    assert_eq!(body["key"], key.as_str());
+    assert_eq!(body["state"], "SUCCESSFUL");
+    assert_eq!(body["description"], "reason");
+    assert_eq!(body["name"], "kustomization/hello-world [reason]");
+    assert!(
+        body["url"]
+            .as_str()
+            .unwrap()
+            .contains("/scm/projectfoo/repobar.git")
+    );
+    for r in &r {
+        assert_eq!(r.header("authorization"), Some("Bearer goodtoken"));
+        check_common(r);
+    }
+
+    // originRevision wins.
+    let s = stub(accepting).await;
+    let f = bbs(&s, creds("goodtoken"));
+    let both = meta(&[
+        (
+            "revision",
+            "main@sha1:5394cb7f48332b2de7c17dd8b8384bbc84b7e738",
+        ),
+        (
+            "originRevision",
+            "main@sha1:e7c17dd8b8384bbc84b7e7385394cb7f48332b2d",
+        ),
+    ]);
+    f.execute(&plan(&f, &bbs_event(&both))).await.unwrap();
+    assert_eq!(
+        s.requests()[1].target,
+        builds("e7c17dd8b8384bbc84b7e7385394cb7f48332b2d")
+    );
+
+    // Basic auth, info then error.
+    for (severity, state) in [("info", "SUCCESSFUL"), ("error", "FAILED")] {
+        let s = stub(accepting).await;
+        let f = bbs(&s, user_password("hello", "password"));
+        let ev = StatusEvent {
+            severity,
+            ..bbs_event(&rev)
+        };
+        f.execute(&plan(&f, &ev)).await.unwrap();
+        let r = s.requests();
+        assert_eq!(
+            r[1].header("authorization"),
+            Some("Basic aGVsbG86cGFzc3dvcmQ=")
+        );
+        let body: serde_json::Value = serde_json::from_str(&r[1].body).unwrap();
+        assert_eq!(body["state"], state);
+        check_common(&r[0]);
+    }
+
+    // GET 200 with an empty body.
+    let s = stub(|r| match r.method.as_str() {
+        "GET" => Some((200, vec![], String::new())),
+        _ => Some((204, vec![], String::new())),
+    })
+    .await;
+    let f = bbs(&s, creds("goodtoken"));
+    let err = f.execute(&plan(&f, &bbs_event(&rev))).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not get existing commit status: could not unmarshal json response body for duplicate commit status: unexpected end of JSON input"
+    );
+    assert_eq!(err.retry(), Retry::No);
+
+    // GET 400.
+    let s = stub(|_| json(400, "{\"errors\":[{\"message\":\"bad\"}]}")).await;
+    let f = bbs(&s, creds("goodtoken"));
+    let err = f.execute(&plan(&f, &bbs_event(&rev))).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not get existing commit status: failed api call to check duplicate commit status: 400 - Bad Request"
+    );
+    assert_eq!((err.status(), err.retry()), (Some(400), Retry::No));
+
+    // POST 401.
+    let s = stub(move |r| match r.method.as_str() {
+        "GET" => json(200, unrelated),
+        _ => json(
+            401,
+            "{\"errors\":[{\"message\":\"Authentication failed.\"}]}",
+        ),
+    })
+    .await;
+    let f = bbs(&s, creds("goodtoken"));
+    let err = f.execute(&plan(&f, &bbs_event(&rev))).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "could not post build status: could not post build commit status: 401 - Unauthorized"
+    );
+    assert_eq!((err.status(), err.retry()), (Some(401), Retry::No));
+
+    // An identical existing status: no POST (which would get a 401).
+    let existing = format!(
+        "{{\"name\":\"kustomization/hello-world [reason]\",\"description\":\"reason\",\"key\":\"{key}\",\"state\":\"SUCCESSFUL\"}}"
+    );
+    let s = stub(move |r| match r.method.as_str() {
+        "GET" => json(200, &existing),
+        _ => json(401, ""),
+    })
+    .await;
+    let f = bbs(&s, creds("goodtoken"));
+    assert_eq!(
+        f.execute(&plan(&f, &bbs_event(&rev))).await.unwrap(),
+        Outcome::AlreadySet
+    );
+    assert_eq!(s.requests().len(), 1);
+
+    // 404 and a bodiless 204 both mean "none yet".
+    for status in [404, 204] {
+        let s = stub(move |r| match r.method.as_str() {
+            "GET" => Some((status, vec![], String::new())),
+            _ => Some((204, vec![], String::new())),
+        })
+        .await;
+        let f = bbs(&s, creds("goodtoken"));
+        assert_eq!(
+            f.execute(&plan(&f, &bbs_event(&rev))).await.unwrap(),
+            Outcome::Posted,
+            "{status}"
+        );
+    }
+
+    // No answer at all: a transport error in Flux's wrapper, retryable.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let f = forge(
+        ForgeKind::BitbucketServer,
+        &format!("http://127.0.0.1:{port}/scm/projectfoo/repobar.git"),
+        "goodtoken",
+    );
+    let err = f.execute(&plan(&f, &bbs_event(&rev))).await.unwrap_err();
+    assert_eq!(err.retry(), Retry::Backoff);
+    assert!(
+        err.to_string().starts_with(
+            "could not get existing commit status: failed api call to check duplicate commit status: GET http://127.0.0.1:"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bitbucket_server_errors_never_show_the_credentials() {
+    let s = stub(|r| {
+        let echoed = r.header("authorization").unwrap_or_default().to_owned();
+        json(
+            500,
+            &format!("{{\"errors\":[{{\"message\":\"{echoed} s3cr3t-pw\"}}]}}"),
+        )
+    })
+    .await;
+    let f = Forge::new_with_env(
+        config(
+            ForgeKind::BitbucketServer,
+            &format!("{}/scm/P/r.git", s.base),
+            user_password("user", "s3cr3t-pw"),
+        ),
+        &ClientCache::new(),
+        no_env,
+    )
+    .unwrap();
+    let m = revision_meta();
+    let err = f.execute(&plan(&f, &event(&m))).await.unwrap_err();
+    assert_eq!(err.retry(), Retry::Backoff);
+    for text in [err.to_string(), format!("{err:?}"), format!("{f:?}")] {
+        assert!(!text.contains("s3cr3t-pw"), "{text}");
+        assert!(
+            !text.contains(basic_auth("user", "s3cr3t-pw").trim_start_matches("Basic ")),
+            "{text}"
+        );
+    }
+}
+
+// === target URL and description overrides ===
+
+#[test]
+fn description_override() {
+    let m = revision_meta();
+    let custom = "Deployed to <prod> & checked";
+    for (kind, address, token, field) in [
+        (
+            ForgeKind::GitHub,
+            "https://github.com/o/r",
+            "t",
+            "description",
+        ),
+        (
+            ForgeKind::GitLab,
+            "https://gitlab.com/o/r",
+            "t",
+            "description",
+        ),
+        (
+            ForgeKind::Gitea,
+            "https://gitea.example.com/o/r",
+            "t",
+            "description",
+        ),
+        (
+            ForgeKind::Bitbucket,
+            "https://bitbucket.org/o/r",
+            "u:p",
+            "description",
+        ),
+        (ForgeKind::BitbucketServer, BBS_ADDRESS, "t", "description"),
+        (
+            ForgeKind::AzureDevOps,
+            "https://dev.azure.com/o/p/_git/r",
+            "t",
+            "description",
+        ),
+    ] {
+        let f = forge(kind, address, token);
+        let p = plan(
+            &f,
+            &StatusEvent {
+                description: Some(custom),
+                ..event(&m)
+            },
+        );
+        assert_eq!(p.description, custom, "{kind}");
+        let body: serde_json::Value =
+            serde_json::from_slice(p.write.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body[field], custom, "{kind}");
+        // Empty means "not set".
+        let p = plan(
+            &f,
+            &StatusEvent {
+                description: Some(""),
+                ..event(&m)
+            },
+        );
+        assert_eq!(p.description, "reconciliation succeeded", "{kind}");
+    }
+    // Bitbucket Server's name carries the description.
+    let p = plan(
+        &forge(ForgeKind::BitbucketServer, BBS_ADDRESS, "t"),
+        &StatusEvent {
+            description: Some("deployed"),
+            ..event(&m)
+        },
+    );
+    assert!(
+        p.write
+            .body_text()
+            .contains("\"name\":\"kustomization/flux-system [deployed]\"")
+    );
+    // Limits: GitHub 140, GitLab 255, Bitbucket Server 255; the others none.
+    let long = "d".repeat(1000);
+    for (kind, address, token, max) in [
+        (ForgeKind::GitHub, "https://github.com/o/r", "t", 140),
+        (ForgeKind::GitLab, "https://gitlab.com/o/r", "t", 255),
+        (ForgeKind::BitbucketServer, BBS_ADDRESS, "t", 255),
+        (ForgeKind::Gitea, "https://gitea.example.com/o/r", "t", 1000),
+        (
+            ForgeKind::Bitbucket,
+            "https://bitbucket.org/o/r",
+            "u:p",
+            1000,
+        ),
+        (
+            ForgeKind::AzureDevOps,
+            "https://dev.azure.com/o/p/_git/r",
+            "t",
+            1000,
+        ),
+    ] {
+        let p = plan(
+            &forge(kind, address, token),
+            &StatusEvent {
+                description: Some(&long),
+                ..event(&m)
+            },
+        );
+        assert_eq!(p.description.chars().count(), max, "{kind}");
+    }
+}
+
+#[test]
+fn target_url_bodies() {
+    let m = revision_meta();
+    let link = "https://ci.example.com/run/1?a=<b>&c";
+    let ev = StatusEvent {
+        target_url: Some(link),
+        ..event(&m)
+    };
+    let body = |kind, address: &str, token: &str| {
+        plan(&forge(kind, address, token), &ev).write.body_text()
+    };
+    assert_eq!(
+        body(ForgeKind::GitHub, "https://github.com/o/r", "t"),
+        format!(
+            "{{\"state\":\"success\",\"target_url\":\"{link}\",\"description\":\"reconciliation succeeded\",\"context\":\"{ID}\"}}\n"
+        )
+    );
+    let escaped = "https://ci.example.com/run/1?a=\\u003cb\\u003e\\u0026c";
+    assert_eq!(
+        body(ForgeKind::GitLab, "https://gitlab.com/o/r", "t"),
+        format!(
+            "{{\"state\":\"success\",\"name\":\"{ID}\",\"target_url\":\"{escaped}\",\"description\":\"reconciliation succeeded\"}}"
+        )
+    );
+    assert_eq!(
+        body(ForgeKind::Gitea, "https://gitea.example.com/o/r", "t"),
+        format!(
+            "{{\"state\":\"success\",\"target_url\":\"{escaped}\",\"description\":\"reconciliation succeeded\",\"context\":\"{ID}\"}}"
+        )
+    );
+    let key = sha1_hex(ID);
+    assert_eq!(
+        body(ForgeKind::Bitbucket, "https://bitbucket.org/o/r", "u:p"),
+        format!(
+            "{{\"key\":\"{key}\",\"url\":\"{escaped}\",\"state\":\"SUCCESSFUL\",\"name\":\"kustomization/flux-system\",\"description\":\"reconciliation succeeded\"}}"
+        )
+    );
+    assert_eq!(
+        body(ForgeKind::BitbucketServer, BBS_ADDRESS, "t"),
+        format!(
+            "{{\"description\":\"reconciliation succeeded\",\"key\":\"{key}\",\"name\":\"kustomization/flux-system [reconciliation succeeded]\",\"state\":\"SUCCESSFUL\",\"url\":\"{escaped}\"}}\n"
+        )
+    );
+    assert_eq!(
+        body(
+            ForgeKind::AzureDevOps,
+            "https://dev.azure.com/o/p/_git/r",
+            "t"
+        ),
+        format!(
+            "{{\"context\":{{\"genre\":\"fluxcd\",\"name\":\"{ID}\"}},\"description\":\"reconciliation succeeded\",\"state\":\"succeeded\",\"targetUrl\":\"{escaped}\"}}"
+        )
+    );
+    // Blank is "not set": the body is Flux's.
+    let blank = StatusEvent {
+        target_url: Some("  "),
+        ..event(&m)
+    };
+    let f = forge(ForgeKind::GitHub, "https://github.com/o/r", "t");
+    assert_eq!(
+        plan(&f, &blank).write.body_text(),
+        plan(&f, &event(&m)).write.body_text()
+    );
+    // The link is part of what was written.
+    assert_ne!(
+        plan(&f, &ev).fingerprint(),
+        plan(&f, &event(&m)).fingerprint()
+    );
+}
+
+#[test]
+fn target_url_rules() {
+    let m = revision_meta();
+    let refused = |kind, address: &str, token: &str, link: &str| {
+        forge(kind, address, token)
+            .plan(
+                &StatusEvent {
+                    target_url: Some(link),
+                    ..event(&m)
+                },
+                ProgressingMode::Pending,
+            )
+            .err()
+            .map(|e| e.to_string())
+    };
+    let gitlab = |link: &str| refused(ForgeKind::GitLab, "https://gitlab.com/o/r", "t", link);
+    let at_limit = format!("https://ci.example.com/{}", "x".repeat(255 - 23));
+    assert_eq!(at_limit.len(), 255);
+    assert_eq!(gitlab(&at_limit), None);
+    assert_eq!(
+        gitlab(&format!("{at_limit}y")),
+        Some("target URL is not accepted by gitlab: it is 256 characters long, at most 255 are allowed".into())
+    );
+    assert_eq!(
+        gitlab("/relative/path"),
+        Some("target URL is not accepted by gitlab: \"/relative/path\" is not an absolute http(s) URL".into())
+    );
+    assert!(gitlab("ftp://ci.example.com/x").is_some());
+    let bitbucket = |link: &str| {
+        refused(
+            ForgeKind::Bitbucket,
+            "https://bitbucket.org/o/r",
+            "u:p",
+            link,
+        )
+    };
+    assert!(bitbucket("ci/run/1").is_some());
+    assert_eq!(bitbucket("http://ci.example.com/run/1"), None);
+    // Forges without rules take any text.
+    assert_eq!(
+        refused(ForgeKind::GitHub, "https://github.com/o/r", "t", "ci/run/1"),
+        None
+    );
+    assert_eq!(
+        refused(
+            ForgeKind::Gitea,
+            "https://g.example.com/o/r",
+            "t",
+            "ci/run/1"
+        ),
+        None
+    );
+}
+
+// === GitHub App: construction (§7.5) ===
+
+fn app_key() -> String {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .unwrap()
+        .serialize_pem()
+}
+
+#[test]
+fn github_app_construction() {
+    let pem = app_key();
+    let app = |app_id: &str, installation: Option<&str>, key: &str| Credentials {
+        github_app: Some(crate::GitHubApp {
+            app_id: app_id.into(),
+            installation_id: installation.map(Into::into),
+            private_key: Secret::new(key),
+            ..crate::GitHubApp::default()
+        }),
+        ..Credentials::default()
+    };
+    let address = "https://github.com/foo/bar";
+    for (credentials, error) in [
+        (
+            Credentials::default(),
+            "github token or github app details must be specified",
+        ),
+        (
+            app("", Some("1"), &pem),
+            "github token or github app details must be specified",
+        ),
+        (
+            app("1", None, &pem),
+            "app installation owner or ID must be provided to use github app authentication",
+        ),
+        (
+            app("1", Some("1"), ""),
+            "private key must be provided to use github app authentication",
+        ),
+    ] {
+        assert_eq!(new_err(ForgeKind::GitHub, address, credentials), error);
+    }
+    let f = Forge::new_with_env(
+        config(ForgeKind::GitHub, address, app("1", Some("2"), &pem)),
+        &ClientCache::new(),
+        no_env,
+    )
+    .unwrap();
+    let m = revision_meta();
+    let p = plan(&f, &event(&m));
+    // The token is only known at execution.
+    assert_eq!(p.write.header_value("authorization"), None);
+    assert!(!format!("{f:?}").contains("PRIVATE KEY"));
+    // A token wins over App settings, as in Flux.
+    let both = Credentials {
+        token: Some(Secret::new("ghp_x")),
+        ..app("1", None, "")
+    };
+    let f = Forge::new_with_env(
+        config(ForgeKind::GitHub, address, both),
+        &ClientCache::new(),
+        no_env,
+    )
+    .unwrap();
+    assert_eq!(
+        plan(&f, &event(&m)).write.header_value("authorization"),
+        Some("Bearer ghp_x")
     );
 }
