@@ -2,6 +2,7 @@
 //! POST, and the `Provider`, `Alert` and `Secret` objects that route it, with the validation
 //! Flux's CRDs apply. No I/O happens here.
 
+pub mod crd;
 pub mod event;
 pub mod manifest;
 
@@ -10,6 +11,7 @@ pub use manifest::{
     Alert, AlertSpec, COMMIT_STATUS_PROVIDER_TYPES, CrossNamespaceObjectReference, FieldError,
     LocalObjectReference, ObjectMeta, PROVIDER_TYPES, Provider, ProviderSpec, Secret,
 };
+pub use manifest::{AlertResource, ProviderResource};
 
 /// The API group of Flux's notification objects.
 pub const NOTIFICATION_GROUP: &str = "notification.toolkit.fluxcd.io";

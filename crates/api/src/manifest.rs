@@ -7,7 +7,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use base64::Engine;
+use kube::CustomResource;
 use regex::Regex;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Every `spec.type` Flux's Provider CRD accepts (v1.9.3 plus the two types on `main`).
@@ -141,7 +143,7 @@ impl ObjectMeta {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LocalObjectReference {
     #[serde(default)]
     pub name: String,
@@ -156,7 +158,21 @@ pub struct Provider {
     pub spec: ProviderSpec,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The Provider spec. The derive also yields [`ProviderResource`], the Kubernetes object; its
+/// CRD is shaped to match Flux's by [`crate::crd`].
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "notification.toolkit.fluxcd.io",
+    version = "v1beta3",
+    kind = "Provider",
+    root = "ProviderResource",
+    namespaced,
+    category = "all",
+    category = "fluxcd",
+    category = "fluxcd-notifications"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderSpec {
     #[serde(rename = "type", default)]
@@ -294,7 +310,20 @@ pub struct Alert {
     pub spec: AlertSpec,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The Alert spec; the derive also yields [`AlertResource`].
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "notification.toolkit.fluxcd.io",
+    version = "v1beta3",
+    kind = "Alert",
+    root = "AlertResource",
+    namespaced,
+    category = "all",
+    category = "fluxcd",
+    category = "fluxcd-notifications"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertSpec {
     #[serde(default)]
@@ -319,7 +348,7 @@ fn default_severity() -> String {
     "info".into()
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CrossNamespaceObjectReference {
     #[serde(default, skip_serializing_if = "String::is_empty")]

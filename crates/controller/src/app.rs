@@ -17,6 +17,7 @@ use notify::{ClientCache, ProgressingMode};
 use crate::args::{Args, Progressing};
 use crate::catalog::Catalog;
 use crate::delivery;
+use crate::hooks::{LabelSource, LogOnly, Notices};
 use crate::manifests;
 use crate::outbox::Outbox;
 use crate::ratelimit::Limiter;
@@ -46,15 +47,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_retry_delay,
         max_in_flight_per_host,
         graceful_shutdown_timeout,
-        watch_all_namespaces: _,
+        watch_all_namespaces,
+        enable_leader_election,
+        leader_election_lease_duration,
+        leader_election_renew_deadline,
+        leader_election_retry_period,
+        leader_election_release_on_cancel,
         command: _,
     } = args;
 
-    if manifests.is_empty() {
-        bail!(
-            "Kubernetes mode is not available in this build yet: run standalone with --manifests PATH"
-        );
-    }
     for path in &manifests {
         if !path.exists() {
             bail!("--manifests {}: no such file or directory", path.display());
@@ -67,18 +68,47 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let clients = ClientCache::new();
     let catalog: SharedCatalog = Arc::new(RwLock::new(Arc::new(Catalog::default())));
-    let mut reporter = Reporter::default();
-    reload(&manifests, &clients, &catalog, &mut reporter);
-
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch_manifests(
-        manifests.clone(),
-        clients.clone(),
-        catalog.clone(),
-        reporter,
-        shutdown.clone(),
-    ));
+    let (notices, labels): (Arc<dyn Notices>, Option<Arc<dyn LabelSource>>) =
+        if manifests.is_empty() {
+            let runtime_namespace =
+                std::env::var("RUNTIME_NAMESPACE").unwrap_or_else(|_| "flux-system".into());
+            let settings = crate::kube::Settings {
+                namespace: (!watch_all_namespaces).then(|| runtime_namespace.clone()),
+                runtime_namespace,
+                leader_election: enable_leader_election.then_some(crate::kube::LeaderElection {
+                    lease_duration: leader_election_lease_duration,
+                    renew_deadline: leader_election_renew_deadline,
+                    retry_period: leader_election_retry_period,
+                    release_on_cancel: leader_election_release_on_cancel,
+                }),
+            };
+            tracing::info!(
+                namespace = settings.namespace.as_deref().unwrap_or("(all)"),
+                "running in Kubernetes mode"
+            );
+            let cluster = crate::kube::start(
+                settings,
+                catalog.clone(),
+                clients.clone(),
+                shutdown.clone(),
+                &mut tasks,
+            )
+            .await?;
+            (cluster.notices, Some(cluster.labels))
+        } else {
+            let mut reporter = Reporter::default();
+            reload(&manifests, &clients, &catalog, &mut reporter);
+            tasks.spawn(watch_manifests(
+                manifests.clone(),
+                clients.clone(),
+                catalog.clone(),
+                reporter,
+                shutdown.clone(),
+            ));
+            (Arc::new(LogOnly), None)
+        };
 
     let limiter = Arc::new(Limiter::new(rate_limit_interval));
     {
@@ -124,6 +154,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             max_in_flight: MAX_IN_FLIGHT,
             max_in_flight_per_host,
             progressing: settings.progressing,
+            notices: notices.clone(),
         },
         pending,
         delivery_shutdown.clone(),
@@ -155,6 +186,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         scheduler,
         settings,
         max_pending,
+        notices,
+        labels,
     });
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(server::serve(
@@ -228,7 +261,7 @@ fn reload(
     }
     let files = load.files;
     let problems = load.problems.len();
-    let built = Catalog::build(load.objects, clients, false);
+    let built = Catalog::build(load.objects, clients);
     for p in built.providers() {
         if let Some(Err(e)) = &p.forge {
             let text = format!("Provider/{}: {e}", p.key());

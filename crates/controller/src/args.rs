@@ -84,6 +84,27 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_go_duration, value_name = "DURATION")]
     pub graceful_shutdown_timeout: Duration,
 
+    /// Kubernetes mode: run the finalizer housekeeping in one replica only, elected through a
+    /// Lease in $RUNTIME_NAMESPACE (the event API runs in every replica).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    pub enable_leader_election: bool,
+
+    /// How long a non-leader waits before taking over an unrenewed lease.
+    #[arg(long, default_value = "35s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub leader_election_lease_duration: Duration,
+
+    /// How long the leader keeps trying to renew before giving up leadership.
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub leader_election_renew_deadline: Duration,
+
+    /// How often leadership is retried.
+    #[arg(long, default_value = "5s", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub leader_election_retry_period: Duration,
+
+    /// Release the lease on shutdown so another replica takes over at once.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
+    pub leader_election_release_on_cancel: bool,
+
     /// Watch Alerts and Providers in all namespaces (false: only $RUNTIME_NAMESPACE).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
     pub watch_all_namespaces: bool,
@@ -94,6 +115,8 @@ pub enum Command {
     /// Lists recent delivery outcomes (or pending deliveries) from a data directory, or from a
     /// running controller with --server.
     Deliveries(DeliveriesArgs),
+    /// Prints the Provider and Alert CustomResourceDefinitions (YAML).
+    Crd,
 }
 
 #[derive(Debug, Clone, clap::Args)]

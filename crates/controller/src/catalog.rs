@@ -26,9 +26,6 @@ pub struct AlertEntry {
     pub json: Value,
     pub inclusion: Vec<Regex>,
     pub exclusion: Vec<Regex>,
-    /// `matchLabels` needs the involved object's labels, which only a cluster can tell; without
-    /// one, a source using it matches nothing.
-    pub labels_unavailable: bool,
 }
 
 /// A Provider with its status expression compiled and, for the types this controller posts
@@ -71,7 +68,7 @@ pub struct Objects {
 impl Catalog {
     /// Builds the snapshot. Providers whose forge cannot be built are kept, with the error,
     /// which is reported when an event is dispatched to them (as Flux does).
-    pub fn build(objects: Objects, clients: &ClientCache, labels_available: bool) -> Catalog {
+    pub fn build(objects: Objects, clients: &ClientCache) -> Catalog {
         let secrets: HashMap<ObjectKey, Arc<Secret>> = objects
             .secrets
             .into_iter()
@@ -130,7 +127,6 @@ impl Catalog {
                 inclusion: compile(&alert.spec.inclusion_list),
                 exclusion: compile(&alert.spec.exclusion_list),
                 json: serde_json::to_value(&alert).unwrap_or(Value::Null),
-                labels_unavailable: !labels_available,
                 alert,
             }));
         }

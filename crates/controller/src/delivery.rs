@@ -22,7 +22,7 @@ use crate::outbox::{Finish, Outbox, Outcome, Pending, Verdict, now_ms, rfc3339};
 use crate::server::SharedCatalog;
 
 /// Tunables of delivery.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// First retry waits up to this long; each further retry doubles it.
     pub min_retry_delay: Duration,
@@ -35,6 +35,8 @@ pub struct Settings {
     /// Attempts in flight at once against one forge host.
     pub max_in_flight_per_host: usize,
     pub progressing: ProgressingMode,
+    /// Where warnings about an Alert go (Kubernetes Events on the Alert).
+    pub notices: Arc<dyn crate::hooks::Notices>,
 }
 
 enum Msg {
@@ -302,6 +304,8 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
         }
     };
     let ev = StatusEvent {
+        target_url: None,
+        description: None,
         status_id: &record.status_id,
         kind: &record.kind,
         name: &record.name,
@@ -475,6 +479,19 @@ fn done(
     http_status: Option<u16>,
     message: Option<String>,
 ) {
+    if matches!(verdict, Verdict::Failed | Verdict::Expired)
+        && let Some(m) = &message
+    {
+        let text = if m.starts_with("failed to send notification for ") {
+            m.clone()
+        } else {
+            crate::route::Routed::failure_message(&r.object, crate::route::Stage::Send, m)
+        };
+        shared
+            .settings
+            .notices
+            .warning(&r.alert, crate::hooks::reason::DISPATCH_FAILED, text);
+    }
     let now = now_ms();
     shared.outbox.finish(Finish::Done {
         key: r.key(),
@@ -533,6 +550,7 @@ mod tests {
             max_in_flight: 1,
             max_in_flight_per_host: 1,
             progressing: ProgressingMode::Pending,
+            notices: Arc::new(crate::hooks::LogOnly),
         };
         for attempts in 0..30 {
             let cap =

@@ -5,6 +5,8 @@ pub mod args;
 pub mod catalog;
 pub mod deliveries_cmd;
 pub mod delivery;
+pub mod hooks;
+pub mod kube;
 pub mod manifests;
 pub mod outbox;
 pub mod ratelimit;

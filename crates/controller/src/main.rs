@@ -6,6 +6,18 @@ use controller::args::{Args, Command};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(Command::Crd) = args.command {
+        return match controller::kube::crd_yaml() {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Deliveries(cmd)) = args.command {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

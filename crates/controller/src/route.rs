@@ -80,34 +80,74 @@ pub fn strip_token(event: &mut Event) {
     }
 }
 
-/// The Alerts that select this event, in load order (§2.7).
-pub fn matching_alerts<'a>(catalog: &'a Catalog, event: &Event) -> Vec<&'a Arc<AlertEntry>> {
+/// The Alerts that select this event, in load order (§2.7). `labels` are the involved object's
+/// labels when they could be read; a source with `matchLabels` matches nothing without them.
+pub fn matching_alerts<'a>(
+    catalog: &'a Catalog,
+    event: &Event,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Vec<&'a Arc<AlertEntry>> {
     let o = &event.involved_object;
     catalog
         .candidates(&o.namespace, &o.kind)
-        .filter(|a| alert_matches(a, event))
+        .filter(|a| alert_matches(a, event, labels))
         .collect()
 }
 
-fn alert_matches(entry: &AlertEntry, event: &Event) -> bool {
+/// The candidate Alerts whose only way to match is a `matchLabels` source: the involved object's
+/// labels must be read before matching.
+pub fn alerts_needing_labels<'a>(catalog: &'a Catalog, event: &Event) -> Vec<&'a Arc<AlertEntry>> {
+    let o = &event.involved_object;
+    catalog
+        .candidates(&o.namespace, &o.kind)
+        .filter(|a| !a.alert.spec.suspend)
+        .filter(|a| {
+            a.alert
+                .spec
+                .event_sources
+                .iter()
+                .any(|src| src.match_labels.is_some() && source_matches(a, src, event))
+        })
+        .collect()
+}
+
+fn source_matches(
+    entry: &AlertEntry,
+    src: &api::CrossNamespaceObjectReference,
+    event: &Event,
+) -> bool {
+    let alert = &entry.alert;
+    let o = &event.involved_object;
+    let severity = alert.spec.event_severity.as_str();
+    let ns = src
+        .namespace
+        .as_deref()
+        .unwrap_or(&alert.metadata.namespace);
+    o.namespace == ns
+        && o.kind == src.kind
+        && !(event.severity != severity && severity != "info")
+        && (src.name == "*" || src.name == o.name)
+}
+
+fn alert_matches(
+    entry: &AlertEntry,
+    event: &Event,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     let alert = &entry.alert;
     if alert.spec.suspend {
         return false;
     }
-    let o = &event.involved_object;
-    let severity = alert.spec.event_severity.as_str();
-    let source_matches = alert.spec.event_sources.iter().any(|src| {
-        let ns = src
-            .namespace
-            .as_deref()
-            .unwrap_or(&alert.metadata.namespace);
-        o.namespace == ns
-            && o.kind == src.kind
-            && !(event.severity != severity && severity != "info")
-            && (src.name == "*" || src.name == o.name)
-            && (src.match_labels.is_none() || !entry.labels_unavailable)
+    let matched = alert.spec.event_sources.iter().any(|src| {
+        source_matches(entry, src, event)
+            && match (&src.match_labels, labels) {
+                (None, _) => true,
+                // Equality on every pair, ANDed; an empty selector selects everything.
+                (Some(want), Some(have)) => want.iter().all(|(k, v)| have.get(k) == Some(v)),
+                (Some(_), None) => false,
+            }
     });
-    if !source_matches {
+    if !matched {
         return false;
     }
     if !alert.spec.inclusion_list.is_empty()
@@ -182,6 +222,7 @@ pub fn route(
     event: &Event,
     entry: &AlertEntry,
     settings: RouteSettings,
+    notices: &dyn crate::hooks::Notices,
 ) -> Routed {
     let alert = &entry.alert;
     let alert_key = format!("{}/{}", alert.metadata.namespace, alert.metadata.name);
@@ -259,6 +300,11 @@ pub fn route(
             .map(|(k, s)| format!("{k}: {}", s.join(", ")))
             .collect();
         tracing::info!(alert = %alert_key, conflicts = ?list, "warning: metadata key conflicts detected (please refer to the Alert API docs and Flux RFC 0008 for more information)");
+        notices.warning(
+            &alert_key,
+            crate::hooks::reason::METADATA_APPEND_FAILED,
+            format!("metadata key conflicts detected (please refer to the Alert API docs and Flux RFC 0008 for more information): {}", list.join("; ")),
+        );
     }
     let metadata = if merged.is_empty() {
         md.cloned().unwrap_or_default()
@@ -301,6 +347,8 @@ pub fn route(
     };
 
     let status_event = StatusEvent {
+        target_url: None,
+        description: None,
         status_id: &status_id,
         kind: &o.kind,
         name: &o.name,

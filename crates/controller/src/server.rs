@@ -19,6 +19,7 @@ use api::Event;
 
 use crate::catalog::Catalog;
 use crate::delivery::Scheduler;
+use crate::hooks::{LabelSource, Notices, reason};
 use crate::outbox::{HistoryFilter, Outbox};
 use crate::ratelimit::{Limiter, event_key, rfc1123_utc};
 use crate::route::{self, RouteSettings, Routed};
@@ -45,6 +46,9 @@ pub struct EventState {
     pub settings: RouteSettings,
     /// Pending deliveries above which new events are refused with 503.
     pub max_pending: usize,
+    pub notices: Arc<dyn Notices>,
+    /// Reads involved objects' labels for `matchLabels`; `None` without a cluster.
+    pub labels: Option<Arc<dyn LabelSource>>,
 }
 
 /// The event API, plus `GET /api/v1/deliveries`. Any other path or method is an event, as in
@@ -158,7 +162,28 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let alerts = route::matching_alerts(&catalog, &event);
+    let mut labels = None;
+    if let Some(source) = &state.labels {
+        let needing = route::alerts_needing_labels(&catalog, &event);
+        if !needing.is_empty() {
+            match source.labels(&event).await {
+                Ok(l) => labels = Some(l),
+                Err(e) => {
+                    tracing::warn!(object = %event.object_ref(), error = %e, "cannot read the involved object's labels for matchLabels");
+                    for a in needing {
+                        let key =
+                            format!("{}/{}", a.alert.metadata.namespace, a.alert.metadata.name);
+                        state.notices.warning(
+                            &key,
+                            reason::SOURCE_FETCH_FAILED,
+                            format!("error getting source object {}", event.object_ref()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let alerts = route::matching_alerts(&catalog, &event, labels.as_ref());
     if alerts.is_empty() {
         tracing::debug!(object = %event.object_ref(), "discarding event, no alerts found for the involved object");
         return with_limits(StatusCode::ACCEPTED.into_response());
@@ -167,7 +192,7 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
 
     let routed: Vec<Routed> = alerts
         .iter()
-        .map(|a| route::route(&catalog, &event, a, state.settings))
+        .map(|a| route::route(&catalog, &event, a, state.settings, state.notices.as_ref()))
         .collect();
     let dropped = route::no_commit_alerts(&routed);
     if !dropped.is_empty() {
@@ -190,6 +215,7 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
                     route::Stage::Send => "failed to send notification",
                 };
                 tracing::error!(alert = %alert, provider = provider.as_deref().unwrap_or(""), object = %object, error = %msg, "{what}");
+                state.notices.warning(&alert, reason::DISPATCH_FAILED, msg);
             }
             Routed::Skipped { alert, reason } => {
                 tracing::debug!(alert = %alert, object = %object, reason, "not sending a commit status");

@@ -107,12 +107,11 @@ fn catalog(providers: Vec<Provider>, alerts: Vec<Alert>, secrets: Vec<Secret>) -
             secrets,
         },
         &ClientCache::new(),
-        false,
     )
 }
 
 fn matched(c: &Catalog, e: &Event) -> usize {
-    matching_alerts(c, e).len()
+    matching_alerts(c, e, None).len()
 }
 
 #[test]
@@ -152,10 +151,16 @@ fn event_matches_alert() {
         vec![source("Kustomization", "foo", Some("foo-ns"))],
     );
     assert_eq!(matched(&catalog(vec![], vec![a], vec![]), &err), 1);
-    // Standalone: matchLabels cannot be evaluated, so that source matches nothing.
+    // matchLabels: without the object's labels nothing matches; with them, every pair must.
     let mut labelled = source("Kustomization", "*", Some("foo-ns"));
     labelled.match_labels = Some(BTreeMap::from([("app".into(), "podinfo".into())]));
-    assert_eq!(one(labelled, "info"), 0);
+    assert_eq!(one(labelled.clone(), "info"), 0);
+    let c = catalog(vec![], vec![alert("test-ns", "a", vec![labelled])], vec![]);
+    assert_eq!(alerts_needing_labels(&c, &e).len(), 1);
+    let podinfo = BTreeMap::from([("app".to_string(), "podinfo".to_string())]);
+    let other = BTreeMap::from([("aaa".to_string(), "bbb".to_string())]);
+    assert_eq!(matching_alerts(&c, &e, Some(&podinfo)).len(), 1);
+    assert_eq!(matching_alerts(&c, &e, Some(&other)).len(), 0);
 }
 
 #[test]
@@ -266,9 +271,9 @@ fn metadata_merge_precedence_and_conflicts() {
 }
 
 fn route_one(c: &Catalog, e: &Event, settings: RouteSettings) -> Routed {
-    let alerts = matching_alerts(c, e);
+    let alerts = matching_alerts(c, e, None);
     assert_eq!(alerts.len(), 1, "expected exactly one matching alert");
-    route(c, e, alerts[0], settings)
+    route(c, e, alerts[0], settings, &crate::hooks::LogOnly)
 }
 
 fn kinds(r: &Routed) -> String {

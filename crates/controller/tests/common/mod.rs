@@ -34,11 +34,19 @@ pub struct Controller {
 impl Controller {
     /// Starts the binary on `manifests` and waits until `/readyz` answers 200.
     pub async fn start(manifests: &Path, args: &[&str], env: &[(&str, &str)]) -> Controller {
+        let mut all = vec!["--manifests".to_string(), manifests.display().to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut c = Self::spawn(&all, env).await;
+        c.manifests = manifests.to_path_buf();
+        c
+    }
+
+    /// Starts the binary with exactly these arguments (plus loopback ports) and waits until
+    /// `/readyz` answers 200.
+    pub async fn spawn(args: &[String], env: &[(&str, &str)]) -> Controller {
         let (events, health, metrics) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_commit-status-controller"));
-        cmd.arg("--manifests")
-            .arg(manifests)
-            .arg(format!("--events-addr=127.0.0.1:{events}"))
+        cmd.arg(format!("--events-addr=127.0.0.1:{events}"))
             .arg(format!("--health-addr=127.0.0.1:{health}"))
             .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
             .args(args)
@@ -73,11 +81,11 @@ impl Controller {
             events_url: format!("http://127.0.0.1:{events}/"),
             health_url: format!("http://127.0.0.1:{health}"),
             metrics_url: format!("http://127.0.0.1:{metrics}"),
-            manifests: manifests.to_path_buf(),
+            manifests: PathBuf::new(),
             logs,
             _dir: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = reqwest::get(format!("{}/readyz", c.health_url)).await
                 && r.status() == 200

@@ -1,0 +1,37 @@
+//! What the event path needs from its surroundings, which differ between standalone mode and
+//! Kubernetes: where warnings about an Alert go, and how an object's labels are read.
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+
+use api::Event;
+
+/// Flux's reasons for Warning events on an Alert.
+pub mod reason {
+    pub const DISPATCH_FAILED: &str = "NotificationDispatchFailed";
+    pub const INVALID_CONFIG: &str = "InvalidConfig";
+    pub const SOURCE_FETCH_FAILED: &str = "SourceFetchFailed";
+    pub const METADATA_APPEND_FAILED: &str = "MetadataAppendFailed";
+}
+
+/// Receives warnings about an Alert (`namespace/name`). In Kubernetes they become Events on
+/// the Alert; standalone, the log line written where the problem was found is all there is.
+pub trait Notices: Send + Sync {
+    fn warning(&self, alert: &str, reason: &'static str, message: String);
+}
+
+/// Standalone: nothing beyond the logs.
+pub struct LogOnly;
+
+impl Notices for LogOnly {
+    fn warning(&self, _alert: &str, _reason: &'static str, _message: String) {}
+}
+
+/// Reads the labels of an event's involved object (for `matchLabels`).
+pub trait LabelSource: Send + Sync {
+    fn labels<'a>(
+        &'a self,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>>;
+}

@@ -1,0 +1,96 @@
+//! Kubernetes mode: the same event path, fed by watch caches of Flux's `Provider` and `Alert`
+//! objects and of the Secrets they reference, with Kubernetes Events on Alerts, label lookups
+//! for `matchLabels`, and the finalizer housekeeping Flux's controller does.
+
+mod finalizers;
+mod labels;
+mod notices;
+mod sources;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kube::Client;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use notify::ClientCache;
+
+use crate::hooks::{LabelSource, Notices};
+use crate::server::SharedCatalog;
+
+/// The finalizer Flux puts on Providers (and used to put on Alerts).
+pub const FINALIZER: &str = "finalizers.fluxcd.io";
+/// The name under which Kubernetes Events are reported.
+pub const CONTROLLER_NAME: &str = "commit-status-controller";
+
+/// Prints both CRDs as a YAML stream.
+pub fn crd_yaml() -> Result<String, String> {
+    let mut out = String::new();
+    for crd in [api::crd::alert_crd(), api::crd::provider_crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+/// Leader election, with Flux's flag names and defaults.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+    pub release_on_cancel: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `None`: all namespaces; otherwise only this one.
+    pub namespace: Option<String>,
+    /// Where the leader-election Lease lives.
+    pub runtime_namespace: String,
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// What the event path gets from the cluster.
+pub struct Cluster {
+    pub notices: Arc<dyn Notices>,
+    pub labels: Arc<dyn LabelSource>,
+}
+
+/// Connects, fills the caches, builds the first catalog, and starts the background work.
+/// Returns once the configuration is loaded, so readiness can follow.
+pub async fn start(
+    settings: Settings,
+    catalog: SharedCatalog,
+    clients: ClientCache,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Cluster> {
+    let client = Client::try_default()
+        .await
+        .context("cannot connect to Kubernetes (in-cluster configuration or KUBECONFIG); to run without a cluster, pass --manifests PATH")?;
+    let notices = notices::KubeNotices::start(client.clone(), shutdown.clone(), tasks);
+    sources::start(
+        client.clone(),
+        &settings,
+        catalog,
+        clients,
+        notices.clone(),
+        shutdown.clone(),
+        tasks,
+    )
+    .await?;
+    finalizers::start(
+        client.clone(),
+        &settings,
+        notices.clone(),
+        shutdown.clone(),
+        tasks,
+    );
+    Ok(Cluster {
+        notices,
+        labels: Arc::new(labels::KubeLabels::new(client)),
+    })
+}

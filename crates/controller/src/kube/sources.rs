@@ -1,0 +1,354 @@
+//! Watch caches: reflectors for Providers and Alerts (no API call per event), and one
+//! name-scoped watch per referenced Secret. Secrets are never listed cluster-wide: only the
+//! ones a Provider names are fetched, cached and refreshed when they change. Any change
+//! rebuilds the catalog snapshot the event path reads.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use api::{Alert, AlertResource, ObjectMeta, Provider, ProviderResource, Secret};
+use notify::ClientCache;
+
+use super::Settings;
+use super::notices::KubeNotices;
+use crate::catalog::{Catalog, Objects};
+use crate::hooks::reason;
+use crate::server::SharedCatalog;
+use crate::status_expr::StatusExpr;
+
+/// How long to let a burst of changes settle before rebuilding.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+type SecretKey = (String, String);
+
+/// The Secrets referenced by Providers, each kept current by its own watch.
+struct SecretWatches {
+    client: Client,
+    changed: mpsc::Sender<()>,
+    entries: Mutex<HashMap<SecretKey, (JoinHandle<()>, Arc<Mutex<Option<Secret>>>)>>,
+}
+
+impl SecretWatches {
+    /// Starts watches for newly referenced Secrets (seeding each with a GET, so the catalog
+    /// built next sees it) and stops those no longer referenced.
+    async fn ensure(&self, wanted: BTreeSet<SecretKey>) {
+        let new: Vec<SecretKey> = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.retain(|k, (task, _)| {
+                let keep = wanted.contains(k);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            wanted
+                .into_iter()
+                .filter(|k| !entries.contains_key(k))
+                .collect()
+        };
+        for key in new {
+            let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), &key.0);
+            let slot = Arc::new(Mutex::new(None));
+            match api.get_opt(&key.1).await {
+                Ok(s) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = s.map(convert_secret),
+                Err(e) => {
+                    tracing::warn!(secret = %format!("{}/{}", key.0, key.1), error = %e, "cannot read secret")
+                }
+            }
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
+            let changed = self.changed.clone();
+            let task_slot = slot.clone();
+            let task = tokio::spawn(async move {
+                let mut stream = watcher(api, config).default_backoff().boxed();
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                            *task_slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(convert_secret(s));
+                        }
+                        Ok(watcher::Event::Delete(_)) => {
+                            *task_slot.lock().unwrap_or_else(|p| p.into_inner()) = None
+                        }
+                        Ok(watcher::Event::Init) => {}
+                        Ok(watcher::Event::InitDone) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "secret watch failed; retrying");
+                            continue;
+                        }
+                    }
+                    let _ = changed.try_send(());
+                }
+            });
+            self.entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, (task, slot));
+        }
+    }
+
+    fn current(&self) -> Vec<Secret> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .values()
+            .filter_map(|(_, slot)| slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+}
+
+fn convert_secret(s: KubeSecret) -> Secret {
+    let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    // `stringData` is write-only on a real server, but honour it if a client sent it through.
+    for (k, v) in s.string_data.unwrap_or_default() {
+        data.insert(k, v.into_bytes());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: s.metadata.name.unwrap_or_default(),
+            namespace: s.metadata.namespace.unwrap_or_default(),
+            uid: s.metadata.uid.unwrap_or_default(),
+            ..Default::default()
+        },
+        type_: s.type_.unwrap_or_default(),
+        data,
+    }
+}
+
+pub async fn start(
+    client: Client,
+    settings: &Settings,
+    catalog: SharedCatalog,
+    clients: ClientCache,
+    notices: Arc<KubeNotices>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let (providers_api, alerts_api): (Api<ProviderResource>, Api<AlertResource>) =
+        match &settings.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let (changed, mut rx) = mpsc::channel::<()>(1);
+    let (providers, writer) = reflector::store();
+    tasks.spawn(drive(
+        watcher(providers_api, watcher::Config::default()),
+        writer,
+        changed.clone(),
+        shutdown.clone(),
+    ));
+    let (alerts, writer) = reflector::store();
+    tasks.spawn(drive(
+        watcher(alerts_api, watcher::Config::default()),
+        writer,
+        changed.clone(),
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        r = async { providers.wait_until_ready().await?; alerts.wait_until_ready().await } => {
+            r.context_kube()?;
+        }
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    let secrets = Arc::new(SecretWatches {
+        client,
+        changed,
+        entries: Mutex::default(),
+    });
+    let mut reported = BTreeSet::new();
+    rebuild(
+        &providers,
+        &alerts,
+        &secrets,
+        &catalog,
+        &clients,
+        &notices,
+        &mut reported,
+    )
+    .await;
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                r = rx.recv() => if r.is_none() { return },
+                () = shutdown.cancelled() => return,
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            rebuild(
+                &providers,
+                &alerts,
+                &secrets,
+                &catalog,
+                &clients,
+                &notices,
+                &mut reported,
+            )
+            .await;
+        }
+    });
+    Ok(())
+}
+
+trait KubeContext<T> {
+    fn context_kube(self) -> anyhow::Result<T>;
+}
+
+impl<T> KubeContext<T> for Result<T, reflector::store::WriterDropped> {
+    fn context_kube(self) -> anyhow::Result<T> {
+        self.map_err(|_| {
+            anyhow::anyhow!("the watch of Providers and Alerts stopped before its first list")
+        })
+    }
+}
+
+async fn drive<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    writer: reflector::store::Writer<K>,
+    changed: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let mut stream = stream.default_backoff().reflect(writer).boxed();
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            () = shutdown.cancelled() => return,
+        };
+        match item {
+            Some(Ok(_)) => {
+                let _ = changed.try_send(());
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+            None => return,
+        }
+    }
+}
+
+/// Validates what the caches hold, as standalone mode validates manifests: an object the
+/// API server accepted but that cannot work (old servers skip the CRDs' CEL rules; regexes
+/// and expressions are only checked here) gets an `InvalidConfig` event and is skipped.
+async fn rebuild(
+    providers: &Store<ProviderResource>,
+    alerts: &Store<AlertResource>,
+    secrets: &SecretWatches,
+    catalog: &SharedCatalog,
+    clients: &ClientCache,
+    notices: &KubeNotices,
+    reported: &mut BTreeSet<String>,
+) {
+    let mut objects = Objects::default();
+    let mut now_reported = BTreeSet::new();
+    let mut invalid = |kind: &'static str, ns: &str, name: &str, problems: Vec<api::FieldError>| {
+        let text = problems
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let key = format!("{kind}/{ns}/{name}: {text}");
+        if !reported.contains(&key) {
+            tracing::error!(object = %format!("{kind}/{ns}/{name}"), "invalid object skipped: {text}");
+            notices.warn_on(
+                kind,
+                ns,
+                name,
+                reason::INVALID_CONFIG,
+                format!("invalid {kind} skipped: {text}"),
+            );
+        }
+        now_reported.insert(key);
+    };
+    let mut referenced = BTreeSet::new();
+    for p in providers.state() {
+        let provider: Provider = (*p).clone().into();
+        let (ns, name) = (
+            provider.metadata.namespace.clone(),
+            provider.metadata.name.clone(),
+        );
+        let mut errors = provider.validate();
+        let expr = match provider.spec.commit_status_expr.as_deref() {
+            Some(src) if errors.is_empty() => match StatusExpr::compile(src) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    errors.push(api::FieldError::new(
+                        "spec.commitStatusExpr",
+                        format!("invalid CEL expression: {e}"),
+                    ));
+                    None
+                }
+            },
+            _ => None,
+        };
+        if !errors.is_empty() {
+            invalid("Provider", &ns, &name, errors);
+            continue;
+        }
+        for r in [
+            &provider.spec.secret_ref,
+            &provider.spec.proxy_secret_ref,
+            &provider.spec.cert_secret_ref,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            referenced.insert((ns.clone(), r.name.clone()));
+        }
+        objects.providers.push((provider, expr));
+    }
+    for a in alerts.state() {
+        let alert: Alert = (*a).clone().into();
+        let errors = alert.validate();
+        if !errors.is_empty() {
+            invalid(
+                "Alert",
+                &alert.metadata.namespace,
+                &alert.metadata.name,
+                errors,
+            );
+            continue;
+        }
+        objects.alerts.push(alert);
+    }
+    *reported = now_reported;
+    secrets.ensure(referenced).await;
+    objects.secrets = secrets.current();
+    // A stable order keeps matching order deterministic (Flux uses its cache order).
+    objects.providers.sort_by(|a, b| {
+        (&a.0.metadata.namespace, &a.0.metadata.name)
+            .cmp(&(&b.0.metadata.namespace, &b.0.metadata.name))
+    });
+    objects.alerts.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    let built = Catalog::build(objects, clients);
+    for p in built.providers() {
+        if let Some(Err(e)) = &p.forge {
+            tracing::debug!(provider = %p.key(), "provider cannot post commit statuses until fixed: {e}");
+        }
+    }
+    let (np, na, ns) = built.counts();
+    *catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(built);
+    tracing::debug!(
+        providers = np,
+        alerts = na,
+        secrets = ns,
+        "configuration reloaded from the cluster"
+    );
+}

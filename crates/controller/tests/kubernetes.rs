@@ -1,0 +1,665 @@
+//! Kubernetes mode against a real kube-apiserver and etcd (built by `hack/kube-apiserver.sh`):
+//! our CRDs and Flux's, the RBAC from `config/`, the real binary running with the
+//! ServiceAccount's token, and a contract-validating stub forge.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::{Client, Config};
+use serde_json::{Value, json};
+use testkit::{ForgeKind, StubForge, StubOptions};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("KUBE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/commit-status-controller/k8s-bin"))
+}
+
+/// etcd and kube-apiserver as child processes on free ports; killed on drop.
+struct ApiServer {
+    children: Vec<Child>,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl ApiServer {
+    async fn start() -> ApiServer {
+        let apiserver = bin_dir().join("kube-apiserver");
+        assert!(
+            apiserver.exists(),
+            "{} missing: run hack/kube-apiserver.sh (CI does)",
+            apiserver.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let certs = d.join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let ok = Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(certs.join("sa.key"))
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::fs::write(
+            certs.join("tokens.csv"),
+            "testtoken,admin,admin,system:masters\n",
+        )
+        .unwrap();
+        let log = |name: &str| std::fs::File::create(d.join(name)).unwrap();
+        let etcd = Command::new("etcd")
+            .arg(format!("--data-dir={}", d.join("etcd").display()))
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{client_port}"
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{client_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{peer_port}"
+            ))
+            .arg("--unsafe-no-fsync")
+            .stdout(log("etcd.log"))
+            .stderr(log("etcd.err"))
+            .spawn()
+            .expect("etcd (apt-get install etcd-server, or run hack/kube-apiserver.sh)");
+        let sa_key = certs.join("sa.key");
+        let api = Command::new(&apiserver)
+            .arg(format!("--etcd-servers=http://127.0.0.1:{client_port}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--secure-port={api_port}"))
+            .arg(format!("--cert-dir={}", certs.display()))
+            .arg(format!(
+                "--token-auth-file={}",
+                certs.join("tokens.csv").display()
+            ))
+            .args([
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc",
+            ])
+            .arg(format!("--service-account-key-file={}", sa_key.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key.display()
+            ))
+            .args([
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--disable-admission-plugins=ServiceAccount",
+            ])
+            .stdout(log("apiserver.log"))
+            .stderr(log("apiserver.err"))
+            .spawn()
+            .unwrap();
+        let server = ApiServer {
+            children: vec![etcd, api],
+            url: format!("https://127.0.0.1:{api_port}"),
+            dir,
+        };
+        let client = server.client_with_token("testtoken").await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+            if matches!(client.request_text(req).await.as_deref(), Ok("ok")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "apiserver not ready: {}",
+                std::fs::read_to_string(server.dir.path().join("apiserver.err"))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        server
+    }
+
+    fn kubeconfig(&self, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: \"{}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: local, context: {{cluster: local, user: u, namespace: default}}}}]\ncurrent-context: local\n",
+            self.url
+        )
+    }
+
+    async fn client_with_token(&self, token: &str) -> Client {
+        let kc = Kubeconfig::from_yaml(&self.kubeconfig(token)).unwrap();
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    fn write_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, self.kubeconfig(token)).unwrap();
+        path
+    }
+}
+
+/// Creates every document of a YAML file (or string) through discovery, in `namespace` when
+/// the resource is namespaced.
+async fn apply_yaml(client: &Client, text: &str, namespace: &str) {
+    for doc in text
+        .split("\n---")
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && *d != "---")
+    {
+        let mut value: Value = serde_saphyr::from_str(doc.trim_start_matches("---")).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let api_version = value["apiVersion"].as_str().unwrap().to_string();
+        let kind = value["kind"].as_str().unwrap().to_string();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+        let gvk = GroupVersionKind::gvk(group, version, &kind);
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            value["metadata"]["namespace"] = json!(namespace);
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let obj: DynamicObject = serde_json::from_value(value).unwrap();
+        api.create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("create {kind}: {e}"));
+    }
+}
+
+async fn wait_crds(client: &Client, names: &[&str]) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in names {
+        let cond = kube::runtime::wait::conditions::is_crd_established();
+        tokio::time::timeout(
+            WAIT,
+            kube::runtime::wait::await_condition(crds.clone(), name, cond),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+    logs: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn objects(ns: &str, stub: &StubForge, repo: &str, version: &str, token: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: github-token, namespace: {ns}}}
+stringData: {{token: {token}}}
+---
+apiVersion: notification.toolkit.fluxcd.io/{version}
+kind: Provider
+metadata: {{name: github, namespace: {ns}}}
+spec:
+  type: github
+  address: {base}/o/{repo}
+  secretRef: {{name: github-token}}
+---
+apiVersion: notification.toolkit.fluxcd.io/{version}
+kind: Alert
+metadata: {{name: github, namespace: {ns}}}
+spec:
+  providerRef: {{name: github}}
+  eventSources:
+    - kind: Kustomization
+      name: '*'
+"#,
+        base = stub.base_url()
+    )
+}
+
+fn event_in(ns: &str, name: &str, sha: &str, message: &str) -> Value {
+    let mut e = success_event(name, sha);
+    e["involvedObject"]["namespace"] = json!(ns);
+    e["message"] = json!(message);
+    e
+}
+
+async fn events_on(client: &Client, ns: &str, kind: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
+    );
+    let list = api.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| e.data["regarding"]["kind"] == kind && e.data["regarding"]["name"] == name)
+        .map(|e| {
+            (
+                e.data["reason"].as_str().unwrap_or_default().to_string(),
+                e.data["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn service_account_token(admin: &Client) -> String {
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "flux-system");
+    let req: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let tr = sas
+        .create_token_request("commit-status-controller", &PostParams::default(), &req)
+        .await
+        .unwrap();
+    tr.status.unwrap().token
+}
+
+async fn setup_cluster(admin: &Client, crds: &str, crd_names: &[&str]) {
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    for ns in ["flux-system", "apps", "labels", "legacy"] {
+        let _ = namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await;
+    }
+    apply_yaml(admin, crds, "flux-system").await;
+    wait_crds(admin, crd_names).await;
+}
+
+async fn start_controller(server: &ApiServer, admin: &Client, data: &Path) -> Controller {
+    let token = service_account_token(admin).await;
+    let kubeconfig = server.write_kubeconfig("controller.kubeconfig", &token);
+    let kc = kubeconfig.display().to_string();
+    Controller::spawn(
+        &[
+            "--enable-leader-election".into(),
+            format!("--data-dir={}", data.display()),
+            "--min-retry-delay=50ms".into(),
+        ],
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("RUNTIME_NAMESPACE", "flux-system"),
+            ("POD_NAME", "csc-0"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn kubernetes_mode_end_to_end() {
+    let server = ApiServer::start().await;
+    let admin = server.client_with_token("testtoken").await;
+    let root = repo_root();
+    let crds = std::fs::read_to_string(root.join("config/crd/crds.yaml")).unwrap();
+    setup_cluster(
+        &admin,
+        &crds,
+        &[
+            "providers.notification.toolkit.fluxcd.io",
+            "alerts.notification.toolkit.fluxcd.io",
+        ],
+    )
+    .await;
+    // A stand-in Kustomization CRD, so that matchLabels has an object to read.
+    apply_yaml(&admin, KUSTOMIZATION_CRD, "flux-system").await;
+    wait_crds(&admin, &["kustomizations.kustomize.toolkit.fluxcd.io"]).await;
+    for f in [
+        "service_account.yaml",
+        "role.yaml",
+        "leader_election_role.yaml",
+    ] {
+        apply_yaml(
+            &admin,
+            &std::fs::read_to_string(root.join("config/rbac").join(f)).unwrap(),
+            "flux-system",
+        )
+        .await;
+    }
+
+    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    apply_yaml(
+        &admin,
+        &objects("apps", &stub, "r", "v1beta3", "ghp_k8s_token"),
+        "apps",
+    )
+    .await;
+    let data = tempfile::tempdir().unwrap();
+    let c = start_controller(&server, &admin, data.path()).await;
+
+    // Create → status arrives.
+    c.post(&event_in("apps", "podinfo", SHA, "m1")).await;
+    let logs = || c.logs();
+    until(
+        "the first status",
+        || async { !stub.statuses("o/r", SHA).is_empty() },
+        logs,
+    )
+    .await;
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+
+    // The Provider gets Flux's finalizer.
+    let providers: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        "apps",
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "notification.toolkit.fluxcd.io",
+            "v1beta3",
+            "Provider",
+        )),
+    );
+    until(
+        "the Provider finalizer",
+        || async {
+            providers
+                .get("github")
+                .await
+                .map(|p| {
+                    p.metadata
+                        .finalizers
+                        .unwrap_or_default()
+                        .contains(&"finalizers.fluxcd.io".to_string())
+                })
+                .unwrap_or(false)
+        },
+        logs,
+    )
+    .await;
+
+    // Update → takes effect.
+    providers
+        .patch(
+            "github",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"address": format!("{}/o/r2", stub.base_url())}})),
+        )
+        .await
+        .unwrap();
+    let sha2 = "a1afe267b54f38b46b487f6e938a6fd508278c07";
+    until(
+        "the updated address",
+        || async {
+            c.post(&event_in(
+                "apps",
+                "podinfo",
+                sha2,
+                &format!("m2 {:?}", Instant::now()),
+            ))
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            !stub.statuses("o/r2", sha2).is_empty()
+        },
+        logs,
+    )
+    .await;
+
+    // A forge error is recorded as a Warning event on the Alert, without the token.
+    stub.require_auth("Bearer something-else");
+    let sha3 = "bd88a9156325322a124e55a369b59063470310eb";
+    c.post(&event_in("apps", "podinfo", sha3, "m3")).await;
+    until(
+        "a NotificationDispatchFailed event",
+        || async {
+            events_on(&admin, "apps", "Alert", "github")
+                .await
+                .iter()
+                .any(|(r, n)| r == "NotificationDispatchFailed" && n.contains("401"))
+        },
+        logs,
+    )
+    .await;
+    let all = events_on(&admin, "apps", "Alert", "github").await;
+    assert!(
+        all.iter().all(|(_, n)| !n.contains("ghp_k8s_token")),
+        "{all:?}"
+    );
+    stub.require_auth("Bearer ghp_k8s_token");
+
+    // matchLabels against a labelled object.
+    apply_yaml(
+        &admin,
+        &objects("labels", &stub, "labelled", "v1beta3", "ghp_k8s_token"),
+        "labels",
+    )
+    .await;
+    let alerts: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        "labels",
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "notification.toolkit.fluxcd.io",
+            "v1beta3",
+            "Alert",
+        )),
+    );
+    alerts
+        .patch("github", &PatchParams::default(), &Patch::Merge(json!({"spec": {"eventSources": [{"kind": "Kustomization", "name": "*", "matchLabels": {"app": "podinfo"}}]}})))
+        .await
+        .unwrap();
+    apply_yaml(&admin, "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: podinfo, labels: {app: podinfo}}\nspec: {}\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: other, labels: {app: other}}\nspec: {}\n", "labels").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sha4 = "8a9156325322a124e55a369b59063470310ebbd8";
+    c.post(&event_in("labels", "other", sha4, "m4")).await;
+    c.post(&event_in("labels", "podinfo", sha4, "m4")).await;
+    until(
+        "the labelled object's status",
+        || async { !stub.statuses("o/labelled", sha4).is_empty() },
+        logs,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let contexts: Vec<_> = stub
+        .statuses("o/labelled", sha4)
+        .iter()
+        .map(|s| s["context"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(contexts.len(), 1, "only the labelled object: {contexts:?}");
+    assert!(
+        contexts[0].starts_with("kustomization/podinfo/"),
+        "{contexts:?}"
+    );
+
+    // An Alert carrying Flux's old finalizer loses it, with a Migration event.
+    let apps_alerts: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        "apps",
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "notification.toolkit.fluxcd.io",
+            "v1beta3",
+            "Alert",
+        )),
+    );
+    apply_yaml(&admin, "apiVersion: notification.toolkit.fluxcd.io/v1beta3\nkind: Alert\nmetadata: {name: old, finalizers: [finalizers.fluxcd.io]}\nspec: {providerRef: {name: github}, eventSources: [{kind: Bucket, name: x}]}\n", "apps").await;
+    until(
+        "the Alert finalizer removal",
+        || async {
+            apps_alerts
+                .get("old")
+                .await
+                .map(|a| a.metadata.finalizers.unwrap_or_default().is_empty())
+                .unwrap_or(false)
+        },
+        logs,
+    )
+    .await;
+    until(
+        "a Migration event",
+        || async {
+            events_on(&admin, "apps", "Alert", "old")
+                .await
+                .iter()
+                .any(|(r, _)| r == "Migration")
+        },
+        logs,
+    )
+    .await;
+
+    // An object the old API server accepted but the CRD's CEL rule forbids: InvalidConfig.
+    apply_yaml(&admin, "apiVersion: notification.toolkit.fluxcd.io/v1beta3\nkind: Provider\nmetadata: {name: bad}\nspec: {type: slack, commitStatusExpr: \"'x'\"}\n", "apps").await;
+    until(
+        "an InvalidConfig event",
+        || async {
+            events_on(&admin, "apps", "Provider", "bad")
+                .await
+                .iter()
+                .any(|(r, _)| r == "InvalidConfig")
+        },
+        logs,
+    )
+    .await;
+
+    // Delete the Alert → its events are no longer dispatched.
+    apps_alerts
+        .delete("github", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = stub.requests().len();
+    c.post(&event_in("apps", "podinfo", SHA, "after delete"))
+        .await;
+    assert!(
+        c.wait_log("no alerts found for the involved object", WAIT)
+            .await,
+        "{}",
+        c.logs()
+    );
+    assert_eq!(stub.requests().len(), before);
+
+    // The ServiceAccount has what it needs and no more.
+    let token = service_account_token(&admin).await;
+    let sa = server.client_with_token(&token).await;
+    let secrets: Api<Secret> = Api::namespaced(sa.clone(), "apps");
+    let denied = secrets
+        .delete("github-token", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+    let sa_providers: Api<DynamicObject> = Api::namespaced_with(
+        sa,
+        "apps",
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "notification.toolkit.fluxcd.io",
+            "v1beta3",
+            "Provider",
+        )),
+    );
+    let denied = sa_providers
+        .delete("github", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+    let mut c = c;
+    assert!(c.terminate().success());
+
+    // Flux's own CRDs (v1.8.4, which also serves v1beta2) instead of ours.
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for name in [
+        "providers.notification.toolkit.fluxcd.io",
+        "alerts.notification.toolkit.fluxcd.io",
+    ] {
+        crds.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    until(
+        "our CRDs to go",
+        || async {
+            crds.get_opt("alerts.notification.toolkit.fluxcd.io")
+                .await
+                .unwrap()
+                .is_none()
+                && crds
+                    .get_opt("providers.notification.toolkit.fluxcd.io")
+                    .await
+                    .unwrap()
+                    .is_none()
+        },
+        String::new,
+    )
+    .await;
+    let flux = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flux-crds/v1.8.4");
+    for f in ["providers.yaml", "alerts.yaml"] {
+        apply_yaml(
+            &admin,
+            &std::fs::read_to_string(flux.join(f)).unwrap(),
+            "flux-system",
+        )
+        .await;
+    }
+    wait_crds(
+        &admin,
+        &[
+            "providers.notification.toolkit.fluxcd.io",
+            "alerts.notification.toolkit.fluxcd.io",
+        ],
+    )
+    .await;
+    apply_yaml(
+        &admin,
+        &objects("legacy", &stub, "legacy", "v1beta2", "ghp_k8s_token"),
+        "legacy",
+    )
+    .await;
+    let c = start_controller(&server, &admin, data.path()).await;
+    c.post(&event_in("legacy", "podinfo", SHA, "legacy")).await;
+    until(
+        "a status for v1beta2 objects under Flux's CRDs",
+        || async { !stub.statuses("o/legacy", SHA).is_empty() },
+        || c.logs(),
+    )
+    .await;
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+}
+
+const KUSTOMIZATION_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: kustomizations.kustomize.toolkit.fluxcd.io}
+spec:
+  group: kustomize.toolkit.fluxcd.io
+  names: {kind: Kustomization, listKind: KustomizationList, plural: kustomizations, singular: kustomization}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
+"#;
