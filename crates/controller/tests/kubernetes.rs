@@ -586,10 +586,8 @@ async fn kubernetes_mode_end_to_end() {
         .await
         .unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
-    let mut c = c;
-    assert!(c.terminate().success());
-
-    // Flux's own CRDs (v1.8.4, which also serves v1beta2) instead of ours.
+    // Flux's own CRDs (v1.8.4, which also serves v1beta2) instead of ours. Deleting a CRD
+    // deletes its objects, and a Provider's finalizer is released by the running controller.
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     for name in [
         "providers.notification.toolkit.fluxcd.io",
@@ -610,9 +608,11 @@ async fn kubernetes_mode_end_to_end() {
                     .unwrap()
                     .is_none()
         },
-        String::new,
+        || c.logs(),
     )
     .await;
+    let mut c = c;
+    assert!(c.terminate().success());
     let flux = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flux-crds/v1.8.4");
     for f in ["providers.yaml", "alerts.yaml"] {
         apply_yaml(

@@ -20,11 +20,12 @@ const TTL: Duration = Duration::from_secs(10);
 const CAP: usize = 10_000;
 
 type ObjectKey = (String, String, String, String);
+type Labels = BTreeMap<String, String>;
 
 pub struct KubeLabels {
     client: Client,
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
-    cache: Mutex<HashMap<ObjectKey, (Instant, BTreeMap<String, String>)>>,
+    cache: Mutex<HashMap<ObjectKey, (Instant, Labels)>>,
 }
 
 impl KubeLabels {
@@ -49,10 +50,9 @@ impl KubeLabels {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
+            && at.elapsed() < TTL
         {
-            if at.elapsed() < TTL {
-                return Ok(labels.clone());
-            }
+            return Ok(labels.clone());
         }
         let kind_key = (o.api_version.clone(), o.kind.clone());
         let known = self

@@ -25,18 +25,20 @@ use super::notices::KubeNotices;
 use crate::catalog::{Catalog, Objects};
 use crate::hooks::reason;
 use crate::server::SharedCatalog;
-use crate::status_expr::StatusExpr;
+use crate::status_expr::check_provider;
 
 /// How long to let a burst of changes settle before rebuilding.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 type SecretKey = (String, String);
+/// The watch keeping a Secret current, and the latest copy it saw.
+type SecretWatch = (JoinHandle<()>, Arc<Mutex<Option<Secret>>>);
 
 /// The Secrets referenced by Providers, each kept current by its own watch.
 struct SecretWatches {
     client: Client,
     changed: mpsc::Sender<()>,
-    entries: Mutex<HashMap<SecretKey, (JoinHandle<()>, Arc<Mutex<Option<Secret>>>)>>,
+    entries: Mutex<HashMap<SecretKey, SecretWatch>>,
 }
 
 impl SecretWatches {
@@ -282,24 +284,13 @@ async fn rebuild(
             provider.metadata.namespace.clone(),
             provider.metadata.name.clone(),
         );
-        let mut errors = provider.validate();
-        let expr = match provider.spec.commit_status_expr.as_deref() {
-            Some(src) if errors.is_empty() => match StatusExpr::compile(src) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    errors.push(api::FieldError::new(
-                        "spec.commitStatusExpr",
-                        format!("invalid CEL expression: {e}"),
-                    ));
-                    None
-                }
-            },
-            _ => None,
+        let exprs = match check_provider(&provider) {
+            Ok(exprs) => exprs,
+            Err(errors) => {
+                invalid("Provider", &ns, &name, errors);
+                continue;
+            }
         };
-        if !errors.is_empty() {
-            invalid("Provider", &ns, &name, errors);
-            continue;
-        }
         for r in [
             &provider.spec.secret_ref,
             &provider.spec.proxy_secret_ref,
@@ -310,7 +301,7 @@ async fn rebuild(
         {
             referenced.insert((ns.clone(), r.name.clone()));
         }
-        objects.providers.push((provider, expr));
+        objects.providers.push((provider, exprs));
     }
     for a in alerts.state() {
         let alert: Alert = (*a).clone().into();
