@@ -14,7 +14,7 @@ use api::{Alert, Provider, Secret};
 use notify::{ClientCache, Forge, ForgeKind};
 
 use crate::resolve;
-use crate::status_expr::StatusExpr;
+use crate::status_expr::ProviderExprs;
 
 pub type ObjectKey = (String, String);
 
@@ -34,7 +34,7 @@ pub struct AlertEntry {
 pub struct ProviderEntry {
     pub provider: Provider,
     pub json: Value,
-    pub expr: Option<StatusExpr>,
+    pub exprs: ProviderExprs,
     pub forge: Option<Result<Arc<Forge>, String>>,
     /// The repository address in effect (the Secret's `address` overrides the spec's).
     pub address: String,
@@ -60,7 +60,7 @@ pub struct Catalog {
 /// What a load produced: objects that passed validation, in load order.
 #[derive(Debug, Default)]
 pub struct Objects {
-    pub providers: Vec<(Provider, Option<StatusExpr>)>,
+    pub providers: Vec<(Provider, ProviderExprs)>,
     pub alerts: Vec<Alert>,
     pub secrets: Vec<Secret>,
 }
@@ -81,7 +81,7 @@ impl Catalog {
             .collect();
 
         let mut providers = HashMap::new();
-        for (provider, expr) in objects.providers {
+        for (provider, exprs) in objects.providers {
             let mut address = provider.spec.address.clone().unwrap_or_default();
             let forge = ForgeKind::from_provider_type(&provider.spec.type_).map(|kind| {
                 resolve::forge_config(&provider, kind, &secrets)
@@ -101,7 +101,7 @@ impl Catalog {
                 Arc::new(ProviderEntry {
                     provider,
                     json,
-                    expr,
+                    exprs,
                     forge,
                     address,
                 }),

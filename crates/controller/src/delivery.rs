@@ -304,8 +304,8 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
         }
     };
     let ev = StatusEvent {
-        target_url: None,
-        description: None,
+        target_url: record.target_url.as_deref(),
+        description: record.description_override.as_deref(),
         status_id: &record.status_id,
         kind: &record.kind,
         name: &record.name,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use api::{Alert, FieldError, ObjectMeta, Provider, Secret};
 
 use crate::catalog::Objects;
-use crate::status_expr::StatusExpr;
+use crate::status_expr::check_provider;
 
 /// Namespace of the name-based UIDs given to objects without `metadata.uid`: fixed, so that a
 /// Provider's UID, and the status names derived from it, survive restarts.
@@ -294,28 +294,15 @@ fn load_document(origin: &Origin, doc: &str, load: &mut Load, seen: &mut BTreeMa
                 Ok(p) => p,
                 Err(e) => return field_problems(vec![e], load),
             };
-            let mut errors = provider.validate();
-            let expr = match provider.spec.commit_status_expr.as_deref() {
-                Some(src) if errors.is_empty() => match StatusExpr::compile(src) {
-                    Ok(expr) => Some(expr),
-                    Err(e) => {
-                        errors.push(FieldError::new(
-                            "spec.commitStatusExpr",
-                            format!("invalid CEL expression: {e}"),
-                        ));
-                        None
-                    }
-                },
-                _ => None,
+            let exprs = match check_provider(&provider) {
+                Ok(exprs) => exprs,
+                Err(errors) => return field_problems(errors, load),
             };
-            if !errors.is_empty() {
-                return field_problems(errors, load);
-            }
             if !register(&name, origin, seen, load) {
                 return;
             }
             assign_uid(&mut provider.metadata, "Provider");
-            load.objects.providers.push((provider, expr));
+            load.objects.providers.push((provider, exprs));
         }
         "Alert" => {
             let mut alert: Alert = match typed(&value) {

@@ -82,6 +82,12 @@ pub struct Pending {
     /// The full event message, which the forge's description cannot hold.
     #[serde(default)]
     pub message: String,
+    /// From the Provider's target-URL template, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// From the Provider's description template, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description_override: Option<String>,
 }
 
 impl Pending {

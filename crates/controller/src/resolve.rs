@@ -30,15 +30,27 @@ struct AuthMethods {
     token: Option<String>,
     basic: Option<(String, String)>,
     tls: Option<TlsConfig>,
+    github_app: Option<notify::GitHubApp>,
 }
 
 /// Flux reads credentials through `runtime/secrets`, which refuses a half-present basic-auth
 /// pair or unusable TLS material; that refusal matters for where errors surface.
-fn auth_methods(secret: &Secret, ns: &str, name: &str) -> Result<AuthMethods, String> {
+///
+/// `spec_username`: Bitbucket Server's `spec.username`, which Flux documents as pairing with
+/// a `password`-only Secret; Flux broke that in 1.7, we keep it working.
+fn auth_methods(
+    secret: &Secret,
+    ns: &str,
+    name: &str,
+    spec_username: Option<&str>,
+) -> Result<AuthMethods, String> {
     let username = secret.string("username");
     let password = secret.string("password");
     let basic = match (username, password) {
         (Some(u), Some(p)) => Some((u, p)),
+        (None, Some(p)) if spec_username.is_some_and(|u| !u.is_empty()) => {
+            Some((spec_username.unwrap_or_default().to_string(), p))
+        }
         (None, Some(_)) => {
             return Err(format!(
                 "secret '{ns}/{name}': malformed basic auth - has 'password' but missing 'username'"
@@ -52,10 +64,33 @@ fn auth_methods(secret: &Secret, ns: &str, name: &str) -> Result<AuthMethods, St
         (None, None) => None,
     };
     let tls = tls_from_secret(secret, ns, name, false)?;
+    // The App's own checks (installation ID or owner, key format) are the forge's, with
+    // Flux's messages; here the keys are only gathered.
+    let github_app = secret
+        .string("githubAppID")
+        .map(|app_id| notify::GitHubApp {
+            app_id: app_id.trim().to_string(),
+            installation_id: secret
+                .string("githubAppInstallationID")
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+            installation_owner: secret
+                .string("githubAppInstallationOwner")
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+            private_key: notify::Secret::new(
+                secret.string("githubAppPrivateKey").unwrap_or_default(),
+            ),
+            base_url: secret
+                .string("githubAppBaseURL")
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty()),
+        });
     Ok(AuthMethods {
         token: secret.string("token"),
         basic,
         tls,
+        github_app,
     })
 }
 
@@ -183,9 +218,13 @@ pub fn forge_config(
         {
             return Err(format!("failed to read headers from secret: {e}"));
         }
-        match auth_methods(secret, ns, &secret_ref.name) {
+        let spec_username = (kind == ForgeKind::BitbucketServer)
+            .then_some(spec.username.as_deref())
+            .flatten();
+        match auth_methods(secret, ns, &secret_ref.name, spec_username) {
             Ok(auth) => {
                 credentials.token = auth.token.map(notify::Secret::new);
+                credentials.github_app = auth.github_app;
                 if let Some((u, p)) = auth.basic {
                     credentials.username = Some(u);
                     credentials.password = Some(notify::Secret::new(p));

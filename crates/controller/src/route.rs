@@ -8,7 +8,7 @@ use std::sync::Arc;
 use api::{EVENT_METADATA_PREFIX, Event};
 use notify::{ProgressingMode, StatusEvent};
 
-use crate::catalog::{AlertEntry, Catalog, ProviderEntry};
+use crate::catalog::{AlertEntry, Catalog};
 use crate::outbox::Pending;
 
 /// Settings that shape routing.
@@ -312,7 +312,19 @@ pub fn route(
         merged
     };
 
-    let status_id = match status_id(event, &metadata, provider, entry) {
+    // The three expressions see the same variables: the event with merged metadata, the
+    // Provider and the Alert as the API server serves them.
+    let mut merged_event = event.clone();
+    merged_event.metadata = Some(metadata.clone());
+    let event_json = merged_event.to_json();
+    let eval = |expr: &crate::status_expr::StatusExpr| {
+        expr.evaluate(&event_json, &provider.json, &entry.json)
+    };
+    let status_id = match &provider.exprs.status {
+        None => Ok(default_status_id(event, &provider.provider.metadata.uid)),
+        Some(expr) => eval(expr),
+    };
+    let status_id = match status_id {
         Ok(id) => id,
         Err(e) => {
             return fail(
@@ -324,6 +336,33 @@ pub fn route(
             );
         }
     };
+    let mut templated = [None, None];
+    for (slot, (expr, annotation)) in templated.iter_mut().zip([
+        (
+            &provider.exprs.target_url,
+            crate::status_expr::TARGET_URL_ANNOTATION,
+        ),
+        (
+            &provider.exprs.description,
+            crate::status_expr::DESCRIPTION_ANNOTATION,
+        ),
+    ]) {
+        if let Some(expr) = expr {
+            match eval(expr) {
+                Ok(v) => *slot = Some(v),
+                Err(e) => {
+                    return fail(
+                        Some(provider.key()),
+                        Stage::Dispatch,
+                        format!(
+                            "failed to evaluate the {annotation} CEL expression for the event: {e}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let [target_url, description] = templated;
 
     let forge = match &provider.forge {
         Some(Ok(forge)) => forge.clone(),
@@ -347,8 +386,8 @@ pub fn route(
     };
 
     let status_event = StatusEvent {
-        target_url: None,
-        description: None,
+        target_url: target_url.as_deref(),
+        description: description.as_deref(),
         status_id: &status_id,
         kind: &o.kind,
         name: &o.name,
@@ -379,28 +418,14 @@ pub fn route(
             severity: event.severity.clone(),
             metadata,
             message: event.message.clone(),
+            target_url,
+            description_override: description,
         })),
         Ok(None) => Routed::Skipped {
             alert: alert_key,
             reason: "progressing event",
         },
         Err(e) => fail(Some(provider.key()), Stage::Send, e.to_string()),
-    }
-}
-
-fn status_id(
-    event: &Event,
-    metadata: &BTreeMap<String, String>,
-    provider: &ProviderEntry,
-    entry: &AlertEntry,
-) -> Result<String, String> {
-    match &provider.expr {
-        None => Ok(default_status_id(event, &provider.provider.metadata.uid)),
-        Some(expr) => {
-            let mut merged = event.clone();
-            merged.metadata = Some(metadata.clone());
-            expr.evaluate(&merged.to_json(), &provider.json, &entry.json)
-        }
     }
 }
 

@@ -164,6 +164,63 @@ fn non_string_result(expr: &Expr) -> Option<&'static str> {
     }
 }
 
+/// A Provider annotation holding a CEL expression (same variables as `commitStatusExpr`) for
+/// the status's link. Annotations leave Flux's CRD schema untouched, so they work with
+/// Flux's CRDs installed.
+pub const TARGET_URL_ANNOTATION: &str = "commit-status-controller/target-url";
+/// A Provider annotation holding a CEL expression for the status's description.
+pub const DESCRIPTION_ANNOTATION: &str = "commit-status-controller/description";
+
+/// A Provider's compiled expressions.
+#[derive(Debug, Default)]
+pub struct ProviderExprs {
+    /// `spec.commitStatusExpr`.
+    pub status: Option<StatusExpr>,
+    pub target_url: Option<StatusExpr>,
+    pub description: Option<StatusExpr>,
+}
+
+/// Validates a Provider as its CRD does and compiles its expressions; every problem names its
+/// field.
+pub fn check_provider(provider: &api::Provider) -> Result<ProviderExprs, Vec<api::FieldError>> {
+    let mut errors = provider.validate();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut compile = |field: String, src: Option<&str>| {
+        src.and_then(|src| match StatusExpr::compile(src) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                errors.push(api::FieldError::new(
+                    field,
+                    format!("invalid CEL expression: {e}"),
+                ));
+                None
+            }
+        })
+    };
+    let annotations = &provider.metadata.annotations;
+    let exprs = ProviderExprs {
+        status: compile(
+            "spec.commitStatusExpr".into(),
+            provider.spec.commit_status_expr.as_deref(),
+        ),
+        target_url: compile(
+            format!("metadata.annotations[{TARGET_URL_ANNOTATION}]"),
+            annotations.get(TARGET_URL_ANNOTATION).map(String::as_str),
+        ),
+        description: compile(
+            format!("metadata.annotations[{DESCRIPTION_ANNOTATION}]"),
+            annotations.get(DESCRIPTION_ANNOTATION).map(String::as_str),
+        ),
+    };
+    if errors.is_empty() {
+        Ok(exprs)
+    } else {
+        Err(errors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

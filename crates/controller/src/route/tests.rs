@@ -12,7 +12,6 @@ use notify::ClientCache;
 
 use super::*;
 use crate::catalog::Objects;
-use crate::status_expr::StatusExpr;
 
 const UID: &str = "0c9c2e41-d2f9-4f9b-9c41-bebc1984d67a";
 const SHA: &str = "5394cb7f48332b2de7c17dd8b8384bbc84b7e738";
@@ -92,12 +91,8 @@ fn catalog(providers: Vec<Provider>, alerts: Vec<Alert>, secrets: Vec<Secret>) -
     let providers = providers
         .into_iter()
         .map(|p| {
-            let expr = p
-                .spec
-                .commit_status_expr
-                .as_deref()
-                .map(|e| StatusExpr::compile(e).unwrap());
-            (p, expr)
+            let exprs = crate::status_expr::check_provider(&p).unwrap();
+            (p, exprs)
         })
         .collect();
     Catalog::build(
@@ -456,5 +451,61 @@ fn status_ids_and_progressing() {
     assert_eq!(
         kinds(&route_one(&c, &progressing, skip)),
         "skipped: progressing event"
+    );
+}
+
+#[test]
+fn target_url_and_description_templates() {
+    let g = "kustomize.toolkit.fluxcd.io";
+    let rev = format!("main@sha1:{SHA}");
+    let md = [
+        (format!("{g}/commit_status"), "update".to_string()),
+        (format!("{g}/revision"), rev),
+    ];
+    let md: Vec<(&str, &str)> = md.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut p = provider("ns", "p", "github");
+    p.metadata.annotations.insert(
+        crate::status_expr::TARGET_URL_ANNOTATION.into(),
+        "'https://grafana.example.com/d/flux?var-name=' + event.involvedObject.name".into(),
+    );
+    p.metadata.annotations.insert(
+        crate::status_expr::DESCRIPTION_ANNOTATION.into(),
+        "'prod-eu: ' + event.reason".into(),
+    );
+    let c = catalog(
+        vec![p],
+        vec![alert("ns", "a", vec![source("Kustomization", "*", None)])],
+        vec![secret("ns")],
+    );
+    match route_one(
+        &c,
+        &event("ns", "podinfo", "info", &md),
+        RouteSettings::default(),
+    ) {
+        Routed::Job(j) => {
+            assert_eq!(
+                j.target_url.as_deref(),
+                Some("https://grafana.example.com/d/flux?var-name=podinfo")
+            );
+            assert_eq!(
+                j.description_override.as_deref(),
+                Some("prod-eu: ReconciliationSucceeded")
+            );
+            assert_eq!(j.description, "prod-eu: ReconciliationSucceeded");
+        }
+        other => panic!("{}", kinds(&other)),
+    }
+    let mut bad = provider("ns", "p", "github");
+    bad.metadata.annotations.insert(
+        crate::status_expr::TARGET_URL_ANNOTATION.into(),
+        "'x' +".into(),
+    );
+    let errors = crate::status_expr::check_provider(&bad).unwrap_err();
+    assert_eq!(
+        errors[0].field,
+        format!(
+            "metadata.annotations[{}]",
+            crate::status_expr::TARGET_URL_ANNOTATION
+        )
     );
 }
