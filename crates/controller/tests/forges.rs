@@ -385,3 +385,118 @@ async fn invalid_commit_is_an_error_the_user_sees() {
     );
     assert!(c.stub.requests().is_empty());
 }
+
+#[tokio::test]
+async fn gitea_and_forgejo_exchange() {
+    for kind in [ForgeKind::Gitea, ForgeKind::Forgejo] {
+        let c = setup(
+            kind,
+            "gitea",
+            |b| format!("{b}/my-org/my-repo"),
+            &[("token", "gitea-token")],
+            &[],
+        )
+        .await;
+        c.controller.post(&success_event("flux-system", SHA)).await;
+        let reqs = c
+            .stub
+            .wait_for(2, WAIT)
+            .await
+            .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.controller.logs()));
+        assert_eq!(
+            reqs[0].path,
+            format!("/api/v1/repos/my-org/my-repo/commits/{SHA}/statuses")
+        );
+        assert_eq!(reqs[0].query, "limit=50&page=1");
+        assert_eq!(
+            reqs[1].path,
+            format!("/api/v1/repos/my-org/my-repo/statuses/{SHA}")
+        );
+        assert_eq!(header(&reqs[1], "authorization"), "token gitea-token");
+        assert_eq!(
+            reqs[1].body_text(),
+            "{\"state\":\"success\",\"target_url\":\"\",\"description\":\"reconciliation succeeded\",\"context\":\"kustomization/flux-system/0c9c2e41\"}"
+        );
+        assert!(
+            c.stub.violations().is_empty(),
+            "{kind:?}: {:?}",
+            c.stub.violations()
+        );
+    }
+}
+
+#[tokio::test]
+async fn bitbucket_server_with_spec_username_and_password_only_secret() {
+    let stub = StubForge::start(ForgeKind::BitbucketServer, StubOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("{}/context/scm/PRJ/my-repo.git", stub.base_url());
+    write(
+        dir.path(),
+        "m.yaml",
+        &forge_manifests(
+            "bitbucketserver",
+            &address,
+            &[("password", "s3cret")],
+            "  username: flux-bot",
+        ),
+    );
+    let c = Controller::start(dir.path(), &[], &[]).await;
+    c.post(&success_event("flux-system", SHA)).await;
+    let reqs = stub
+        .wait_for(2, WAIT)
+        .await
+        .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.logs()));
+    let key = "776b17bcc91fd6eb5d0ce2a027da584c8ea81eed";
+    let path = format!("/context/rest/api/latest/projects/PRJ/repos/my-repo/commits/{SHA}/builds");
+    assert_eq!(
+        (
+            reqs[0].method.as_str(),
+            reqs[0].path.as_str(),
+            reqs[0].query.as_str()
+        ),
+        ("GET", path.as_str(), format!("key={key}").as_str())
+    );
+    assert_eq!(
+        (reqs[1].method.as_str(), reqs[1].path.as_str()),
+        ("POST", path.as_str())
+    );
+    for r in &reqs {
+        assert_eq!(header(r, "authorization"), "Basic Zmx1eC1ib3Q6czNjcmV0");
+        assert_eq!(header(r, "x-atlassian-token"), "no-check");
+        assert_eq!(header(r, "x-requested-with"), "XMLHttpRequest");
+    }
+    assert_eq!(
+        reqs[1].body_text(),
+        format!(
+            "{{\"description\":\"reconciliation succeeded\",\"key\":\"{key}\",\"name\":\"kustomization/flux-system [reconciliation succeeded]\",\"state\":\"SUCCESSFUL\",\"url\":\"{address}\"}}\n"
+        )
+    );
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+    assert!(!c.logs().contains("s3cret"));
+}
+
+#[tokio::test]
+async fn templated_link_and_description() {
+    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = forge_manifests("github", &format!("{}/o/r", stub.base_url()), &[("token", "t")], "")
+        .replacen(
+            "  uid: ",
+            "  annotations:\n    commit-status-controller/target-url: \"'https://grafana.example.com/d/flux?var-ks=' + event.involvedObject.name\"\n    commit-status-controller/description: \"'prod-eu: ' + event.reason\"\n  uid: ",
+            1,
+        );
+    write(dir.path(), "m.yaml", &manifests);
+    let c = Controller::start(dir.path(), &[], &[]).await;
+    c.post(&success_event("flux-system", SHA)).await;
+    let reqs = stub
+        .wait_for(2, WAIT)
+        .await
+        .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.logs()));
+    let body = reqs[1].json().unwrap();
+    assert_eq!(
+        body["target_url"],
+        "https://grafana.example.com/d/flux?var-ks=flux-system"
+    );
+    assert_eq!(body["description"], "prod-eu: ReconciliationSucceeded");
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+}
