@@ -84,6 +84,11 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_go_duration, value_name = "DURATION")]
     pub graceful_shutdown_timeout: Duration,
 
+    /// This controller's public address (e.g. https://csc.example.com): every status links to
+    /// its delivery page, URL/deliveries/<id>, unless the Provider has a link template.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
     /// Kubernetes mode: run the finalizer housekeeping in one replica only, elected through a
     /// Lease in $RUNTIME_NAMESPACE (the event API runs in every replica).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]

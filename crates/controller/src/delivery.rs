@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use notify::{Outcome as Sent, ProgressingMode, Retry, StatusEvent};
 
-use crate::outbox::{Finish, Outbox, Outcome, Pending, Verdict, now_ms, rfc3339};
+use crate::outbox::{Attempt, Finish, Outbox, Outcome, Pending, Verdict, now_ms, rfc3339};
 use crate::server::SharedCatalog;
 
 /// Tunables of delivery.
@@ -37,6 +37,9 @@ pub struct Settings {
     pub progressing: ProgressingMode,
     /// Where warnings about an Alert go (Kubernetes Events on the Alert).
     pub notices: Arc<dyn crate::hooks::Notices>,
+    /// `--public-url`: statuses link to this controller's delivery page unless the Provider
+    /// has its own link template.
+    pub public_url: Option<String>,
 }
 
 enum Msg {
@@ -303,6 +306,16 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
             return None;
         }
     };
+    let mut record = record;
+    if record.target_url.is_none()
+        && let Some(base) = &settings.public_url
+    {
+        record.target_url = Some(format!(
+            "{}/deliveries/{}",
+            base.trim_end_matches('/'),
+            record.seq
+        ));
+    }
     let ev = StatusEvent {
         target_url: record.target_url.as_deref(),
         description: record.description_override.as_deref(),
@@ -387,6 +400,17 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
             tracing::info!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, state = %plan.state, attempts, already_set = verdict == Verdict::AlreadySet, "commit status posted");
             let mut record = record;
             record.attempts = attempts;
+            record.attempt_log.push(Attempt {
+                time: rfc3339(now_ms()),
+                result: if verdict == Verdict::Posted {
+                    "posted"
+                } else {
+                    "already set"
+                }
+                .into(),
+                http_status: None,
+                message: None,
+            });
             done(shared, &record, verdict, Some(fingerprint), None, None);
             None
         }
@@ -414,6 +438,12 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
             };
             let mut record = record;
             record.attempts = attempts;
+            let attempt = Attempt {
+                time: rfc3339(now_ms()),
+                result: if wait.is_some() { "retrying" } else { "failed" }.into(),
+                http_status: e.status(),
+                message: Some(e.to_string()),
+            };
             match wait {
                 Some(wait)
                     if (now_ms() + wait.as_millis() as i64 - record.accepted_ms)
@@ -427,10 +457,12 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                         attempts,
                         not_before_ms: at,
                         error: message,
+                        attempt,
                     });
                     Some(at)
                 }
                 Some(_) => {
+                    record.attempt_log.push(attempt);
                     tracing::error!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification: delivery expired");
                     done(
                         shared,
@@ -443,6 +475,7 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                     None
                 }
                 None => {
+                    record.attempt_log.push(attempt);
                     tracing::error!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification");
                     done(
                         shared,
@@ -515,6 +548,9 @@ fn done(
             message,
             event_message: r.message.clone(),
             accepted: rfc3339(r.accepted_ms),
+            delivery: r.seq,
+            timeline: r.attempt_log.clone(),
+            target_url: r.target_url.clone(),
         }),
     });
 }
@@ -551,6 +587,7 @@ mod tests {
             max_in_flight_per_host: 1,
             progressing: ProgressingMode::Pending,
             notices: Arc::new(crate::hooks::LogOnly),
+            public_url: None,
         };
         for attempts in 0..30 {
             let cap =

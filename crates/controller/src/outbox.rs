@@ -88,6 +88,24 @@ pub struct Pending {
     /// From the Provider's description template, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description_override: Option<String>,
+    /// Attempts that did not settle the delivery, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// Attempts kept per delivery for its time line; older ones are dropped.
+const ATTEMPT_LOG_CAP: usize = 50;
+
+/// One attempt at the forge, for the delivery's time line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub time: String,
+    /// `posted`, `already set`, `retrying` or `failed`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl Pending {
@@ -130,6 +148,14 @@ pub struct Outcome {
     #[serde(default)]
     pub event_message: String,
     pub accepted: String,
+    /// The delivery this outcome ends (its sequence number when accepted).
+    #[serde(default)]
+    pub delivery: u64,
+    /// Every attempt at the forge, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +193,7 @@ pub enum Finish {
         attempts: u32,
         not_before_ms: i64,
         error: String,
+        attempt: Attempt,
     },
 }
 
@@ -271,6 +298,30 @@ impl Outbox {
             .get(key)
             .map_err(storage)?
             .map(|v| v.value().to_string()))
+    }
+
+    /// What became of one delivery: its outcome, or the pending record while it is queued.
+    pub fn delivery(&self, id: u64) -> Result<(Option<Outcome>, Option<Pending>), StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let history = txn.open_table(HISTORY).map_err(storage)?;
+        for entry in history.iter().map_err(storage)?.rev() {
+            let (_, v) = entry.map_err(storage)?;
+            if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
+                && o.delivery == id
+            {
+                return Ok((Some(o), None));
+            }
+        }
+        let pending = txn.open_table(PENDING).map_err(storage)?;
+        for entry in pending.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            if let Ok(p) = serde_json::from_slice::<Pending>(v.value())
+                && p.seq == id
+            {
+                return Ok((None, Some(p)));
+            }
+        }
+        Ok((None, None))
     }
 
     /// The newest outcomes first, filtered.
@@ -543,6 +594,7 @@ impl Writer {
                         attempts,
                         not_before_ms,
                         error,
+                        attempt,
                     }) => {
                         let current = pending
                             .get(key.as_str())
@@ -552,6 +604,10 @@ impl Writer {
                             p.attempts = attempts;
                             p.not_before_ms = not_before_ms;
                             p.last_error = Some(error);
+                            p.attempt_log.push(attempt);
+                            if p.attempt_log.len() > ATTEMPT_LOG_CAP {
+                                p.attempt_log.remove(0);
+                            }
                             let bytes = serde_json::to_vec(&p).map_err(storage)?;
                             pending
                                 .insert(key.as_str(), bytes.as_slice())

@@ -420,6 +420,7 @@ pub fn route(
             message: event.message.clone(),
             target_url,
             description_override: description,
+            attempt_log: Vec::new(),
         })),
         Ok(None) => Routed::Skipped {
             alert: alert_key,
