@@ -67,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("--data-dir {}: cannot create directory", dir.display()))?;
     }
 
+    let metrics = crate::metrics::Metrics::new();
     let clients = ClientCache::new();
     let catalog: SharedCatalog = Arc::new(RwLock::new(Arc::new(Catalog::default())));
     let shutdown = CancellationToken::new();
@@ -91,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             );
             let cluster = crate::kube::start(
                 settings,
+                metrics.clone(),
                 catalog.clone(),
                 clients.clone(),
                 shutdown.clone(),
@@ -99,7 +101,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             (cluster.notices, Some(cluster.labels))
         } else {
-            let mut reporter = Reporter::default();
+            let mut reporter = Reporter {
+                reported: Default::default(),
+                metrics: metrics.clone(),
+            };
             reload(&manifests, &clients, &catalog, &mut reporter);
             tasks.spawn(watch_manifests(
                 manifests.clone(),
@@ -157,6 +162,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             progressing: settings.progressing,
             notices: notices.clone(),
             public_url: public_url.clone(),
+            metrics: metrics.clone(),
         },
         pending,
         delivery_shutdown.clone(),
@@ -191,6 +197,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         notices,
         labels,
     });
+    let events = events.layer(axum::middleware::from_fn_with_state(
+        metrics.clone(),
+        crate::metrics::track,
+    ));
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(server::serve(
         events_listener,
@@ -204,7 +214,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
         Duration::from_secs(1),
     ));
-    let metrics = Router::new().route("/metrics", get(|| async { "# EOF\n" }));
+    {
+        // Queue gauges are sampled: a scan of the pending table is cheap at this rate.
+        let (metrics, outbox, shutdown) = (metrics.clone(), outbox.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => return,
+                }
+                metrics.queue_depth.set(outbox.pending_len() as i64);
+                let o = outbox.clone();
+                let oldest = tokio::task::spawn_blocking(move || o.oldest_pending_ms()).await;
+                let age = match oldest {
+                    Ok(Ok(Some(ms))) => (crate::outbox::now_ms() - ms).max(0) as f64 / 1000.0,
+                    _ => 0.0,
+                };
+                metrics.oldest_pending_seconds.set(age);
+            }
+        });
+    }
+    let metrics = Router::new()
+        .route("/metrics", get(crate::metrics::serve))
+        .with_state(metrics.clone());
     servers.spawn(server::serve(
         metrics_listener,
         metrics,
@@ -234,9 +267,9 @@ async fn wait_for_signal() {
 }
 
 /// Reports each manifest problem once, not on every reload.
-#[derive(Default)]
 struct Reporter {
     reported: std::collections::BTreeSet<String>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn reload(
@@ -263,6 +296,12 @@ fn reload(
     }
     let files = load.files;
     let problems = load.problems.len();
+    reporter.metrics.set_rejected(load.problems.iter().map(|p| {
+        p.object
+            .as_deref()
+            .and_then(|o| o.split('/').next())
+            .unwrap_or("Document")
+    }));
     let built = Catalog::build(load.objects, clients);
     for p in built.providers() {
         if let Some(Err(e)) = &p.forge {
@@ -364,7 +403,7 @@ async fn watch_manifests(
                 reporter
             })
             .await
-            .unwrap_or_default();
+            .expect("manifest reload panicked");
         }
     }
 }

@@ -122,6 +122,13 @@ pub enum Command {
     Deliveries(DeliveriesArgs),
     /// Prints the Provider and Alert CustomResourceDefinitions (YAML).
     Crd,
+    /// Checks manifests as the controller would load them; exits non-zero on any problem.
+    Validate(crate::cli::ValidateArgs),
+    /// Shows what one event would do: which Alerts match (or why not), the commit, and the
+    /// exact requests (secrets redacted). Sends nothing unless --send.
+    Explain(crate::cli::ExplainArgs),
+    /// Posts a Flux-shaped event to a running controller, for trying it out.
+    SendEvent(crate::cli::SendEventArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]

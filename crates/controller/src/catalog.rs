@@ -157,6 +157,11 @@ impl Catalog {
             .get(&(namespace.to_string(), name.to_string()))
     }
 
+    /// Every Alert, in load order.
+    pub fn alerts(&self) -> impl Iterator<Item = &Arc<AlertEntry>> {
+        self.alerts.iter()
+    }
+
     pub fn providers(&self) -> impl Iterator<Item = &Arc<ProviderEntry>> {
         self.providers.values()
     }

@@ -40,6 +40,7 @@ pub struct Settings {
     /// `--public-url`: statuses link to this controller's delivery page unless the Provider
     /// has its own link template.
     pub public_url: Option<String>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 enum Msg {
@@ -387,11 +388,41 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
     };
     let _host_permit = host_limit.acquire().await.ok()?;
 
-    let mut record = record;
     record.attempts = record.attempts.max(*attempts);
     *attempts = record.attempts + 1;
     let attempts = *attempts;
-    match forge.execute(&plan).await {
+    let started = std::time::Instant::now();
+    let result = forge.execute(&plan).await;
+    {
+        let m = &settings.metrics;
+        let forge_label = crate::metrics::ForgeLabel {
+            forge: record.forge.clone(),
+        };
+        m.attempt_duration
+            .get_or_create(&forge_label)
+            .observe(started.elapsed().as_secs_f64());
+        let status = match &result {
+            Ok(_) => Some(200),
+            Err(e) => e.status(),
+        };
+        m.attempts
+            .get_or_create(&crate::metrics::AttemptLabels {
+                forge: record.forge.clone(),
+                status_class: crate::metrics::status_class(status),
+            })
+            .inc();
+        if let Err(e) = &result {
+            if e.retry() != Retry::No {
+                m.retries.get_or_create(&forge_label).inc();
+            }
+            if matches!(e.status(), Some(429))
+                || (matches!(e.retry(), Retry::After(_)) && e.status() == Some(403))
+            {
+                m.rate_limited.get_or_create(&forge_label).inc();
+            }
+        }
+    }
+    match result {
         Ok(sent) => {
             let verdict = match sent {
                 Sent::Posted => Verdict::Posted,
@@ -525,6 +556,18 @@ fn done(
             .notices
             .warning(&r.alert, crate::hooks::reason::DISPATCH_FAILED, text);
     }
+    shared
+        .settings
+        .metrics
+        .deliveries
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            forge: r.forge.clone(),
+            outcome: serde_json::to_value(verdict)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        })
+        .inc();
     let now = now_ms();
     shared.outbox.finish(Finish::Done {
         key: r.key(),
@@ -588,6 +631,7 @@ mod tests {
             progressing: ProgressingMode::Pending,
             notices: Arc::new(crate::hooks::LogOnly),
             public_url: None,
+            metrics: crate::metrics::Metrics::new(),
         };
         for attempts in 0..30 {
             let cap =

@@ -3,11 +3,13 @@
 pub mod app;
 pub mod args;
 pub mod catalog;
+pub mod cli;
 pub mod deliveries_cmd;
 pub mod delivery;
 pub mod hooks;
 pub mod kube;
 pub mod manifests;
+pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
 pub mod resolve;

@@ -18,6 +18,41 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    let report = |r: anyhow::Result<controller::cli::Report>| match r {
+        Ok(r) => {
+            print!("{}", r.text);
+            if r.ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    };
+    let block_on = |f: std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<controller::cli::Report>>>,
+    >| {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(f),
+            Err(e) => Err(e.into()),
+        }
+    };
+    match args.command.clone() {
+        Some(Command::Validate(cmd)) => return report(Ok(controller::cli::validate(cmd))),
+        Some(Command::Explain(cmd)) => {
+            return report(block_on(Box::pin(controller::cli::explain(cmd))));
+        }
+        Some(Command::SendEvent(cmd)) => {
+            return report(block_on(Box::pin(controller::cli::send_event(cmd))));
+        }
+        _ => {}
+    }
     if let Some(Command::Deliveries(cmd)) = args.command {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -279,6 +279,24 @@ impl Outbox {
         }
     }
 
+    /// When the oldest unfinished delivery was accepted (ms since the epoch).
+    pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        let mut oldest: Option<i64> = None;
+        for entry in table.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            #[derive(Deserialize)]
+            struct Accepted {
+                accepted_ms: i64,
+            }
+            if let Ok(a) = serde_json::from_slice::<Accepted>(v.value()) {
+                oldest = Some(oldest.map_or(a.accepted_ms, |o| o.min(a.accepted_ms)));
+            }
+        }
+        Ok(oldest)
+    }
+
     /// Deliveries accepted and not yet finished.
     pub fn pending_len(&self) -> usize {
         self.pending.load(Ordering::Relaxed)

@@ -69,6 +69,31 @@ async fn a_burst_of_5xx_is_retried_until_the_status_lands() {
     assert_eq!(h[0]["attempts"], 4);
     assert_eq!(states(&stub, SHA), ["success"]);
     assert!(stub.violations().is_empty());
+    let timeline: Vec<_> = h[0]["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["result"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(timeline, ["retrying", "retrying", "retrying", "posted"]);
+    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"commit_status_deliveries_total{forge="github",outcome="posted"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"commit_status_attempts_total{forge="github",status_class="5xx"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"commit_status_retries_total{forge="github"} 3"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -63,6 +63,7 @@ pub struct Cluster {
 /// Returns once the configuration is loaded, so readiness can follow.
 pub async fn start(
     settings: Settings,
+    metrics: Arc<crate::metrics::Metrics>,
     catalog: SharedCatalog,
     clients: ClientCache,
     shutdown: CancellationToken,
@@ -75,6 +76,7 @@ pub async fn start(
     sources::start(
         client.clone(),
         &settings,
+        metrics,
         catalog,
         clients,
         notices.clone(),

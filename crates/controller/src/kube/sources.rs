@@ -131,9 +131,12 @@ fn convert_secret(s: KubeSecret) -> Secret {
     }
 }
 
+// A wiring function: each argument is a distinct shared handle of the process.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     client: Client,
     settings: &Settings,
+    metrics: Arc<crate::metrics::Metrics>,
     catalog: SharedCatalog,
     clients: ClientCache,
     notices: Arc<KubeNotices>,
@@ -185,6 +188,7 @@ pub async fn start(
         &mut reported,
     )
     .await;
+    metrics.set_rejected(reported.iter().filter_map(|k| k.split('/').next()));
     tasks.spawn(async move {
         loop {
             tokio::select! {
@@ -203,6 +207,7 @@ pub async fn start(
                 &mut reported,
             )
             .await;
+            metrics.set_rejected(reported.iter().filter_map(|k| k.split('/').next()));
         }
     });
     Ok(())

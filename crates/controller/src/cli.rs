@@ -1,0 +1,391 @@
+//! The operator's subcommands: `validate` (manifests as the controller would load them),
+//! `explain` (what one event would do, without sending unless asked) and `send-event` (a
+//! Flux-shaped event to a running controller).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use api::Event;
+use notify::{ClientCache, ProgressingMode, StatusEvent};
+
+use crate::args::Output;
+use crate::catalog::{AlertEntry, Catalog};
+use crate::hooks::LogOnly;
+use crate::manifests;
+use crate::route::{self, RouteSettings, Routed};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    /// A manifest file, or a directory read recursively for *.yaml/*.yml. Repeatable.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub manifests: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExplainArgs {
+    #[arg(long, value_name = "PATH", required = true)]
+    pub manifests: Vec<PathBuf>,
+    /// The event, as Flux controllers POST it (JSON); `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub event: PathBuf,
+    /// Actually post the status(es) (one attempt each).
+    #[arg(long)]
+    pub send: bool,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    pub no_cross_namespace_refs: bool,
+    #[arg(long, value_enum, default_value_t = crate::args::Progressing::Pending)]
+    pub progressing_status: crate::args::Progressing,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendEventArgs {
+    /// The controller's event API.
+    #[arg(long, default_value = "http://localhost:9090/", value_name = "URL")]
+    pub address: String,
+    #[arg(long, default_value = "Kustomization")]
+    pub kind: String,
+    #[arg(long, default_value = "flux-system")]
+    pub name: String,
+    #[arg(long, default_value = "flux-system")]
+    pub namespace: String,
+    /// The involved object's apiVersion; its group prefixes the metadata keys.
+    #[arg(long, default_value = "kustomize.toolkit.fluxcd.io/v1")]
+    pub api_version: String,
+    /// E.g. `main@sha1:<40 hex>`.
+    #[arg(long)]
+    pub revision: String,
+    #[arg(long, default_value = "info")]
+    pub severity: String,
+    #[arg(long, default_value = "ReconciliationSucceeded")]
+    pub reason: String,
+    #[arg(long, default_value = "Reconciliation finished")]
+    pub message: String,
+    /// Mark the event as a commit-status update, as kustomize-controller does on success.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
+    pub commit_status: bool,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Exit code and output of a subcommand.
+pub struct Report {
+    pub ok: bool,
+    pub text: String,
+}
+
+pub fn validate(args: ValidateArgs) -> Report {
+    let load = manifests::load(&args.manifests);
+    let mut problems: Vec<Value> = load
+        .problems
+        .iter()
+        .map(|p| {
+            json!({"file": p.origin.file, "document": p.origin.document, "object": p.object, "field": p.field, "message": p.message, "text": p.to_string()})
+        })
+        .collect();
+    let warnings: Vec<Value> = load
+        .warnings
+        .iter()
+        .map(|w| json!({"file": w.origin.file, "document": w.origin.document, "object": w.object, "field": w.field, "message": w.message, "text": w.to_string()}))
+        .collect();
+    let files = load.files;
+    let counts = (
+        load.objects.providers.len(),
+        load.objects.alerts.len(),
+        load.objects.secrets.len(),
+    );
+    // What only shows once objects are put together: a Provider whose Secret is missing or
+    // whose address or credentials cannot work.
+    let catalog = Catalog::build(load.objects, &ClientCache::new());
+    let mut providers: Vec<_> = catalog.providers().collect();
+    providers.sort_by_key(|p| p.key());
+    for p in providers {
+        if let Some(Err(e)) = &p.forge {
+            let object = format!("Provider/{}", p.key());
+            problems.push(json!({"object": object, "field": "spec", "message": e, "text": format!("{object}: {e}")}));
+        }
+    }
+    let ok = problems.is_empty();
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&json!({"valid": ok, "files": files, "providers": counts.0, "alerts": counts.1, "secrets": counts.2, "problems": problems, "warnings": warnings})).unwrap_or_default() + "\n",
+        Output::Text => {
+            let mut out = String::new();
+            for p in &problems {
+                let _ = writeln!(out, "error: {}", p["text"].as_str().unwrap_or_default());
+            }
+            for w in &warnings {
+                let _ = writeln!(out, "warning: {}", w["text"].as_str().unwrap_or_default());
+            }
+            let _ = writeln!(
+                out,
+                "{} file(s): {} provider(s), {} alert(s), {} secret(s) valid; {} problem(s), {} warning(s)",
+                files, counts.0, counts.1, counts.2, problems.len(), warnings.len()
+            );
+            out
+        }
+    };
+    Report { ok, text }
+}
+
+/// Why an Alert does not select the event, or `None` if it does.
+fn why_not(entry: &AlertEntry, event: &Event) -> Option<String> {
+    let alert = &entry.alert;
+    if alert.spec.suspend {
+        return Some("the Alert is suspended".into());
+    }
+    let o = &event.involved_object;
+    let mut reasons = Vec::new();
+    for (i, src) in alert.spec.event_sources.iter().enumerate() {
+        let ns = src
+            .namespace
+            .as_deref()
+            .unwrap_or(&alert.metadata.namespace);
+        let why = if o.namespace != ns {
+            format!("namespace {:?} is not {ns:?}", o.namespace)
+        } else if o.kind != src.kind {
+            format!("kind {:?} is not {:?}", o.kind, src.kind)
+        } else if src.name != "*" && src.name != o.name {
+            format!("name {:?} is not {:?}", o.name, src.name)
+        } else if event.severity != alert.spec.event_severity && alert.spec.event_severity != "info"
+        {
+            format!(
+                "severity {:?} is filtered out by eventSeverity {:?}",
+                event.severity, alert.spec.event_severity
+            )
+        } else if src.match_labels.is_some() {
+            "matchLabels needs the object's labels, which only a cluster has".into()
+        } else {
+            return inclusion_exclusion(entry, event);
+        };
+        reasons.push(format!("eventSources[{i}]: {why}"));
+    }
+    if reasons.is_empty() {
+        return Some("the Alert has no event sources".into());
+    }
+    Some(reasons.join("; "))
+}
+
+fn inclusion_exclusion(entry: &AlertEntry, event: &Event) -> Option<String> {
+    let spec = &entry.alert.spec;
+    if !spec.inclusion_list.is_empty()
+        && !entry.inclusion.iter().any(|r| r.is_match(&event.message))
+    {
+        return Some(format!(
+            "the message matches none of inclusionList {:?}",
+            spec.inclusion_list
+        ));
+    }
+    if let Some(r) = entry.exclusion.iter().find(|r| r.is_match(&event.message)) {
+        return Some(format!(
+            "the message matches exclusionList entry {:?}",
+            r.as_str()
+        ));
+    }
+    None
+}
+
+pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
+    let body = if args.event.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+        b
+    } else {
+        std::fs::read(&args.event).with_context(|| format!("--event {}", args.event.display()))?
+    };
+    let mut event = Event::decode(&body)
+        .map_err(|e| anyhow::anyhow!("--event {}: {e}", args.event.display()))?;
+    route::cleanup_metadata(&mut event);
+    route::strip_token(&mut event);
+    let load = manifests::load(&args.manifests);
+    let mut out = String::new();
+    for p in &load.problems {
+        let _ = writeln!(out, "warning: invalid manifest skipped: {p}");
+    }
+    let catalog = Catalog::build(load.objects, &ClientCache::new());
+    let settings = RouteSettings {
+        no_cross_namespace_refs: args.no_cross_namespace_refs,
+        progressing: match args.progressing_status {
+            crate::args::Progressing::Pending => ProgressingMode::Pending,
+            crate::args::Progressing::Skip => ProgressingMode::Skip,
+        },
+    };
+    let _ = writeln!(
+        out,
+        "event: {} ({}, reason {}, severity {:?})",
+        event.object_ref(),
+        event.message,
+        event.reason,
+        event.severity
+    );
+    let mut alerts_json = Vec::new();
+    let mut ok = true;
+    let mut all: Vec<&std::sync::Arc<AlertEntry>> = catalog.alerts().collect();
+    all.sort_by_key(|a| {
+        (
+            a.alert.metadata.namespace.clone(),
+            a.alert.metadata.name.clone(),
+        )
+    });
+    for entry in all {
+        let key = format!(
+            "{}/{}",
+            entry.alert.metadata.namespace, entry.alert.metadata.name
+        );
+        if let Some(why) = why_not(entry, &event) {
+            let _ = writeln!(out, "\nAlert {key}: does not match: {why}");
+            alerts_json.push(json!({"alert": key, "matches": false, "reason": why}));
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\nAlert {key}: matches (provider {})",
+            entry.alert.spec.provider_ref.name
+        );
+        let routed = route::route(&catalog, &event, entry, settings, &LogOnly);
+        match routed {
+            Routed::Job(record) => {
+                let provider = catalog.provider(
+                    &entry.alert.metadata.namespace,
+                    &entry.alert.spec.provider_ref.name,
+                );
+                let forge = provider.and_then(|p| p.forge.clone()).and_then(Result::ok);
+                let Some(forge) = forge else { continue };
+                let ev = StatusEvent {
+                    target_url: record.target_url.as_deref(),
+                    description: record.description_override.as_deref(),
+                    status_id: &record.status_id,
+                    kind: &record.kind,
+                    name: &record.name,
+                    reason: &record.reason,
+                    severity: &record.severity,
+                    metadata: &record.metadata,
+                };
+                let Ok(Some(plan)) = forge.plan(&ev, settings.progressing) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "  forge: {} ({})\n  commit: {}\n  status: {} = {} ({:?})",
+                    record.forge,
+                    record.repository,
+                    plan.sha,
+                    plan.status_id,
+                    plan.state,
+                    plan.description
+                );
+                let mut requests = Vec::new();
+                for (what, req) in plan
+                    .read
+                    .iter()
+                    .map(|r| ("read (duplicate check)", r))
+                    .chain([("write", &plan.write)])
+                {
+                    let _ = writeln!(out, "  {what}:\n{}", indent(&req.redacted()));
+                    requests.push(json!({"purpose": what, "request": req.redacted()}));
+                }
+                let mut sent = Value::Null;
+                if args.send {
+                    eprintln!("sending to {} ...", record.repository);
+                    match forge.execute(&plan).await {
+                        Ok(o) => {
+                            let _ = writeln!(out, "  sent: {o:?}");
+                            sent = json!({"ok": format!("{o:?}")});
+                        }
+                        Err(e) => {
+                            ok = false;
+                            let _ = writeln!(out, "  send failed: {e}");
+                            sent = json!({"error": e.to_string(), "http_status": e.status()});
+                        }
+                    }
+                }
+                alerts_json.push(json!({"alert": key, "matches": true, "provider": record.provider, "forge": record.forge, "repository": record.repository, "commit": plan.sha, "status": plan.status_id, "state": plan.state, "description": plan.description, "requests": requests, "sent": sent}));
+            }
+            Routed::Failed { error, stage, .. } => {
+                ok = false;
+                let msg = Routed::failure_message(&event.object_ref(), stage, &error);
+                let _ = writeln!(out, "  error: {msg}");
+                alerts_json.push(json!({"alert": key, "matches": true, "error": msg}));
+            }
+            Routed::Skipped { reason, .. } => {
+                let _ = writeln!(out, "  nothing to send: {reason}");
+                alerts_json.push(json!({"alert": key, "matches": true, "skipped": reason}));
+            }
+            Routed::NoCommit { .. } => {
+                let why = "the event has no event.toolkit.fluxcd.io/commit metadata, is not a commit_status update and is not an error, so commit-status providers ignore it";
+                let _ = writeln!(out, "  nothing to send: {why}");
+                alerts_json.push(json!({"alert": key, "matches": true, "skipped": why}));
+            }
+        }
+    }
+    if alerts_json.is_empty() {
+        let _ = writeln!(out, "\nno Alerts loaded");
+    }
+    let text = match args.output {
+        Output::Text => out,
+        Output::Json => {
+            serde_json::to_string_pretty(&json!({"event": event.to_json(), "alerts": alerts_json}))?
+                + "\n"
+        }
+    };
+    Ok(Report { ok, text })
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+pub async fn send_event(args: SendEventArgs) -> anyhow::Result<Report> {
+    let group = args
+        .api_version
+        .split_once('/')
+        .map(|(g, _)| g)
+        .unwrap_or("");
+    let mut metadata = BTreeMap::new();
+    metadata.insert(format!("{group}/revision"), args.revision.clone());
+    if args.commit_status {
+        metadata.insert(format!("{group}/commit_status"), "update".to_string());
+    }
+    let event = json!({
+        "involvedObject": {"apiVersion": args.api_version, "kind": args.kind, "namespace": args.namespace, "name": args.name},
+        "severity": args.severity,
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "message": args.message,
+        "reason": args.reason,
+        "metadata": metadata,
+        "reportingController": "commit-status-controller",
+    });
+    let response = reqwest::Client::new()
+        .post(&args.address)
+        .json(&event)
+        .send()
+        .await
+        .with_context(|| format!("POST {}", args.address))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let ok = status.is_success();
+    let text = match args.output {
+        Output::Text => format!(
+            "{} {}{}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            if body.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", body.trim())
+            }
+        ),
+        Output::Json => {
+            serde_json::to_string_pretty(
+                &json!({"status": status.as_u16(), "body": body, "event": event}),
+            )? + "\n"
+        }
+    };
+    Ok(Report { ok, text })
+}

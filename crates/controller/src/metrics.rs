@@ -1,0 +1,228 @@
+//! Prometheus metrics on `--metrics-addr` `/metrics`: Flux's event-server families with Flux's
+//! names and labels (so its dashboards and the documented 429 query keep working), and ours
+//! for deliveries. Every label set is bounded: forge type, outcome, status class, object kind;
+//! never a commit, an object name or a credential.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub handler: String,
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabel {
+    pub handler: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub forge: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub forge: String,
+    /// `2xx`, `4xx`, `5xx`, or `none` when no answer came (timeout, connection error).
+    pub status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForgeLabel {
+    pub forge: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+/// Durations in seconds as go-http-metrics buckets them (Prometheus' default buckets).
+const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub request_duration: Family<HttpLabels, Histogram>,
+    pub response_size: Family<HttpLabels, Histogram>,
+    pub inflight: Family<HandlerLabel, Gauge>,
+    pub deliveries: Family<OutcomeLabels, Counter>,
+    pub attempts: Family<AttemptLabels, Counter>,
+    pub attempt_duration: Family<ForgeLabel, Histogram>,
+    pub retries: Family<ForgeLabel, Counter>,
+    pub queue_depth: Gauge,
+    pub oldest_pending_seconds: Gauge<f64, AtomicU64>,
+    pub rate_limited: Family<ForgeLabel, Counter>,
+    pub rejected_objects: Family<KindLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let duration = || Histogram::new(DURATION_BUCKETS);
+        let m = Metrics {
+            request_duration: Family::new_with_constructor(duration),
+            response_size: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(100.0, 10.0, 8))
+            }),
+            inflight: Family::default(),
+            deliveries: Family::default(),
+            attempts: Family::default(),
+            attempt_duration: Family::new_with_constructor(duration),
+            retries: Family::default(),
+            queue_depth: Gauge::default(),
+            oldest_pending_seconds: Gauge::default(),
+            rate_limited: Family::default(),
+            rejected_objects: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "gotk_event_http_request_duration_seconds",
+            "The latency of the HTTP requests.",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "gotk_event_http_response_size_bytes",
+            "The size of the HTTP responses.",
+            m.response_size.clone(),
+        );
+        registry.register(
+            "gotk_event_http_requests_inflight",
+            "The number of inflight requests being handled at the same time.",
+            m.inflight.clone(),
+        );
+        let ours = registry.sub_registry_with_prefix("commit_status");
+        ours.register("deliveries", "Deliveries finished, by forge type and outcome (posted, already_set, skipped, failed, expired).", m.deliveries.clone());
+        ours.register(
+            "attempts",
+            "Attempts at a forge, by forge type and HTTP status class.",
+            m.attempts.clone(),
+        );
+        ours.register(
+            "attempt_duration_seconds",
+            "Duration of one attempt (the read and the write).",
+            m.attempt_duration.clone(),
+        );
+        ours.register(
+            "retries",
+            "Attempts that will be retried.",
+            m.retries.clone(),
+        );
+        ours.register(
+            "rate_limited",
+            "Answers saying a forge's rate-limit budget is spent.",
+            m.rate_limited.clone(),
+        );
+        ours.register(
+            "queue_depth",
+            "Deliveries accepted and not finished.",
+            m.queue_depth.clone(),
+        );
+        ours.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest delivery not finished.",
+            m.oldest_pending_seconds.clone(),
+        );
+        ours.register(
+            "rejected_objects",
+            "Manifests or objects rejected as invalid, by kind.",
+            m.rejected_objects.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// `/metrics`.
+pub async fn serve(State(metrics): State<Arc<Metrics>>) -> Response {
+    let mut r = metrics.encode().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+/// The go-http-metrics middleware Flux wraps its event server in: the handler label is the
+/// fixed `/`, as in Flux without `--export-http-path-metrics`.
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let handler = HandlerLabel {
+        handler: "/".into(),
+    };
+    let inflight = metrics.inflight.get_or_create(&handler).clone();
+    inflight.inc();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    inflight.dec();
+    let labels = HttpLabels {
+        handler: "/".into(),
+        method,
+        code: response.status().as_u16().to_string(),
+    };
+    metrics
+        .request_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    let size = axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .unwrap_or(0);
+    metrics
+        .response_size
+        .get_or_create(&labels)
+        .observe(size as f64);
+    response
+}
+
+impl Metrics {
+    /// Sets the rejected-objects gauges from the kinds of what was rejected in the last load.
+    pub fn set_rejected<'a>(&self, kinds: impl Iterator<Item = &'a str>) {
+        let mut counts: std::collections::BTreeMap<&str, i64> =
+            ["Provider", "Alert", "Secret", "Document"]
+                .into_iter()
+                .map(|k| (k, 0))
+                .collect();
+        for kind in kinds {
+            let kind = match kind {
+                "Provider" | "Alert" | "Secret" => kind,
+                _ => "Document",
+            };
+            *counts.entry(kind).or_default() += 1;
+        }
+        for (kind, n) in counts {
+            self.rejected_objects
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .set(n);
+        }
+    }
+}
+
+/// `2xx`, `4xx`, `5xx` or `none`.
+pub fn status_class(status: Option<u16>) -> String {
+    match status {
+        Some(s) => format!("{}xx", s / 100),
+        None => "none".into(),
+    }
+}
