@@ -22,10 +22,16 @@ pub type ObjectKey = (String, String);
 #[derive(Debug)]
 pub struct AlertEntry {
     pub alert: Alert,
-    /// The object as the API server would serve it, for `commitStatusExpr`'s `alert`.
-    pub json: Value,
     pub inclusion: Vec<Regex>,
     pub exclusion: Vec<Regex>,
+}
+
+/// Alerts that can select one (namespace, kind): those naming `*`, and those naming an object,
+/// by name, so that matching never walks Alerts written for other objects.
+#[derive(Debug, Default)]
+struct SourceIndex {
+    any_name: Vec<usize>,
+    by_name: HashMap<String, Vec<usize>>,
 }
 
 /// A Provider with its status expression compiled and, for the types this controller posts
@@ -52,7 +58,7 @@ impl ProviderEntry {
 #[derive(Debug, Default)]
 pub struct Catalog {
     alerts: Vec<Arc<AlertEntry>>,
-    by_source: HashMap<ObjectKey, Vec<usize>>,
+    by_source: HashMap<ObjectKey, SourceIndex>,
     providers: HashMap<ObjectKey, Arc<ProviderEntry>>,
     secrets: HashMap<ObjectKey, Arc<Secret>>,
 }
@@ -109,24 +115,32 @@ impl Catalog {
         }
 
         let mut alerts = Vec::new();
-        let mut by_source: HashMap<ObjectKey, Vec<usize>> = HashMap::new();
+        let mut by_source: HashMap<ObjectKey, SourceIndex> = HashMap::new();
         for alert in objects.alerts {
             let compile =
                 |list: &[String]| list.iter().filter_map(|r| Regex::new(r).ok()).collect();
             let ns = alert.metadata.namespace.clone();
             let index = alerts.len();
-            let mut kinds = BTreeSet::new();
+            let mut keys = BTreeSet::new();
             for src in &alert.spec.event_sources {
                 let src_ns = src.namespace.clone().unwrap_or_else(|| ns.clone());
-                kinds.insert((src_ns, src.kind.clone()));
+                keys.insert((src_ns, src.kind.clone(), src.name.clone()));
             }
-            for k in kinds {
-                by_source.entry(k).or_default().push(index);
+            for (src_ns, kind, name) in keys {
+                let slot = by_source.entry((src_ns, kind)).or_default();
+                let list = if name == "*" {
+                    &mut slot.any_name
+                } else {
+                    slot.by_name.entry(name).or_default()
+                };
+                // Sources are visited in order per Alert, so an index is pushed at most once per list.
+                if list.last() != Some(&index) {
+                    list.push(index);
+                }
             }
             alerts.push(Arc::new(AlertEntry {
                 inclusion: compile(&alert.spec.inclusion_list),
                 exclusion: compile(&alert.spec.exclusion_list),
-                json: serde_json::to_value(&alert).unwrap_or(Value::Null),
                 alert,
             }));
         }
@@ -138,18 +152,27 @@ impl Catalog {
         }
     }
 
-    /// Alerts with at least one source for this namespace and kind, in load order. The index
-    /// makes matching cost independent of alerts that cannot match.
+    /// Alerts with a source for this namespace, kind and name (or `*`), in load order. The
+    /// index makes matching cost independent of Alerts that cannot match.
     pub fn candidates<'a>(
         &'a self,
         namespace: &str,
         kind: &str,
+        name: &str,
     ) -> impl Iterator<Item = &'a Arc<AlertEntry>> {
-        self.by_source
+        let mut hits: Vec<usize> = Vec::new();
+        if let Some(slot) = self
+            .by_source
             .get(&(namespace.to_string(), kind.to_string()))
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.alerts[i])
+        {
+            hits.extend(&slot.any_name);
+            if let Some(named) = slot.by_name.get(name) {
+                hits.extend(named);
+                hits.sort_unstable();
+                hits.dedup();
+            }
+        }
+        hits.into_iter().map(|i| &self.alerts[i])
     }
 
     pub fn provider(&self, namespace: &str, name: &str) -> Option<&Arc<ProviderEntry>> {

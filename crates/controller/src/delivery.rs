@@ -44,13 +44,12 @@ pub struct Settings {
 }
 
 enum Msg {
-    Accepted(Vec<(String, u64, i64)>),
-    /// An attempt ended; `at` is when to look at the key again, if its record remains.
+    Accepted(Vec<Pending>),
+    /// An attempt ended; `at` is when to look at the key again (with the updated record), or
+    /// `None` when the delivery is finished.
     Ended {
-        key: String,
-        seq: u64,
+        record: Box<Pending>,
         at: Option<i64>,
-        attempts: u32,
     },
 }
 
@@ -61,12 +60,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn accepted(&self, records: &[Pending]) {
-        let keys = records
-            .iter()
-            .map(|r| (r.key(), r.seq, r.not_before_ms))
-            .collect();
-        let _ = self.tx.send(Msg::Accepted(keys));
+    /// Called as soon as deliveries are numbered, before their commit: sending need not wait
+    /// for the fsync (a crash in between only means the sender retries: at least once).
+    pub fn accepted(&self, records: Vec<Pending>) {
+        let _ = self.tx.send(Msg::Accepted(records));
     }
 }
 
@@ -103,12 +100,14 @@ pub fn start(
     // A restart is a natural moment to try again: what waited for a long backoff before the
     // restart is retried soon after it.
     let soon = now_ms() + shared.settings.min_retry_delay.as_millis() as i64;
-    let _ = tx.send(Msg::Accepted(
-        initial
-            .iter()
-            .map(|p| (p.key(), p.seq, p.not_before_ms.min(soon)))
-            .collect(),
-    ));
+    let initial = initial
+        .into_iter()
+        .map(|mut p| {
+            p.not_before_ms = p.not_before_ms.min(soon);
+            p
+        })
+        .collect();
+    let _ = tx.send(Msg::Accepted(initial));
     (scheduler, run(shared, tx, rx, shutdown, grace))
 }
 
@@ -119,13 +118,12 @@ async fn run(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    // Latest sequence number known per pending key; due times; keys with an attempt running.
-    let mut latest: HashMap<String, u64> = HashMap::new();
+    // The latest record per pending key (attempts and their answers included); due times;
+    // keys with an attempt running (and the sequence number it started from).
+    let mut latest: HashMap<String, Pending> = HashMap::new();
     let mut due: BTreeSet<(i64, String)> = BTreeSet::new();
     let mut due_at: HashMap<String, i64> = HashMap::new();
     let mut running: HashMap<String, u64> = HashMap::new();
-    // Attempts made per key; the store's copy may lag behind the writer.
-    let mut tries: HashMap<String, u32> = HashMap::new();
     let mut tasks = JoinSet::new();
 
     let schedule = |due: &mut BTreeSet<(i64, String)>,
@@ -149,33 +147,28 @@ async fn run(
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 match msg {
-                    Msg::Accepted(keys) => {
-                        for (key, seq, at) in keys {
-                            if latest.insert(key.clone(), seq) != Some(seq) && !running.contains_key(&key) {
-                                tries.remove(&key);
-                            }
+                    Msg::Accepted(records) => {
+                        for record in records {
+                            let key = record.key();
+                            let at = record.not_before_ms;
+                            latest.insert(key.clone(), record);
                             if !running.contains_key(&key) {
                                 schedule(&mut due, &mut due_at, key, at);
                             }
                         }
                     }
-                    Msg::Ended { key, seq, at, attempts } => {
+                    Msg::Ended { record, at } => {
+                        let key = record.key();
                         running.remove(&key);
-                        tries.insert(key.clone(), attempts);
-                        match latest.get(&key) {
+                        let newer = latest.get(&key).is_some_and(|l| l.seq != record.seq);
+                        if newer {
                             // A newer state arrived meanwhile: send it now.
-                            Some(&l) if l != seq => {
-                                tries.remove(&key);
-                                schedule(&mut due, &mut due_at, key, now_ms())
-                            }
-                            Some(_) => match at {
-                                Some(at) => schedule(&mut due, &mut due_at, key, at),
-                                None => {
-                                    latest.remove(&key);
-                                    tries.remove(&key);
-                                }
-                            },
-                            None => {}
+                            schedule(&mut due, &mut due_at, key, now_ms());
+                        } else if let Some(at) = at {
+                            latest.insert(key.clone(), *record);
+                            schedule(&mut due, &mut due_at, key, at);
+                        } else {
+                            latest.remove(&key);
                         }
                     }
                 }
@@ -188,15 +181,14 @@ async fn run(
                     }
                     due.remove(&(at, key.clone()));
                     due_at.remove(&key);
-                    let Some(&seq) = latest.get(&key) else { continue };
-                    let known = tries.get(&key).copied().unwrap_or(0);
-                    running.insert(key.clone(), seq);
+                    let Some(record) = latest.get(&key) else { continue };
+                    let mut record = record.clone();
+                    running.insert(key, record.seq);
                     let shared = shared.clone();
                     let tx = tx.clone();
                     tasks.spawn(async move {
-                        let mut attempts = known;
-                        let at = attempt(&shared, &key, seq, &mut attempts).await;
-                        let _ = tx.send(Msg::Ended { key, seq, at, attempts });
+                        let at = attempt(&shared, &mut record).await;
+                        let _ = tx.send(Msg::Ended { record: Box::new(record), at });
                     });
                 }
             }
@@ -216,19 +208,10 @@ async fn run(
     shared.outbox.flush().await;
 }
 
-/// One attempt. Returns when to look at the key again, or `None` when it is finished.
-/// `attempts`: attempts made so far (the store's count may lag); updated when one is made.
-async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Option<i64> {
+/// One attempt. Returns when to look at the key again, or `None` when it is finished;
+/// `record` is updated with the attempt (count, answer, next time).
+async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
     let _permit = shared.global.acquire().await.ok()?;
-    let record = match shared.outbox.get(key) {
-        Ok(Some(r)) if r.seq == seq => r,
-        // Replaced by a newer state (the scheduler knows) or already finished.
-        Ok(_) => return None,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read a pending delivery; retrying");
-            return Some(now_ms() + 1000);
-        }
-    };
     let settings = &shared.settings;
     let age = now_ms() - record.accepted_ms;
     if age > settings.max_age.as_millis() as i64 {
@@ -237,9 +220,7 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
             settings.max_age,
             record.last_error.as_deref().unwrap_or("none")
         );
-        report(&record, Verdict::Expired, &message);
-        done(shared, &record, Verdict::Expired, None, None, Some(message));
-        return None;
+        return end_early(shared, record, Verdict::Expired, message);
     }
 
     let catalog = shared
@@ -255,59 +236,36 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
         .provider(ns, name)
         .filter(|p| p.provider.metadata.uid == record.provider_uid);
     let Some(provider) = provider else {
-        report(
-            &record,
+        return end_early(
+            shared,
+            record,
             Verdict::Skipped,
             "the provider was deleted or replaced",
         );
-        done(
-            shared,
-            &record,
-            Verdict::Skipped,
-            None,
-            None,
-            Some("the provider was deleted or replaced".into()),
-        );
-        return None;
     };
     if provider.provider.spec.suspend {
-        report(&record, Verdict::Skipped, "the provider is suspended");
-        done(
+        return end_early(
             shared,
-            &record,
+            record,
             Verdict::Skipped,
-            None,
-            None,
-            Some("the provider is suspended".into()),
+            "the provider is suspended",
         );
-        return None;
     }
     let forge = match &provider.forge {
         Some(Ok(f)) => f.clone(),
         Some(Err(e)) => {
             let msg = format!("failed to initialize notifier for provider '{name}': {e}");
-            report(&record, Verdict::Failed, &msg);
-            done(shared, &record, Verdict::Failed, None, None, Some(msg));
-            return None;
+            return end_early(shared, record, Verdict::Failed, msg);
         }
         None => {
-            report(
-                &record,
+            return end_early(
+                shared,
+                record,
                 Verdict::Skipped,
                 "the provider is no longer a commit-status type",
             );
-            done(
-                shared,
-                &record,
-                Verdict::Skipped,
-                None,
-                None,
-                Some("the provider is no longer a commit-status type".into()),
-            );
-            return None;
         }
     };
-    let mut record = record;
     if record.target_url.is_none()
         && let Some(base) = &settings.public_url
     {
@@ -330,36 +288,25 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
     let plan = match forge.plan(&ev, settings.progressing) {
         Ok(Some(plan)) => plan,
         Ok(None) => {
-            report(&record, Verdict::Skipped, "progressing event");
-            done(
-                shared,
-                &record,
-                Verdict::Skipped,
-                None,
-                None,
-                Some("progressing event".into()),
-            );
-            return None;
+            return end_early(shared, record, Verdict::Skipped, "progressing event");
         }
         Err(e) => {
-            report(&record, Verdict::Failed, &e.to_string());
-            done(
-                shared,
-                &record,
-                Verdict::Failed,
-                None,
-                None,
-                Some(e.to_string()),
-            );
-            return None;
+            return end_early(shared, record, Verdict::Failed, e.to_string());
         }
     };
     let fingerprint = plan.fingerprint();
-    if shared.outbox.posted(key).ok().flatten().as_deref() == Some(fingerprint.as_str()) {
+    if shared
+        .outbox
+        .posted(&record.key())
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some(fingerprint.as_str())
+    {
         tracing::debug!(provider = %record.provider, object = %record.object, commit = %record.sha, status = %record.status_id, state = %record.state, "commit status already posted, skipping");
         done(
             shared,
-            &record,
+            record,
             Verdict::AlreadySet,
             Some(fingerprint),
             None,
@@ -388,9 +335,8 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
     };
     let _host_permit = host_limit.acquire().await.ok()?;
 
-    record.attempts = record.attempts.max(*attempts);
-    *attempts = record.attempts + 1;
-    let attempts = *attempts;
+    record.attempts += 1;
+    let attempts = record.attempts;
     let started = std::time::Instant::now();
     let result = forge.execute(&plan).await;
     {
@@ -429,8 +375,6 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                 Sent::AlreadySet => Verdict::AlreadySet,
             };
             tracing::info!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, state = %plan.state, attempts, already_set = verdict == Verdict::AlreadySet, "commit status posted");
-            let mut record = record;
-            record.attempts = attempts;
             record.attempt_log.push(Attempt {
                 time: rfc3339(now_ms()),
                 result: if verdict == Verdict::Posted {
@@ -442,7 +386,7 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                 http_status: None,
                 message: None,
             });
-            done(shared, &record, verdict, Some(fingerprint), None, None);
+            done(shared, record, verdict, Some(fingerprint), None, None);
             None
         }
         Err(e) => {
@@ -467,8 +411,6 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                     Some(d.max(Duration::from_millis(10)))
                 }
             };
-            let mut record = record;
-            record.attempts = attempts;
             let attempt = Attempt {
                 time: rfc3339(now_ms()),
                 result: if wait.is_some() { "retrying" } else { "failed" }.into(),
@@ -482,9 +424,12 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                 {
                     tracing::warn!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, retry_in = ?wait, error = %message, "commit status not delivered yet, will retry");
                     let at = now_ms() + wait.as_millis() as i64;
+                    record.attempt_log.push(attempt.clone());
+                    record.last_error = Some(message.clone());
+                    record.not_before_ms = at;
                     shared.outbox.finish(Finish::Retry {
-                        key: key.to_string(),
-                        seq,
+                        key: record.key(),
+                        seq: record.seq,
                         attempts,
                         not_before_ms: at,
                         error: message,
@@ -497,7 +442,7 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                     tracing::error!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification: delivery expired");
                     done(
                         shared,
-                        &record,
+                        record,
                         Verdict::Expired,
                         None,
                         e.status(),
@@ -510,7 +455,7 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
                     tracing::error!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification");
                     done(
                         shared,
-                        &record,
+                        record,
                         Verdict::Failed,
                         None,
                         e.status(),
@@ -521,6 +466,19 @@ async fn attempt(shared: &Shared, key: &str, seq: u64, attempts: &mut u32) -> Op
             }
         }
     }
+}
+
+/// Ends a delivery that never reached the forge: logs it and records the outcome.
+fn end_early(
+    shared: &Shared,
+    record: &Pending,
+    verdict: Verdict,
+    message: impl ToString,
+) -> Option<i64> {
+    let message = message.to_string();
+    report(record, verdict, &message);
+    done(shared, record, verdict, None, None, Some(message));
+    None
 }
 
 /// Logs a delivery that ended without reaching the forge.

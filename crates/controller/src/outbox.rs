@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -198,13 +198,13 @@ pub enum Finish {
 }
 
 enum Op {
-    Accept(
-        Vec<Pending>,
-        oneshot::Sender<Result<Vec<Pending>, StoreError>>,
-    ),
+    Accept(Vec<Pending>, oneshot::Sender<Result<(), StoreError>>),
     Finish(Finish),
     Flush(oneshot::Sender<()>),
 }
+
+/// Answers once accepted deliveries are durable.
+pub type Committed = oneshot::Receiver<Result<(), StoreError>>;
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -212,6 +212,8 @@ pub struct Outbox {
     db: Arc<Database>,
     tx: mpsc::UnboundedSender<Op>,
     pending: Arc<AtomicUsize>,
+    /// Next sequence number, shared by deliveries and outcomes; persisted by the writer.
+    seq: Arc<AtomicU64>,
 }
 
 impl Outbox {
@@ -238,9 +240,10 @@ impl Outbox {
         let (pending, counts, next_id) = init(&db)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let gauge = Arc::new(AtomicUsize::new(pending.len()));
+        let seq = Arc::new(AtomicU64::new(next_id));
         let writer = Writer {
             db: db.clone(),
-            next_id,
+            seq: seq.clone(),
             counts,
             pending: gauge.clone(),
         };
@@ -253,18 +256,27 @@ impl Outbox {
                 db,
                 tx,
                 pending: gauge,
+                seq,
             },
             pending,
         ))
     }
 
-    /// Commits the deliveries durably; returns them with their sequence numbers.
-    pub async fn accept(&self, records: Vec<Pending>) -> Result<Vec<Pending>, StoreError> {
+    /// Numbers the deliveries and hands them to the writer. The returned receiver answers
+    /// once they are durable; the records may be acted on before that (delivery does not
+    /// need to wait for the fsync: only the 202 does).
+    pub fn accept(
+        &self,
+        mut records: Vec<Pending>,
+    ) -> Result<(Vec<Pending>, Committed), StoreError> {
+        for r in &mut records {
+            r.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Accept(records, reply))
+            .send(Op::Accept(records.clone(), reply))
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok((records, rx))
     }
 
     pub fn finish(&self, finish: Finish) {
@@ -340,6 +352,92 @@ impl Outbox {
             }
         }
         Ok((None, None))
+    }
+
+    /// The deliveries before and after `id` among the statuses of the same (provider, object,
+    /// status name), in history order, with still-pending deliveries after every outcome (they
+    /// have not ended yet). Outcomes recorded before deliveries had ids cannot be linked.
+    pub fn neighbours(&self, id: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        let (outcome, pending) = self.delivery(id)?;
+        let (provider, object, status) = match (&outcome, &pending) {
+            (Some(o), _) => (&o.provider, &o.object, &o.status),
+            (None, Some(p)) => (&p.provider, &p.object, &p.status_id),
+            (None, None) => return Ok((None, None)),
+        };
+        // Only what is compared is decoded: a provider has up to HISTORY_PER_PROVIDER outcomes.
+        #[derive(Deserialize)]
+        struct Same {
+            object: String,
+            status: String,
+            #[serde(default)]
+            delivery: u64,
+        }
+        let txn = self.db.begin_read().map_err(storage)?;
+        let index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
+        let history = txn.open_table(HISTORY).map_err(storage)?;
+        let mut order = Vec::new();
+        for entry in index
+            .range((provider.as_str(), 0)..=(provider.as_str(), u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, _) = entry.map_err(storage)?;
+            let Some(v) = history.get(k.value().1).map_err(storage)? else {
+                continue;
+            };
+            if let Ok(s) = serde_json::from_slice::<Same>(v.value())
+                && s.delivery != 0
+                && &s.object == object
+                && &s.status == status
+            {
+                order.push(s.delivery);
+            }
+        }
+        let table = txn.open_table(PENDING).map_err(storage)?;
+        let mut queued = Vec::new();
+        for entry in table.iter().map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            if let Ok(p) = serde_json::from_slice::<Pending>(v.value())
+                && &p.provider == provider
+                && &p.object == object
+                && &p.status_id == status
+            {
+                queued.push(p.seq);
+            }
+        }
+        queued.sort_unstable();
+        order.extend(queued);
+        let Some(at) = order.iter().rposition(|d| *d == id) else {
+            return Ok((None, None));
+        };
+        Ok((
+            at.checked_sub(1).map(|i| order[i]),
+            order.get(at + 1).copied(),
+        ))
+    }
+
+    /// The newest outcomes first, filtered by `filter` and then by `keep`; `filter.limit`
+    /// bounds what is returned, not what is read.
+    pub fn history_where(
+        &self,
+        filter: &HistoryFilter,
+        keep: impl Fn(&Outcome) -> bool,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(HISTORY).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(storage)?.rev() {
+            let (_, v) = entry.map_err(storage)?;
+            if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
+                && filter.matches(&o.provider, &o.repository, &o.commit)
+                && keep(&o)
+            {
+                out.push(o);
+                if out.len() >= filter.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The newest outcomes first, filtered.
@@ -487,7 +585,7 @@ fn init(db: &Database) -> Result<Init, StoreError> {
 
 struct Writer {
     db: Arc<Database>,
-    next_id: u64,
+    seq: Arc<AtomicU64>,
     counts: HashMap<String, u64>,
     pending: Arc<AtomicUsize>,
 }
@@ -507,13 +605,13 @@ impl Writer {
             let result = self.apply(batch, &mut accepted, &mut flushes);
             match result {
                 Ok(()) => {
-                    for (records, reply) in accepted {
-                        let _ = reply.send(Ok(records));
+                    for reply in accepted {
+                        let _ = reply.send(Ok(()));
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "delivery store write failed");
-                    for (_, reply) in accepted {
+                    for reply in accepted {
                         let _ = reply.send(Err(StoreError::Storage(e.to_string())));
                     }
                 }
@@ -524,18 +622,23 @@ impl Writer {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn apply(
         &mut self,
         batch: Vec<Op>,
-        accepted: &mut Vec<(
-            Vec<Pending>,
-            oneshot::Sender<Result<Vec<Pending>, StoreError>>,
-        )>,
+        accepted: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
         flushes: &mut Vec<oneshot::Sender<()>>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let first_id = self.next_id;
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        // Only accepted deliveries must be on disk before anyone is told so. Outcomes alone
+        // may be lost in a crash: the delivery is then attempted again and the forge's own
+        // state makes that a no-op, so those batches skip the fsync.
+        let durable = batch
+            .iter()
+            .any(|op| matches!(op, Op::Accept(..) | Op::Flush(_)));
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(storage)?;
+        }
         {
             let mut pending = txn.open_table(PENDING).map_err(storage)?;
             let mut posted = txn.open_table(POSTED).map_err(storage)?;
@@ -543,10 +646,8 @@ impl Writer {
             let mut index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
             for op in batch {
                 match op {
-                    Op::Accept(mut records, reply) => {
-                        for r in &mut records {
-                            r.seq = self.next_id;
-                            self.next_id += 1;
+                    Op::Accept(records, reply) => {
+                        for r in &records {
                             let bytes = serde_json::to_vec(r).map_err(storage)?;
                             if pending
                                 .insert(r.key().as_str(), bytes.as_slice())
@@ -556,7 +657,7 @@ impl Writer {
                                 self.pending.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        accepted.push((records, reply));
+                        accepted.push(reply);
                     }
                     Op::Finish(Finish::Done {
                         key,
@@ -575,8 +676,7 @@ impl Writer {
                         if let Some(f) = fingerprint {
                             posted.insert(key.as_str(), f.as_str()).map_err(storage)?;
                         }
-                        outcome.id = self.next_id;
-                        self.next_id += 1;
+                        outcome.id = self.seq.fetch_add(1, Ordering::Relaxed);
                         let bytes = serde_json::to_vec(&outcome).map_err(storage)?;
                         history
                             .insert(outcome.id, bytes.as_slice())
@@ -669,10 +769,9 @@ impl Writer {
                     posted.remove(k.as_str()).map_err(storage)?;
                 }
             }
-            if self.next_id != first_id {
-                let mut meta = txn.open_table(META).map_err(storage)?;
-                meta.insert("seq", self.next_id - 1).map_err(storage)?;
-            }
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert("seq", self.seq.load(Ordering::Relaxed).saturating_sub(1))
+                .map_err(storage)?;
         }
         txn.commit().map_err(storage)
     }

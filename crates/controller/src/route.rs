@@ -89,7 +89,7 @@ pub fn matching_alerts<'a>(
 ) -> Vec<&'a Arc<AlertEntry>> {
     let o = &event.involved_object;
     catalog
-        .candidates(&o.namespace, &o.kind)
+        .candidates(&o.namespace, &o.kind, &o.name)
         .filter(|a| alert_matches(a, event, labels))
         .collect()
 }
@@ -99,7 +99,7 @@ pub fn matching_alerts<'a>(
 pub fn alerts_needing_labels<'a>(catalog: &'a Catalog, event: &Event) -> Vec<&'a Arc<AlertEntry>> {
     let o = &event.involved_object;
     catalog
-        .candidates(&o.namespace, &o.kind)
+        .candidates(&o.namespace, &o.kind, &o.name)
         .filter(|a| !a.alert.spec.suspend)
         .filter(|a| {
             a.alert
@@ -314,11 +314,21 @@ pub fn route(
 
     // The three expressions see the same variables: the event with merged metadata, the
     // Provider and the Alert as the API server serves them.
-    let mut merged_event = event.clone();
-    merged_event.metadata = Some(metadata.clone());
-    let event_json = merged_event.to_json();
+    let exprs = &provider.exprs;
+    let (event_json, alert_json) =
+        if exprs.status.is_some() || exprs.target_url.is_some() || exprs.description.is_some() {
+            let mut merged_event = event.clone();
+            merged_event.metadata = Some(metadata.clone());
+            (
+                merged_event.to_json(),
+                serde_json::to_value(&entry.alert).unwrap_or_default(),
+            )
+        } else {
+            // Most Providers have no expressions: skip building their inputs.
+            (serde_json::Value::Null, serde_json::Value::Null)
+        };
     let eval = |expr: &crate::status_expr::StatusExpr| {
-        expr.evaluate(&event_json, &provider.json, &entry.json)
+        expr.evaluate(&event_json, &provider.json, &alert_json)
     };
     let status_id = match &provider.exprs.status {
         None => Ok(default_status_id(event, &provider.provider.metadata.uid)),

@@ -51,13 +51,23 @@ pub struct EventState {
     pub labels: Option<Arc<dyn LabelSource>>,
 }
 
-/// The event API, plus `GET /api/v1/deliveries`. Any other path or method is an event, as in
-/// Flux (a GET there has an empty body, which Flux answers 400 too).
+/// The event API, plus `GET /api/v1/deliveries` and the delivery pages (`GET /deliveries`,
+/// `GET /deliveries/{id}`). Any other path or method is an event, as in Flux (a GET there has
+/// an empty body, which Flux answers 400 too).
 pub fn events_router(state: EventState) -> Router {
+    let pages = crate::pages::router(state.outbox.clone());
     Router::new()
         .route(
             "/api/v1/deliveries",
             get(list_deliveries).fallback(handle_event),
+        )
+        .route(
+            "/deliveries",
+            axum::routing::get_service(pages.clone()).fallback(handle_event),
+        )
+        .route(
+            "/deliveries/{id}",
+            axum::routing::get_service(pages).fallback(handle_event),
         )
         .fallback(handle_event)
         .with_state(state)
@@ -239,11 +249,18 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
     if state.outbox.pending_len() + records.len() > state.max_pending {
         return refuse("too many pending deliveries (--max-pending)");
     }
-    match state.outbox.accept(records).await {
-        Ok(records) => {
-            state.scheduler.accepted(&records);
-            with_limits(StatusCode::ACCEPTED.into_response())
+    let committed = match state.outbox.accept(records) {
+        Ok((records, committed)) => {
+            state.scheduler.accepted(records);
+            committed
+                .await
+                .unwrap_or(Err(crate::outbox::StoreError::Closed))
         }
+        Err(e) => Err(e),
+    };
+    match committed {
+        // Only now is the delivery durable, so only now may the sender forget the event.
+        Ok(()) => with_limits(StatusCode::ACCEPTED.into_response()),
         Err(e) => {
             tracing::error!(error = %e, "cannot store deliveries");
             refuse("the delivery store is unavailable")

@@ -42,12 +42,17 @@ impl Controller {
     }
 
     /// Starts the binary with exactly these arguments (plus loopback ports) and waits until
-    /// `/readyz` answers 200.
+    /// `/readyz` answers 200. An `--events-addr=` among `args` is used instead of a free port,
+    /// for flags that must name the event API's address (`--public-url`).
     pub async fn spawn(args: &[String], env: &[(&str, &str)]) -> Controller {
-        let (events, health, metrics) = (free_port(), free_port(), free_port());
+        let given = args.iter().find_map(|a| a.strip_prefix("--events-addr="));
+        let events = given.map_or_else(|| format!("127.0.0.1:{}", free_port()), str::to_string);
+        let (health, metrics) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_commit-status-controller"));
-        cmd.arg(format!("--events-addr=127.0.0.1:{events}"))
-            .arg(format!("--health-addr=127.0.0.1:{health}"))
+        if given.is_none() {
+            cmd.arg(format!("--events-addr={events}"));
+        }
+        cmd.arg(format!("--health-addr=127.0.0.1:{health}"))
             .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
             .args(args)
             .env_remove("HTTP_PROXY")
@@ -78,7 +83,7 @@ impl Controller {
         }
         let c = Controller {
             child,
-            events_url: format!("http://127.0.0.1:{events}/"),
+            events_url: format!("http://{events}/"),
             health_url: format!("http://127.0.0.1:{health}"),
             metrics_url: format!("http://127.0.0.1:{metrics}"),
             manifests: PathBuf::new(),
