@@ -357,6 +357,14 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
                 status_class: crate::metrics::status_class(status),
             })
             .inc();
+        if let Some(left) = forge.rate_limit_remaining() {
+            m.budget_remaining
+                .get_or_create(&crate::metrics::BudgetLabels {
+                    forge: record.forge.clone(),
+                    provider: record.provider.clone(),
+                })
+                .set(left as i64);
+        }
         if let Err(e) = &result {
             if e.retry() != Retry::No {
                 m.retries.get_or_create(&forge_label).inc();

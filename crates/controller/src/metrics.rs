@@ -48,6 +48,13 @@ pub struct ForgeLabel {
     pub forge: String,
 }
 
+/// A credential named by the Provider using it (`namespace/name`), never by its value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub forge: String,
+    pub provider: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -70,6 +77,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub oldest_pending_seconds: Gauge<f64, AtomicU64>,
     pub rate_limited: Family<ForgeLabel, Counter>,
+    pub budget_remaining: Family<BudgetLabels, Gauge>,
     pub rejected_objects: Family<KindLabel, Gauge>,
 }
 
@@ -90,6 +98,7 @@ impl Metrics {
             queue_depth: Gauge::default(),
             oldest_pending_seconds: Gauge::default(),
             rate_limited: Family::default(),
+            budget_remaining: Family::default(),
             rejected_objects: Family::default(),
             registry: Registry::default(),
         };
@@ -129,6 +138,11 @@ impl Metrics {
             "rate_limited",
             "Answers saying a forge's rate-limit budget is spent.",
             m.rate_limited.clone(),
+        );
+        ours.register(
+            "rate_limit_remaining",
+            "Rate-limit budget left on a Provider's credential, as the forge last reported it.",
+            m.budget_remaining.clone(),
         );
         ours.register(
             "queue_depth",

@@ -132,6 +132,20 @@ async fn a_spent_github_budget_holds_every_delivery_on_that_credential_until_the
     let started = Instant::now();
     c.post(&success_event("flux-system", SHA)).await;
     stub.wait_for(1, WAIT).await.unwrap();
+    // The budget left is exported per Provider (never per token).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"commit_status_rate_limit_remaining{forge="github",provider="flux-system/github"} 0"#
+        ),
+        "{metrics}"
+    );
     // A second status on the same credential, accepted while the budget is spent, waits too.
     let other = "a1afe267b54f38b46b487f6e938a6fd508278c07";
     tokio::time::sleep(Duration::from_millis(200)).await;

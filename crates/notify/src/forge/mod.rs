@@ -382,6 +382,8 @@ struct Inner {
     /// GitHub App: the `Authorization` header is added at execution, with an installation
     /// token from the shared cache.
     app: Option<AppAuth>,
+    /// The rate-limit budget left, as the forge last reported it (`-1`: never reported).
+    remaining: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for Forge {
@@ -449,6 +451,7 @@ impl Forge {
                 timeout: network.timeout,
                 secrets,
                 app,
+                remaining: std::sync::atomic::AtomicI64::new(-1),
             }),
         })
     }
@@ -463,6 +466,17 @@ impl Forge {
             h.update([0]);
         }
         hex::encode(&h.finalize()[..8])
+    }
+
+    /// The rate-limit budget left on this forge's credential, as the forge last reported it
+    /// in a response header; `None` until it has.
+    pub fn rate_limit_remaining(&self) -> Option<u64> {
+        u64::try_from(
+            self.inner
+                .remaining
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .ok()
     }
 
     /// The forge kind.
@@ -594,19 +608,30 @@ impl Forge {
             }
             None => request,
         };
-        transport::send(&self.inner.client, request, self.inner.timeout)
-            .await
-            .map_err(|e| {
-                let failure = match e {
-                    SendError::Timeout => Failure::Timeout {
-                        after: self.inner.timeout,
-                    },
-                    SendError::Transport { message, retry } => {
-                        Failure::Transport { message, retry }
-                    }
-                };
-                self.error(request, phase, failure)
-            })
+        let answer = transport::send(&self.inner.client, request, self.inner.timeout).await;
+        if let Ok(a) = &answer {
+            // GitHub, Bitbucket and Azure send `X-RateLimit-Remaining`, GitLab
+            // `RateLimit-Remaining`; the last value seen is the budget left.
+            let left = ["x-ratelimit-remaining", "ratelimit-remaining"]
+                .iter()
+                .find_map(|h| a.headers.get(*h))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok());
+            if let Some(left) = left {
+                self.inner
+                    .remaining
+                    .store(left, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        answer.map_err(|e| {
+            let failure = match e {
+                SendError::Timeout => Failure::Timeout {
+                    after: self.inner.timeout,
+                },
+                SendError::Transport { message, retry } => Failure::Transport { message, retry },
+            };
+            self.error(request, phase, failure)
+        })
     }
 
     fn refused(
