@@ -314,13 +314,6 @@ impl Outbox {
         self.pending.load(Ordering::Relaxed)
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Pending>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(PENDING).map_err(storage)?;
-        let value = table.get(key).map_err(storage)?;
-        Ok(value.and_then(|v| serde_json::from_slice(v.value()).ok()))
-    }
-
     pub fn posted(&self, key: &str) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(POSTED).map_err(storage)?;
