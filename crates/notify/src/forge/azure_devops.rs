@@ -130,21 +130,12 @@ pub(crate) struct StatusContext {
 /// The first complete status with our name and genre decides (the list is newest first).
 pub(crate) fn duplicate(existing: &[GitStatus], wanted: &Wanted) -> bool {
     let genre = wanted.genre.as_deref().unwrap_or(GENRE);
-    existing
-        .iter()
-        .filter_map(|s| {
-            let context = s.context.as_ref()?;
-            Some((
-                context.name.as_deref()?,
-                context.genre.as_deref()?,
-                s.state.as_deref()?,
-                s.description.as_deref()?,
-            ))
-        })
-        .find(|(name, g, _, _)| *name == wanted.context && *g == genre)
-        .is_some_and(|(_, _, state, description)| {
-            state == wanted.state && description == wanted.description
-        })
+    let complete = existing.iter().filter_map(|s| {
+        let context = s.context.as_ref()?;
+        let ours = context.name.as_deref()? == wanted.context && context.genre.as_deref()? == genre;
+        Some((ours, s.state.as_deref()?, s.description.as_deref()?))
+    });
+    super::first_ours_is_same(complete, wanted)
 }
 
 impl Protocol for AzureDevOps {

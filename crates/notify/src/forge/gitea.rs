@@ -85,20 +85,17 @@ pub(crate) struct CommitStatus {
 /// The first status with our context decides; empty fields count as missing, as the SDK's
 /// zero values do in Flux's check.
 pub(crate) fn duplicate(existing: &[CommitStatus], wanted: &Wanted) -> bool {
-    let present = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    existing
-        .iter()
-        .filter_map(|s| {
-            Some((
-                present(&s.context)?,
-                present(&s.status)?,
-                present(&s.description)?,
-            ))
-        })
-        .find(|(context, _, _)| *context == wanted.context)
-        .is_some_and(|(_, state, description)| {
-            state == wanted.state && description == wanted.description
-        })
+    fn present(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.is_empty())
+    }
+    let complete = existing.iter().filter_map(|s| {
+        Some((
+            present(&s.context)? == wanted.context,
+            present(&s.status)?,
+            present(&s.description)?,
+        ))
+    });
+    super::first_ours_is_same(complete, wanted)
 }
 
 impl Protocol for Gitea {

@@ -108,19 +108,14 @@ pub(crate) struct RepoStatus {
 /// The first complete status with our context decides; an older one further down the list is
 /// history, not the current state.
 pub(crate) fn duplicate(existing: &[RepoStatus], wanted: &Wanted) -> bool {
-    existing
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.context.as_deref()?,
-                s.state.as_deref()?,
-                s.description.as_deref()?,
-            ))
-        })
-        .find(|(context, _, _)| *context == wanted.context)
-        .is_some_and(|(_, state, description)| {
-            state == wanted.state && description == wanted.description
-        })
+    let complete = existing.iter().filter_map(|s| {
+        Some((
+            s.context.as_deref()? == wanted.context,
+            s.state.as_deref()?,
+            s.description.as_deref()?,
+        ))
+    });
+    super::first_ours_is_same(complete, wanted)
 }
 
 impl Protocol for GitHub {

@@ -214,6 +214,21 @@ pub(crate) struct Wanted {
     pub target_url: Option<String>,
 }
 
+/// GitHub's duplicate rule, which Flux applies to Gitea and Azure DevOps too: among complete
+/// entries `(is ours, state, description)`, in the forge's order (newest first), the first one
+/// that is ours decides, and it is a duplicate iff its state and description are the wanted ones.
+pub(crate) fn first_ours_is_same<'a>(
+    complete: impl IntoIterator<Item = (bool, &'a str, &'a str)>,
+    wanted: &Wanted,
+) -> bool {
+    complete
+        .into_iter()
+        .find(|(ours, _, _)| *ours)
+        .is_some_and(|(_, state, description)| {
+            state == wanted.state && description == wanted.description
+        })
+}
+
 /// Which of the two exchanges failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
