@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use api::Event;
-use notify::{ClientCache, ProgressingMode, StatusEvent};
+use notify::{ClientCache, ProgressingMode};
 
 use crate::args::Output;
 use crate::catalog::{AlertEntry, Catalog};
@@ -257,16 +257,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
                 );
                 let forge = provider.and_then(|p| p.forge.clone()).and_then(Result::ok);
                 let Some(forge) = forge else { continue };
-                let ev = StatusEvent {
-                    target_url: record.target_url.as_deref(),
-                    description: record.description_override.as_deref(),
-                    status_id: &record.status_id,
-                    kind: &record.kind,
-                    name: &record.name,
-                    reason: &record.reason,
-                    severity: &record.severity,
-                    metadata: &record.metadata,
-                };
+                let ev = record.status_event();
                 let Ok(Some(plan)) = forge.plan(&ev, settings.progressing) else {
                     continue;
                 };

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use notify::{Outcome as Sent, ProgressingMode, Retry, StatusEvent};
+use notify::{Outcome as Sent, ProgressingMode, Retry};
 
 use crate::outbox::{Attempt, Finish, Outbox, Outcome, Pending, Verdict, now_ms, rfc3339};
 use crate::server::SharedCatalog;
@@ -275,16 +275,7 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
             record.seq
         ));
     }
-    let ev = StatusEvent {
-        target_url: record.target_url.as_deref(),
-        description: record.description_override.as_deref(),
-        status_id: &record.status_id,
-        kind: &record.kind,
-        name: &record.name,
-        reason: &record.reason,
-        severity: &record.severity,
-        metadata: &record.metadata,
-    };
+    let ev = record.status_event();
     let plan = match forge.plan(&ev, settings.progressing) {
         Ok(Some(plan)) => plan,
         Ok(None) => {

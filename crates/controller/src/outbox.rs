@@ -109,6 +109,20 @@ pub struct Attempt {
 }
 
 impl Pending {
+    /// What the forge plans the status from.
+    pub fn status_event(&self) -> notify::StatusEvent<'_> {
+        notify::StatusEvent {
+            target_url: self.target_url.as_deref(),
+            description: self.description_override.as_deref(),
+            status_id: &self.status_id,
+            kind: &self.kind,
+            name: &self.name,
+            reason: &self.reason,
+            severity: &self.severity,
+            metadata: &self.metadata,
+        }
+    }
+
     pub fn key(&self) -> String {
         status_key(&self.provider_uid, &self.sha, &self.status_id)
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use api::{EVENT_METADATA_PREFIX, Event};
-use notify::{ProgressingMode, StatusEvent};
+use notify::ProgressingMode;
 
 use crate::catalog::{AlertEntry, Catalog};
 use crate::outbox::Pending;
@@ -395,48 +395,50 @@ pub fn route(
         }
     };
 
-    let status_event = StatusEvent {
-        target_url: target_url.as_deref(),
-        description: description.as_deref(),
-        status_id: &status_id,
-        kind: &o.kind,
-        name: &o.name,
-        reason: &event.reason,
-        severity: &event.severity,
-        metadata: &metadata,
+    let mut record = Pending {
+        seq: 0,
+        accepted_ms: crate::outbox::now_ms(),
+        not_before_ms: 0,
+        attempts: 0,
+        last_error: None,
+        provider: provider.key(),
+        provider_uid: provider.provider.metadata.uid.clone(),
+        alert: alert_key,
+        object: event.object_ref(),
+        repository: provider.address.clone(),
+        forge: forge.kind().to_string(),
+        // The forge's plan fills these in below.
+        sha: String::new(),
+        state: String::new(),
+        description: String::new(),
+        status_id,
+        kind: o.kind.clone(),
+        name: o.name.clone(),
+        reason: event.reason.clone(),
+        severity: event.severity.clone(),
+        metadata,
+        message: event.message.clone(),
+        target_url,
+        description_override: description,
+        attempt_log: Vec::new(),
     };
-    match forge.plan(&status_event, settings.progressing) {
-        Ok(Some(plan)) => Routed::Job(Box::new(Pending {
-            seq: 0,
-            accepted_ms: crate::outbox::now_ms(),
-            not_before_ms: 0,
-            attempts: 0,
-            last_error: None,
-            provider: provider.key(),
-            provider_uid: provider.provider.metadata.uid.clone(),
-            alert: alert_key,
-            object: event.object_ref(),
-            repository: provider.address.clone(),
-            forge: forge.kind().to_string(),
-            sha: plan.sha,
-            status_id: plan.status_id,
-            state: plan.state,
-            description: plan.description,
-            kind: o.kind.clone(),
-            name: o.name.clone(),
-            reason: event.reason.clone(),
-            severity: event.severity.clone(),
-            metadata,
-            message: event.message.clone(),
-            target_url,
-            description_override: description,
-            attempt_log: Vec::new(),
-        })),
+    match forge.plan(&record.status_event(), settings.progressing) {
+        Ok(Some(plan)) => {
+            record.sha = plan.sha;
+            record.state = plan.state;
+            record.description = plan.description;
+            Routed::Job(Box::new(record))
+        }
         Ok(None) => Routed::Skipped {
-            alert: alert_key,
+            alert: record.alert,
             reason: "progressing event",
         },
-        Err(e) => fail(Some(provider.key()), Stage::Send, e.to_string()),
+        Err(e) => Routed::Failed {
+            alert: record.alert,
+            provider: Some(record.provider),
+            stage: Stage::Send,
+            error: e.to_string(),
+        },
     }
 }
 
