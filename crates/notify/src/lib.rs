@@ -9,6 +9,7 @@
 pub mod address;
 pub mod describe;
 mod error;
+mod exchange;
 pub mod forge;
 mod request;
 pub mod revision;
@@ -16,6 +17,7 @@ mod secret;
 mod transport;
 
 pub use error::{ConfigError, DeliveryError, PlanError, Retry};
+pub use exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
 pub use forge::github_app::GitHubApp;
 pub use forge::{Forge, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};
 pub use request::ForgeRequest;

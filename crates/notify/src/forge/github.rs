@@ -7,11 +7,12 @@ use serde::Deserialize;
 use super::encode::{JsonObject, path_segment};
 use super::github_app::{AppAuth, TokenCache};
 use super::{
-    Protocol, State, StatusEvent, Wanted, checked_target_url, header_safe, header_secrets,
+    Phase, Protocol, State, StatusEvent, Wanted, checked_target_url, header_safe, header_secrets,
     require_http,
 };
 use crate::address::GitAddress;
 use crate::describe::truncate_chars;
+use crate::error::Failure;
 use crate::transport::USER_AGENT;
 use crate::{ConfigError, Credentials, ForgeKind, ForgeRequest, PlanError, Secret};
 
@@ -19,6 +20,9 @@ use crate::{ConfigError, Credentials, ForgeKind, ForgeRequest, PlanError, Secret
 const MAX_DESCRIPTION_CHARS: usize = 140;
 /// Longer contexts get a 422 (observed, undocumented).
 const MAX_CONTEXT_CHARS: usize = 255;
+/// GitHub's per-(commit, context) cap, and the words of its 422 when it is reached.
+const STATUS_CAP: u32 = 1000;
+const STATUS_CAP_MESSAGE: &str = "reached the maximum number of statuses";
 /// First page only, as Flux; a status we posted is among the newest.
 const LIST_PAGE_SIZE: u32 = 50;
 
@@ -206,5 +210,31 @@ impl Protocol for GitHub {
 
     fn write_context(&self) -> Option<&'static str> {
         Some("could not create commit status")
+    }
+
+    /// GitHub keeps at most 1,000 statuses per (commit, context) and refuses the next with a
+    /// 422 that reads like a validation error; say what it means, since it is permanent.
+    fn failure_text(
+        &self,
+        phase: Phase,
+        request: &ForgeRequest,
+        failure: &Failure,
+    ) -> Option<String> {
+        match (phase, failure) {
+            (
+                Phase::Write,
+                Failure::Status {
+                    status: 422,
+                    message,
+                    ..
+                },
+            ) if message.contains(STATUS_CAP_MESSAGE) => Some(format!(
+                "could not create commit status: {} {}: 422 {message}: GitHub keeps at most \
+                     {STATUS_CAP} statuses per commit and context, and this commit has reached \
+                     that cap; the status cannot be posted (not retried)",
+                request.method, request.url
+            )),
+            _ => None,
+        }
     }
 }

@@ -25,6 +25,7 @@ use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
 
 use crate::error::{Failure, classify, forge_message};
+use crate::exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
 use crate::transport::{self, SendError};
 use crate::{
     ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Retry, Secret,
@@ -153,6 +154,9 @@ pub enum Outcome {
     Posted,
     /// The forge already shows exactly this status; nothing was written.
     AlreadySet,
+    /// The write was refused because the status already is in that state (GitLab's HTTP 400
+    /// "Cannot transition status via … from …"): nothing changed, and nothing needs to.
+    AlreadyInState,
 }
 
 /// The planned exchange: pure data, also what a dry run prints.
@@ -174,6 +178,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan without its duplicate-check read: the write alone, for forges where writing
+    /// a state they already show does no harm (see the README, "One request per status").
+    pub fn without_read(mut self) -> Self {
+        self.read = None;
+        self
+    }
+
     /// A stable fingerprint of what would be written (URL + body), for the controller's "last
     /// posted" memory.
     pub fn fingerprint(&self) -> String {
@@ -535,18 +546,60 @@ impl Forge {
     /// The only I/O: read existing (dedup per forge), then write unless duplicate. Each HTTP
     /// request is bounded by `network.timeout`.
     pub async fn execute(&self, plan: &Plan) -> Result<Outcome, DeliveryError> {
+        self.execute_with(plan, None).await.0
+    }
+
+    /// [`Forge::execute`], reporting what it cost and learnt ([`Exchange`]). With `validated`
+    /// (kept from an earlier read of the same URL), the read is conditional (`If-None-Match`)
+    /// and a `304 Not Modified` answer is taken to mean the kept answer still holds.
+    pub async fn execute_with(
+        &self,
+        plan: &Plan,
+        validated: Option<&Validator>,
+    ) -> (Result<Outcome, DeliveryError>, Exchange) {
+        let mut exchange = Exchange::default();
+        let result = self.exchange(plan, validated, &mut exchange).await;
+        (result, exchange)
+    }
+
+    async fn exchange(
+        &self,
+        plan: &Plan,
+        validated: Option<&Validator>,
+        exchange: &mut Exchange,
+    ) -> Result<Outcome, DeliveryError> {
         let protocol = &self.inner.protocol;
         // One installation token for both requests, even one too close to expiry to cache.
         let mut token = None;
         if let Some(read) = &plan.read {
-            let answer = self.send(read, Phase::Read, &mut token).await?;
-            if !protocol.absent(answer.status) {
-                if !protocol.accepts(answer.status) {
-                    return Err(self.refused(read, Phase::Read, &answer));
+            let validated = validated.filter(|v| v.url == read.url);
+            let conditional;
+            let request = match validated {
+                Some(v) => {
+                    conditional = read.clone().header("If-None-Match", &v.etag);
+                    &conditional
                 }
-                match protocol.is_duplicate(&plan.wanted, &answer.body) {
+                None => read,
+            };
+            let answer = self
+                .send(request, Phase::Read, &mut token, exchange)
+                .await?;
+            let body = match validated {
+                Some(v) if answer.status == 304 => {
+                    exchange.not_modified = true;
+                    Some(v.body.as_slice())
+                }
+                _ if protocol.absent(answer.status) => None,
+                _ if protocol.accepts(answer.status) => {
+                    exchange.validator = validator(read, &answer);
+                    Some(answer.body.as_slice())
+                }
+                _ => return Err(self.refused(read, Phase::Read, &answer)),
+            };
+            if let Some(body) = body {
+                match protocol.is_duplicate(&plan.wanted, body) {
                     Ok(true) => {
-                        tracing::debug!(forge = %self.kind(), sha = %plan.sha, "commit status already set");
+                        tracing::debug!(forge = %self.kind(), sha = %plan.sha, not_modified = exchange.not_modified, "commit status already set");
                         return Ok(Outcome::AlreadySet);
                     }
                     Ok(false) => {}
@@ -560,13 +613,14 @@ impl Forge {
             }
         }
         let write = &plan.write;
-        let answer = self.send(write, Phase::Write, &mut token).await?;
+        let answer = self.send(write, Phase::Write, &mut token, exchange).await?;
         if protocol.accepts(answer.status) {
             tracing::debug!(forge = %self.kind(), sha = %plan.sha, state = %plan.state, "commit status posted");
             return Ok(Outcome::Posted);
         }
         if protocol.write_was_noop(answer.status, &answer.body) {
-            return Ok(Outcome::AlreadySet);
+            tracing::debug!(forge = %self.kind(), sha = %plan.sha, state = %plan.state, "commit status already in this state");
+            return Ok(Outcome::AlreadyInState);
         }
         Err(self.refused(write, Phase::Write, &answer))
     }
@@ -579,23 +633,26 @@ impl Forge {
         request: &ForgeRequest,
         phase: Phase,
         token: &mut Option<Secret>,
+        exchange: &mut Exchange,
     ) -> Result<transport::Response, DeliveryError> {
         let Some(app) = &self.inner.app else {
-            return self.send_as(request, phase, None).await;
+            return self.send_as(request, phase, None, exchange).await;
         };
         let (client, timeout) = (&self.inner.client, self.inner.timeout);
         let current = match token.take() {
             Some(current) => current,
             None => app.token(client, timeout, None).await?,
         };
-        let answer = self.send_as(request, phase, Some(&current)).await?;
+        let answer = self
+            .send_as(request, phase, Some(&current), exchange)
+            .await?;
         if answer.status != 401 {
             *token = Some(current);
             return Ok(answer);
         }
         tracing::debug!(forge = %self.kind(), "installation token refused, getting a new one");
         let fresh = app.token(client, timeout, Some(&current)).await?;
-        let answer = self.send_as(request, phase, Some(&fresh)).await;
+        let answer = self.send_as(request, phase, Some(&fresh), exchange).await;
         *token = Some(fresh);
         answer
     }
@@ -605,6 +662,7 @@ impl Forge {
         request: &ForgeRequest,
         phase: Phase,
         token: Option<&Secret>,
+        exchange: &mut Exchange,
     ) -> Result<transport::Response, DeliveryError> {
         tracing::trace!(forge = %self.kind(), method = %request.method, url = %request.url, "sending");
         let authorized;
@@ -623,20 +681,21 @@ impl Forge {
             }
             None => request,
         };
+        match phase {
+            Phase::Read => exchange.reads += 1,
+            Phase::Write => exchange.writes += 1,
+        }
         let answer = transport::send(&self.inner.client, request, self.inner.timeout).await;
-        if let Ok(a) = &answer {
-            // GitHub, Bitbucket and Azure send `X-RateLimit-Remaining`, GitLab
-            // `RateLimit-Remaining`; the last value seen is the budget left.
-            let left = ["x-ratelimit-remaining", "ratelimit-remaining"]
-                .iter()
-                .find_map(|h| a.headers.get(*h))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<i64>().ok());
-            if let Some(left) = left {
-                self.inner
-                    .remaining
-                    .store(left, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(a) = &answer
+            && let Some(rate) = RateLimit::from_headers(&a.headers, SystemTime::now())
+        {
+            if let Some(left) = rate.remaining {
+                self.inner.remaining.store(
+                    i64::try_from(left).unwrap_or(i64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
+            exchange.rate_limit = Some(rate);
         }
         answer.map_err(|e| {
             let failure = match e {
@@ -701,6 +760,24 @@ impl Forge {
         .with_text(text)
         .scrub(&secrets)
     }
+}
+
+/// The answer's `ETag`, kept with the answer it validates (unless that is too large to keep).
+fn validator(read: &ForgeRequest, answer: &transport::Response) -> Option<Validator> {
+    let etag = answer
+        .headers
+        .get(http::header::ETAG)?
+        .to_str()
+        .ok()?
+        .trim();
+    if etag.is_empty() || answer.body.len() > MAX_VALIDATED_BYTES {
+        return None;
+    }
+    Some(Validator {
+        url: read.url.clone(),
+        etag: etag.to_owned(),
+        body: answer.body.clone(),
+    })
 }
 
 /// serde's wording, except for an empty or cut-off body, which reads as Go's (Flux's error

@@ -1496,6 +1496,97 @@ async fn azure_203_is_an_auth_failure() {
 }
 
 #[tokio::test]
+async fn conditional_read_uses_the_validated_answer_on_304() {
+    let existing = "[{\"context\":\"kustomization/flux-system/0c9c2e41\",\"state\":\"success\",\"description\":\"reconciliation succeeded\"}]";
+    let s = stub(
+        move |r| match (r.method.as_str(), r.header("if-none-match")) {
+            ("GET", Some("\"v1\"")) => Some((304, vec![("ETag", "\"v1\"".into())], String::new())),
+            ("GET", _) => Some((
+                200,
+                vec![
+                    ("Content-Type", "application/json".into()),
+                    ("ETag", "\"v1\"".into()),
+                    ("X-RateLimit-Remaining", "41".into()),
+                ],
+                "[]".into(),
+            )),
+            _ => json(201, "{}"),
+        },
+    )
+    .await;
+    let f = forge(ForgeKind::GitHub, &format!("{}/o/r", s.base), "t");
+    let m = revision_meta();
+    let p = f
+        .plan(&event(&m), ProgressingMode::Pending)
+        .unwrap()
+        .unwrap();
+    // First read: unconditional; its ETag and answer come back to be kept.
+    let (result, first) = f.execute_with(&p, None).await;
+    assert_eq!(result.unwrap(), Outcome::Posted);
+    assert_eq!(
+        (first.reads, first.writes, first.not_modified),
+        (1, 1, false)
+    );
+    assert_eq!(first.rate_limit.unwrap().remaining, Some(41));
+    let validator = first.validator.expect("an ETag was sent");
+    assert_eq!(validator.etag, "\"v1\"");
+    assert_eq!(validator.body, b"[]");
+    assert!(s.requests()[0].header("if-none-match").is_none());
+    // Conditional read: 304 means the kept answer holds, here "our status is already there".
+    let kept = Validator {
+        body: existing.as_bytes().to_vec(),
+        ..validator.clone()
+    };
+    let (result, second) = f.execute_with(&p, Some(&kept)).await;
+    assert_eq!(result.unwrap(), Outcome::AlreadySet);
+    assert_eq!(
+        (second.reads, second.writes, second.not_modified),
+        (1, 0, true)
+    );
+    assert_eq!(s.requests()[2].header("if-none-match"), Some("\"v1\""));
+    // A validator for another URL is not used.
+    let elsewhere = Validator {
+        url: "http://elsewhere/".into(),
+        ..kept
+    };
+    let (_, third) = f.execute_with(&p, Some(&elsewhere)).await;
+    assert!(!third.not_modified);
+    assert!(s.requests()[3].header("if-none-match").is_none());
+}
+
+#[tokio::test]
+async fn github_status_cap_is_permanent_and_explained() {
+    let s = stub(|_| {
+        json(
+            422,
+            "{\"message\":\"Validation Failed\",\"errors\":[{\"resource\":\"Status\",\"code\":\"custom\",\"message\":\"This SHA and context has reached the maximum number of statuses.\"}]}",
+        )
+    })
+    .await;
+    let f = forge(ForgeKind::GitHub, &format!("{}/o/r", s.base), "t");
+    let m = revision_meta();
+    let p = f
+        .plan(&event(&m), ProgressingMode::Pending)
+        .unwrap()
+        .unwrap();
+    let err = f.execute(&p.without_read()).await.unwrap_err();
+    assert_eq!((err.status(), err.retry()), (Some(422), Retry::No));
+    let text = err.to_string();
+    assert!(
+        text.starts_with("could not create commit status: POST "),
+        "{text}"
+    );
+    assert!(
+        text.contains("reached the maximum number of statuses"),
+        "{text}"
+    );
+    assert!(
+        text.contains("at most 1000 statuses per commit and context"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn gitlab_transition_conflict_is_already_set() {
     let s = stub(|r| match r.method.as_str() {
         "GET" => json(200, "[]"),
@@ -1509,8 +1600,13 @@ async fn gitlab_transition_conflict_is_already_set() {
         ..event(&m)
     };
     let p = f.plan(&ev, ProgressingMode::Pending).unwrap().unwrap();
-    assert_eq!(f.execute(&p).await.unwrap(), Outcome::AlreadySet);
+    assert_eq!(f.execute(&p).await.unwrap(), Outcome::AlreadyInState);
     assert_eq!(s.requests()[1].header("private-token"), Some("glpat"));
+    // Without the read: one request, the same answer.
+    let (result, exchange) = f.execute_with(&p.without_read(), None).await;
+    assert_eq!(result.unwrap(), Outcome::AlreadyInState);
+    assert_eq!((exchange.reads, exchange.writes), (0, 1));
+    assert_eq!(s.requests().len(), 3);
 }
 
 #[tokio::test]
