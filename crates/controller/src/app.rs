@@ -55,6 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         leader_election_retry_period,
         leader_election_release_on_cancel,
         command: _,
+        read_before_write,
     } = args;
 
     for path in &manifests {
@@ -163,6 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             notices: notices.clone(),
             public_url: public_url.clone(),
             metrics: metrics.clone(),
+            read_before_write,
         },
         pending,
         delivery_shutdown.clone(),

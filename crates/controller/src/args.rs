@@ -113,6 +113,13 @@ pub struct Args {
     /// Watch Alerts and Providers in all namespaces (false: only $RUNTIME_NAMESPACE).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
     pub watch_all_namespaces: bool,
+
+    // --- issue 12: forge request economy ---
+    /// Read the commit's statuses before each write and skip the write when the forge already
+    /// shows the state, as Flux does (two requests per new status instead of one). Useful when
+    /// several controllers write the same statuses to the same repositories.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    pub read_before_write: bool,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

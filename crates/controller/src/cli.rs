@@ -275,7 +275,12 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
                 for (what, req) in plan
                     .read
                     .iter()
-                    .map(|r| ("read (duplicate check)", r))
+                    .map(|r| {
+                        (
+                            "read (duplicate check, made only with --read-before-write)",
+                            r,
+                        )
+                    })
                     .chain([("write", &plan.write)])
                 {
                     let _ = writeln!(out, "  {what}:\n{}", indent(&req.redacted()));

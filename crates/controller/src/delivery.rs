@@ -41,6 +41,9 @@ pub struct Settings {
     /// has its own link template.
     pub public_url: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `--read-before-write` (issue 12): read the forge's statuses before each write, as Flux
+    /// does, instead of writing straight away.
+    pub read_before_write: bool,
 }
 
 enum Msg {
@@ -277,7 +280,11 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
     }
     let ev = record.status_event();
     let plan = match forge.plan(&ev, settings.progressing) {
-        Ok(Some(plan)) => plan,
+        Ok(Some(plan)) if settings.read_before_write => plan,
+        // Writing a state the forge already shows is harmless on every forge (GitHub, Gitea
+        // and Azure append, Bitbucket updates by key, GitLab refuses with a 400 that means
+        // "already set"), so the duplicate check's read is only made on request.
+        Ok(Some(plan)) => plan.without_read(),
         Ok(None) => {
             return end_early(shared, record, Verdict::Skipped, "progressing event");
         }
@@ -371,7 +378,17 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
         Ok(sent) => {
             let verdict = match sent {
                 Sent::Posted => Verdict::Posted,
-                Sent::AlreadySet => Verdict::AlreadySet,
+                Sent::AlreadySet | Sent::AlreadyInState => Verdict::AlreadySet,
+            };
+            let (http_status, note) = match sent {
+                Sent::AlreadyInState => (
+                    Some(400),
+                    Some(format!(
+                        "{} already shows this state: it refused the transition (HTTP 400 \"Cannot transition status\"), so nothing changed",
+                        record.forge
+                    )),
+                ),
+                _ => (None, None),
             };
             tracing::info!(provider = %record.provider, alert = %record.alert, object = %record.object, commit = %record.sha, status = %record.status_id, state = %plan.state, attempts, already_set = verdict == Verdict::AlreadySet, "commit status posted");
             record.attempt_log.push(Attempt {
@@ -382,10 +399,17 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
                     "already set"
                 }
                 .into(),
-                http_status: None,
-                message: None,
+                http_status,
+                message: note.clone(),
             });
-            done(shared, record, verdict, Some(fingerprint), None, None);
+            done(
+                shared,
+                record,
+                verdict,
+                Some(fingerprint),
+                http_status,
+                note,
+            );
             None
         }
         Err(e) => {
@@ -589,6 +613,7 @@ mod tests {
             notices: Arc::new(crate::hooks::LogOnly),
             public_url: None,
             metrics: crate::metrics::Metrics::new(),
+            read_before_write: false,
         };
         for attempts in 0..30 {
             let cap =

@@ -147,7 +147,7 @@ async fn send_event_reaches_a_running_controller() {
     .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("202"), "{out}");
-    stub.wait_for(2, Duration::from_secs(10)).await.unwrap();
+    stub.wait_for(1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(
         stub.statuses("o/r", SHA)[0]["context"],
         "kustomization/flux-system/0c9c2e41"

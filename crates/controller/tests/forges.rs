@@ -61,18 +61,13 @@ async fn github_enterprise_exchange() {
     );
     let reqs = c
         .stub
-        .wait_for(2, WAIT)
+        .wait_for(1, WAIT)
         .await
         .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.controller.logs()));
-    assert_eq!(reqs[0].method, "GET");
+    // A new status is one write, without Flux's read before it.
+    assert_eq!(reqs[0].method, "POST");
     assert_eq!(
         reqs[0].path,
-        format!("/api/v3/repos/my-org/my-repo/commits/{SHA}/statuses")
-    );
-    assert_eq!(reqs[0].query, "per_page=50");
-    assert_eq!(reqs[1].method, "POST");
-    assert_eq!(
-        reqs[1].path,
         format!("/api/v3/repos/my-org/my-repo/statuses/{SHA}")
     );
     for r in &reqs {
@@ -80,9 +75,9 @@ async fn github_enterprise_exchange() {
         assert_eq!(header(r, "accept"), "application/vnd.github.v3+json");
         assert_eq!(header(r, "x-github-api-version"), "2022-11-28");
     }
-    assert_eq!(header(&reqs[1], "content-type"), "application/json");
+    assert_eq!(header(&reqs[0], "content-type"), "application/json");
     assert_eq!(
-        reqs[1].body_text(),
+        reqs[0].body_text(),
         "{\"state\":\"success\",\"description\":\"reconciliation succeeded\",\"context\":\"kustomization/flux-system/0c9c2e41\"}\n"
     );
     assert!(c.stub.violations().is_empty(), "{:?}", c.stub.violations());
@@ -96,7 +91,7 @@ async fn github_enterprise_exchange() {
         json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}")}),
     );
     assert_eq!(c.controller.post(&failed).await.status(), 202);
-    c.stub.wait_for(4, WAIT).await.unwrap();
+    c.stub.wait_for(2, WAIT).await.unwrap();
     let statuses = c.stub.statuses("my-org/my-repo", SHA);
     assert_eq!(statuses.len(), 2);
     assert_eq!(statuses[1]["state"], "failure");
@@ -114,7 +109,7 @@ async fn github_enterprise_exchange() {
         "{}",
         c.controller.logs()
     );
-    assert_eq!(c.stub.requests().len(), 4);
+    assert_eq!(c.stub.requests().len(), 2);
     assert!(
         !c.controller.logs().contains("ghp_secret_value"),
         "token leaked into logs"
@@ -122,13 +117,13 @@ async fn github_enterprise_exchange() {
 }
 
 #[tokio::test]
-async fn github_skips_a_status_the_forge_already_has() {
+async fn with_read_before_write_github_skips_a_status_the_forge_already_has() {
     let c = setup(
         ForgeKind::GitHub,
         "github",
         |b| format!("{b}/o/r"),
         &[("token", "t")],
-        &[],
+        &["--read-before-write"],
     )
     .await;
     c.stub.insert_status(
@@ -160,21 +155,16 @@ async fn gitlab_subgroup_exchange() {
     c.controller.post(&success_event("flux-system", SHA)).await;
     let reqs = c
         .stub
-        .wait_for(2, WAIT)
+        .wait_for(1, WAIT)
         .await
         .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.controller.logs()));
-    assert_eq!(reqs[0].method, "GET");
+    assert_eq!(reqs[0].method, "POST");
     assert_eq!(
         reqs[0].path,
-        format!("/api/v4/projects/my-group%2Fsub%2Fmy-repo/repository/commits/{SHA}/statuses")
-    );
-    assert_eq!(reqs[0].query, "name=kustomization%2Fflux-system%2F0c9c2e41");
-    assert_eq!(
-        reqs[1].path,
         format!("/api/v4/projects/my-group%2Fsub%2Fmy-repo/statuses/{SHA}")
     );
-    assert_eq!(header(&reqs[1], "private-token"), "glpat-secret");
-    let body = reqs[1].json().unwrap();
+    assert_eq!(header(&reqs[0], "private-token"), "glpat-secret");
+    let body = reqs[0].json().unwrap();
     assert_eq!(
         body,
         json!({"state":"success","name":"kustomization/flux-system/0c9c2e41","description":"reconciliation succeeded"})
@@ -201,9 +191,9 @@ async fn gitlab_progressing_posts_running_then_success() {
         json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
     );
     c.controller.post(&progressing).await;
-    c.stub.wait_for(2, WAIT).await.unwrap();
+    c.stub.wait_for(1, WAIT).await.unwrap();
     c.controller.post(&success_event("flux-system", SHA)).await;
-    c.stub.wait_for(4, WAIT).await.unwrap();
+    c.stub.wait_for(2, WAIT).await.unwrap();
     let states: Vec<_> = c
         .stub
         .statuses("g/p", SHA)
@@ -238,7 +228,7 @@ async fn progressing_skip_restores_flux_behaviour() {
         c.controller.logs()
     );
     c.controller.post(&success_event("flux-system", SHA)).await;
-    c.stub.wait_for(2, WAIT).await.unwrap();
+    c.stub.wait_for(1, WAIT).await.unwrap();
     let states: Vec<_> = c
         .stub
         .statuses("o/r", SHA)
@@ -261,25 +251,22 @@ async fn bitbucket_cloud_exchange() {
     c.controller.post(&success_event("flux-system", SHA)).await;
     let reqs = c
         .stub
-        .wait_for(2, WAIT)
+        .wait_for(1, WAIT)
         .await
         .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.controller.logs()));
     let key = "776b17bcc91fd6eb5d0ce2a027da584c8ea81eed";
-    assert_eq!(reqs[0].method, "GET");
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].method, "POST");
     assert_eq!(
         reqs[0].path,
-        format!("/2.0/repositories/my-ws/my-repo/commit/{SHA}/statuses/build/{key}")
-    );
-    assert_eq!(
-        reqs[1].path,
         format!("/2.0/repositories/my-ws/my-repo/commit/{SHA}/statuses/build")
     );
     assert_eq!(
-        header(&reqs[1], "authorization"),
+        header(&reqs[0], "authorization"),
         "Basic dXNlcjphcHAtcGFzcw=="
     );
     assert_eq!(
-        reqs[1].body_text(),
+        reqs[0].body_text(),
         format!(
             "{{\"key\":\"{key}\",\"url\":\"https://bitbucket.org\",\"state\":\"SUCCESSFUL\",\"name\":\"kustomization/flux-system\",\"description\":\"reconciliation succeeded\"}}"
         )
@@ -302,16 +289,13 @@ async fn azure_devops_exchange() {
     c.controller.post(&ev).await;
     let reqs = c
         .stub
-        .wait_for(2, WAIT)
+        .wait_for(1, WAIT)
         .await
         .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.controller.logs()));
     let path = format!("/myorg/MyProj/_apis/git/repositories/my-repo/commits/{SHA}/statuses");
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(
         (reqs[0].method.as_str(), reqs[0].path.as_str()),
-        ("GET", path.as_str())
-    );
-    assert_eq!(
-        (reqs[1].method.as_str(), reqs[1].path.as_str()),
         ("POST", path.as_str())
     );
     for r in &reqs {
@@ -319,7 +303,7 @@ async fn azure_devops_exchange() {
         assert_eq!(header(r, "accept"), "application/json;api-version=6.0");
     }
     assert_eq!(
-        reqs[1].body_text(),
+        reqs[0].body_text(),
         "{\"context\":{\"genre\":\"fluxcd:prod-eu\",\"name\":\"kustomization/flux-system/0c9c2e41\"},\"description\":\"reconciliation succeeded\",\"state\":\"succeeded\"}"
     );
     assert!(c.stub.violations().is_empty(), "{:?}", c.stub.violations());
@@ -400,21 +384,17 @@ async fn gitea_and_forgejo_exchange() {
         c.controller.post(&success_event("flux-system", SHA)).await;
         let reqs = c
             .stub
-            .wait_for(2, WAIT)
+            .wait_for(1, WAIT)
             .await
             .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.controller.logs()));
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
         assert_eq!(
             reqs[0].path,
-            format!("/api/v1/repos/my-org/my-repo/commits/{SHA}/statuses")
-        );
-        assert_eq!(reqs[0].query, "limit=50&page=1");
-        assert_eq!(
-            reqs[1].path,
             format!("/api/v1/repos/my-org/my-repo/statuses/{SHA}")
         );
-        assert_eq!(header(&reqs[1], "authorization"), "token gitea-token");
+        assert_eq!(header(&reqs[0], "authorization"), "token gitea-token");
         assert_eq!(
-            reqs[1].body_text(),
+            reqs[0].body_text(),
             "{\"state\":\"success\",\"target_url\":\"\",\"description\":\"reconciliation succeeded\",\"context\":\"kustomization/flux-system/0c9c2e41\"}"
         );
         assert!(
@@ -443,21 +423,14 @@ async fn bitbucket_server_with_spec_username_and_password_only_secret() {
     let c = Controller::start(dir.path(), &[], &[]).await;
     c.post(&success_event("flux-system", SHA)).await;
     let reqs = stub
-        .wait_for(2, WAIT)
+        .wait_for(1, WAIT)
         .await
         .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.logs()));
     let key = "776b17bcc91fd6eb5d0ce2a027da584c8ea81eed";
     let path = format!("/context/rest/api/latest/projects/PRJ/repos/my-repo/commits/{SHA}/builds");
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(
-        (
-            reqs[0].method.as_str(),
-            reqs[0].path.as_str(),
-            reqs[0].query.as_str()
-        ),
-        ("GET", path.as_str(), format!("key={key}").as_str())
-    );
-    assert_eq!(
-        (reqs[1].method.as_str(), reqs[1].path.as_str()),
+        (reqs[0].method.as_str(), reqs[0].path.as_str()),
         ("POST", path.as_str())
     );
     for r in &reqs {
@@ -466,7 +439,7 @@ async fn bitbucket_server_with_spec_username_and_password_only_secret() {
         assert_eq!(header(r, "x-requested-with"), "XMLHttpRequest");
     }
     assert_eq!(
-        reqs[1].body_text(),
+        reqs[0].body_text(),
         format!(
             "{{\"description\":\"reconciliation succeeded\",\"key\":\"{key}\",\"name\":\"kustomization/flux-system [reconciliation succeeded]\",\"state\":\"SUCCESSFUL\",\"url\":\"{address}\"}}\n"
         )
@@ -489,10 +462,10 @@ async fn templated_link_and_description() {
     let c = Controller::start(dir.path(), &[], &[]).await;
     c.post(&success_event("flux-system", SHA)).await;
     let reqs = stub
-        .wait_for(2, WAIT)
+        .wait_for(1, WAIT)
         .await
         .unwrap_or_else(|r| panic!("got {r:?}\n{}", c.logs()));
-    let body = reqs[1].json().unwrap();
+    let body = reqs[0].json().unwrap();
     assert_eq!(
         body["target_url"],
         "https://grafana.example.com/d/flux?var-ks=flux-system"

@@ -142,7 +142,7 @@ async fn statuses_link_to_delivery_pages_that_a_browser_renders() {
         ),
     );
     stub.push_response(
-        Matcher::get(&format!("/{QUEUED}/")),
+        Matcher::post(&format!("/statuses/{QUEUED}$")),
         ScriptedResponse::status(503),
     );
     let dir = tempfile::tempdir().unwrap();

@@ -147,6 +147,34 @@ impl Controller {
         false
     }
 
+    /// The delivery history (`/api/v1/deliveries`), newest first.
+    pub async fn history(&self) -> Vec<serde_json::Value> {
+        let url = format!("{}api/v1/deliveries?limit=1000", self.events_url);
+        reqwest::get(url).await.unwrap().json().await.unwrap()
+    }
+
+    /// Waits until the history holds at least `n` outcomes (or `timeout` passed).
+    pub async fn wait_history(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = self.history().await;
+            if h.len() >= n || Instant::now() > deadline {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.metrics_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn count_log(&self, needle: &str) -> usize {
         self.logs
             .lock()

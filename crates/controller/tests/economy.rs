@@ -1,0 +1,179 @@
+//! Forge request economy (issue 12), through the binary: one request per new status on every
+//! forge, GitLab's same-state 400 as "already set", GitHub's per-commit cap as a permanent
+//! failure, conditional reads with `--read-before-write`, and pacing before a rate limit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use testkit::{ForgeKind, StubForge, StubOptions};
+
+const WAIT: Duration = Duration::from_secs(20);
+const FAST_RETRY: [&str; 2] = ["--min-retry-delay=50ms", "--max-retry-delay=200ms"];
+
+/// Distinct commits, for "new status" runs.
+fn sha(i: usize) -> String {
+    format!("{i:040x}")
+}
+
+/// Provider type, repository address and secret for a stub of `kind`.
+fn provider_for(kind: ForgeKind, base: &str) -> (&'static str, String, &'static str) {
+    match kind {
+        ForgeKind::GitHub => ("github", format!("{base}/o/r"), "token"),
+        ForgeKind::GitLab => ("gitlab", format!("{base}/g/p"), "token"),
+        ForgeKind::Gitea | ForgeKind::Forgejo => ("gitea", format!("{base}/o/r"), "token"),
+        ForgeKind::AzureDevOps => ("azuredevops", format!("{base}/org/proj/_git/repo"), "token"),
+        ForgeKind::BitbucketCloud => (
+            "bitbucket",
+            "https://bitbucket.org/ws/repo".to_string(),
+            "user:app-password",
+        ),
+        ForgeKind::BitbucketServer => (
+            "bitbucketserver",
+            format!("{base}/scm/PRJ/repo.git"),
+            "bbs-token",
+        ),
+    }
+}
+
+async fn start(kind: ForgeKind, args: &[&str]) -> (Controller, StubForge) {
+    let stub = StubForge::start(kind, StubOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (type_, address, token) = provider_for(kind, &stub.base_url());
+    write(
+        dir.path(),
+        "m.yaml",
+        &forge_manifests(type_, &address, &[("token", token)], ""),
+    );
+    let api = format!("{}/2.0", stub.base_url());
+    let env = [("BITBUCKET_API_BASE_URL", api.as_str())];
+    let c = Controller::start(dir.path(), args, &env)
+        .await
+        .keep_dir(dir);
+    (c, stub)
+}
+
+#[tokio::test]
+async fn every_forge_takes_exactly_one_request_per_new_status() {
+    for kind in [
+        ForgeKind::GitHub,
+        ForgeKind::Gitea,
+        ForgeKind::Forgejo,
+        ForgeKind::AzureDevOps,
+        ForgeKind::BitbucketCloud,
+        ForgeKind::BitbucketServer,
+        ForgeKind::GitLab,
+    ] {
+        let (c, stub) = start(kind, &[]).await;
+        const N: usize = 5;
+        for i in 0..N {
+            assert_eq!(c.post(&success_event("app", &sha(i))).await.status(), 202);
+        }
+        let h = c.wait_history(N, WAIT).await;
+        assert_eq!(h.len(), N, "{kind:?}: {h:?}\n{}", c.logs());
+        assert!(
+            h.iter().all(|o| o["outcome"] == "posted"),
+            "{kind:?}: {h:?}"
+        );
+        let reqs = stub.requests();
+        assert_eq!(reqs.len(), N, "{kind:?}: one write per status: {reqs:?}");
+        assert!(
+            reqs.iter().all(|r| r.method == "POST"),
+            "{kind:?}: no reads: {reqs:?}"
+        );
+        assert!(
+            stub.violations().is_empty(),
+            "{kind:?}: {:?}",
+            stub.violations()
+        );
+
+        // The same status again costs nothing: the store remembers what it posted.
+        let mut again = success_event("app", &sha(0));
+        again["message"] = json!("Reconciliation finished in 3.4s, next run in 10m0s");
+        assert_eq!(c.post(&again).await.status(), 202);
+        let h = c.wait_history(N + 1, WAIT).await;
+        assert_eq!(h[0]["outcome"], "already_set", "{kind:?}: {h:?}");
+        assert_eq!(stub.requests().len(), N, "{kind:?}: a repeat is free");
+    }
+}
+
+#[tokio::test]
+async fn gitlab_same_state_400_is_recorded_as_already_set() {
+    let (c, stub) = start(ForgeKind::GitLab, &FAST_RETRY).await;
+    // The job is already running on GitLab (posted by another controller, or before the store
+    // was lost): the write of "running" is refused with GitLab's transition error.
+    stub.insert_status(
+        "g/p",
+        SHA,
+        json!({"state": "running", "name": "kustomization/app/0c9c2e41", "description": "reconciliation in progress"}),
+    );
+    let progressing = kustomization_event(
+        "app",
+        "info",
+        "Progressing",
+        "Reconciliation in progress",
+        json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
+    );
+    assert_eq!(c.post(&progressing).await.status(), 202);
+    let h = c.wait_history(1, WAIT).await;
+    assert_eq!(h[0]["outcome"], "already_set", "{h:?}\n{}", c.logs());
+    assert_eq!(h[0]["http_status"], 400, "{h:?}");
+    assert!(
+        h[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already shows this state"),
+        "{h:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let reqs = stub.requests();
+    assert_eq!(reqs.len(), 1, "not retried: {reqs:?}");
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+    assert!(
+        !c.logs().contains("failed to send notification"),
+        "{}",
+        c.logs()
+    );
+    let m = c.metrics().await;
+    assert!(
+        m.contains(r#"commit_status_deliveries_total{forge="gitlab",outcome="already_set"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains(r#"outcome="failed""#), "{m}");
+}
+
+#[tokio::test]
+async fn github_status_cap_is_a_permanent_failure() {
+    let (c, stub) = start(ForgeKind::GitHub, &FAST_RETRY).await;
+    for _ in 0..1000 {
+        stub.insert_status(
+            "o/r",
+            SHA,
+            json!({"state": "pending", "description": "x", "context": "kustomization/app/0c9c2e41"}),
+        );
+    }
+    assert_eq!(c.post(&success_event("app", SHA)).await.status(), 202);
+    let h = c.wait_history(1, WAIT).await;
+    assert_eq!(h[0]["outcome"], "failed", "{h:?}\n{}", c.logs());
+    assert_eq!(h[0]["http_status"], 422);
+    let message = h[0]["message"].as_str().unwrap_or_default();
+    for needle in [
+        "This SHA and context has reached the maximum number of statuses",
+        "at most 1000 statuses per commit and context",
+        "not retried",
+    ] {
+        assert!(
+            message.contains(needle),
+            "{needle:?} missing from {message}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        stub.requests().len(),
+        1,
+        "never retried: {:?}",
+        stub.requests()
+    );
+}
