@@ -54,6 +54,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         leader_election_renew_deadline,
         leader_election_retry_period,
         leader_election_release_on_cancel,
+        heal_from_state,
+        state_resync_interval,
         command: _,
         read_before_write,
     } = args;
@@ -73,6 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let catalog: SharedCatalog = Arc::new(RwLock::new(Arc::new(Catalog::default())));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut cluster_client = None;
     let (notices, labels): (Arc<dyn Notices>, Option<Arc<dyn LabelSource>>) =
         if manifests.is_empty() {
             let runtime_namespace =
@@ -100,6 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 &mut tasks,
             )
             .await?;
+            cluster_client = Some((cluster.client, cluster.leading));
             (cluster.notices, Some(cluster.labels))
         } else {
             let mut reporter = Reporter {
@@ -189,7 +193,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "listening"
     );
 
-    let events = server::events_router(EventState {
+    let event_state = EventState {
         catalog: catalog.clone(),
         limiter,
         outbox: outbox.clone(),
@@ -198,7 +202,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_pending,
         notices,
         labels,
-    });
+    };
+    if let Some((client, leading)) = cluster_client
+        && heal_from_state
+    {
+        crate::kube::heal::start(
+            client,
+            state_resync_interval,
+            event_state.clone(),
+            metrics.clone(),
+            leading,
+            shutdown.clone(),
+            &mut tasks,
+        );
+    }
+    let events = server::events_router(event_state);
     let events = events.layer(axum::middleware::from_fn_with_state(
         metrics.clone(),
         crate::metrics::track,

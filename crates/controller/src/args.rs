@@ -120,6 +120,17 @@ pub struct Args {
     /// several controllers write the same statuses to the same repositories.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
     pub read_before_write: bool,
+
+    // Issue 14: commit statuses healed from the selected objects' state.
+    /// Kubernetes mode: also derive each commit status from the Ready condition of the objects
+    /// the Alerts select (on start, on change, and every --state-resync-interval), so a lost
+    /// event never leaves a wrong status; false: events only, as Flux.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
+    pub heal_from_state: bool,
+
+    /// How often every watched object's state is compared with the posted statuses again.
+    #[arg(long, default_value = "10m", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub state_resync_interval: Duration,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -79,6 +79,9 @@ pub struct Metrics {
     pub rate_limited: Family<ForgeLabel, Counter>,
     pub budget_remaining: Family<BudgetLabels, Gauge>,
     pub rejected_objects: Family<KindLabel, Gauge>,
+    // Issue 14: healing from state.
+    pub healed: Family<KindLabel, Counter>,
+    pub watched_objects: Family<KindLabel, Gauge>,
 }
 
 impl Metrics {
@@ -100,6 +103,8 @@ impl Metrics {
             rate_limited: Family::default(),
             budget_remaining: Family::default(),
             rejected_objects: Family::default(),
+            healed: Family::default(),
+            watched_objects: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -158,6 +163,17 @@ impl Metrics {
             "rejected_objects",
             "Manifests or objects rejected as invalid, by kind.",
             m.rejected_objects.clone(),
+        );
+        // Issue 14: healing from state.
+        ours.register(
+            "healed_from_state",
+            "Deliveries made from a watched object's state rather than an event (the status it implies was not the one last posted), by object kind.",
+            m.healed.clone(),
+        );
+        ours.register(
+            "watched_objects",
+            "Objects watched because a commit-status Alert selects them, by kind.",
+            m.watched_objects.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

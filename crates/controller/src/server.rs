@@ -193,19 +193,67 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
             }
         }
     }
-    let alerts = route::matching_alerts(&catalog, &event, labels.as_ref());
-    if alerts.is_empty() {
-        tracing::debug!(object = %event.object_ref(), "discarding event, no alerts found for the involved object");
+    let records =
+        deliveries_for(&state, &catalog, &event, labels.as_ref(), Origin::Api).unwrap_or_default();
+    if records.is_empty() {
         return with_limits(StatusCode::ACCEPTED.into_response());
     }
-    tracing::info!(object = %event.object_ref(), reason = %event.reason, severity = %event.severity, alerts = alerts.len(), "dispatching event");
+    let object = event.object_ref();
+    let refuse = |why: &str| {
+        // Give the token back: the sender will retry (Flux's recorder retries 5xx) and that
+        // retry must not be taken for a duplicate.
+        state.limiter.refund(&key);
+        tracing::warn!(object = %object, "{why}: asking the sender to retry");
+        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        with_limits(r)
+    };
+    match store(&state, records).await {
+        // Only now is the delivery durable, so only now may the sender forget the event.
+        Ok(()) => with_limits(StatusCode::ACCEPTED.into_response()),
+        Err(why) => refuse(why),
+    }
+}
+
+/// Where an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Posted to the event API by a Flux controller.
+    Api,
+    /// Built from a watched object's state (Kubernetes mode): routed the same way, but
+    /// quietly, since the same state is looked at again on every resync.
+    State,
+}
+
+/// Routes an event through every Alert that selects it: the deliveries to store, or `None`
+/// when no Alert selects it. Failures are logged; for events from the API they are also
+/// recorded on the Alert, as Flux does.
+pub fn deliveries_for(
+    state: &EventState,
+    catalog: &Catalog,
+    event: &Event,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+    origin: Origin,
+) -> Option<Vec<crate::outbox::Pending>> {
+    let api = origin == Origin::Api;
+    let alerts = route::matching_alerts(catalog, event, labels);
+    if alerts.is_empty() {
+        if api {
+            tracing::debug!(object = %event.object_ref(), "discarding event, no alerts found for the involved object");
+        }
+        return None;
+    }
+    if api {
+        tracing::info!(object = %event.object_ref(), reason = %event.reason, severity = %event.severity, alerts = alerts.len(), "dispatching event");
+    }
 
     let routed: Vec<Routed> = alerts
         .iter()
-        .map(|a| route::route(&catalog, &event, a, state.settings, state.notices.as_ref()))
+        .map(|a| route::route(catalog, event, a, state.settings, state.notices.as_ref()))
         .collect();
     let dropped = route::no_commit_alerts(&routed);
-    if !dropped.is_empty() {
+    if !dropped.is_empty() && api {
         tracing::info!(object = %event.object_ref(), alerts = ?dropped, "event dropped for commit status providers due to missing commit metadata key");
     }
     let object = event.object_ref();
@@ -220,6 +268,10 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
                 error,
             } => {
                 let msg = Routed::failure_message(&object, stage, &error);
+                if !api {
+                    tracing::debug!(alert = %alert, object = %object, error = %msg, "the object's state implies no commit status");
+                    continue;
+                }
                 let what = match stage {
                     route::Stage::Dispatch => "failed to dispatch notification",
                     route::Stage::Send => "failed to send notification",
@@ -233,21 +285,17 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
             Routed::NoCommit { .. } => {}
         }
     }
-    if records.is_empty() {
-        return with_limits(StatusCode::ACCEPTED.into_response());
-    }
-    let refuse = |why: &str| {
-        // Give the token back: the sender will retry (Flux's recorder retries 5xx) and that
-        // retry must not be taken for a duplicate.
-        state.limiter.refund(&key);
-        tracing::warn!(object = %object, "{why}: asking the sender to retry");
-        let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-        with_limits(r)
-    };
+    Some(records)
+}
+
+/// Stores deliveries and hands them to the scheduler; returns once they are durable, or why
+/// they were refused.
+pub async fn store(
+    state: &EventState,
+    records: Vec<crate::outbox::Pending>,
+) -> Result<(), &'static str> {
     if state.outbox.pending_len() + records.len() > state.max_pending {
-        return refuse("too many pending deliveries (--max-pending)");
+        return Err("too many pending deliveries (--max-pending)");
     }
     let committed = match state.outbox.accept(records) {
         Ok((records, committed)) => {
@@ -258,14 +306,10 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
         }
         Err(e) => Err(e),
     };
-    match committed {
-        // Only now is the delivery durable, so only now may the sender forget the event.
-        Ok(()) => with_limits(StatusCode::ACCEPTED.into_response()),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store deliveries");
-            refuse("the delivery store is unavailable")
-        }
-    }
+    committed.map_err(|e| {
+        tracing::error!(error = %e, "cannot store deliveries");
+        "the delivery store is unavailable"
+    })
 }
 
 /// Health probes: `/healthz` always answers; `/readyz` once `ready` is set.

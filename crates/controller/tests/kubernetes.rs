@@ -261,6 +261,19 @@ fn event_in(ns: &str, name: &str, sha: &str, message: &str) -> Value {
     e
 }
 
+/// A namespaced `v1beta3` Provider or Alert API.
+fn notification_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "notification.toolkit.fluxcd.io",
+            "v1beta3",
+            kind,
+        )),
+    )
+}
+
 async fn events_on(client: &Client, ns: &str, kind: &str, name: &str) -> Vec<(String, String)> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
@@ -306,6 +319,38 @@ async fn setup_cluster(admin: &Client, crds: &str, crd_names: &[&str]) {
     wait_crds(admin, crd_names).await;
 }
 
+/// A fresh API server with our CRDs, a Kustomization CRD and the RBAC of `config/rbac`.
+async fn cluster(kustomization_crd: &str) -> (ApiServer, Client) {
+    let server = ApiServer::start().await;
+    let admin = server.client_with_token("testtoken").await;
+    let root = repo_root();
+    let crds = std::fs::read_to_string(root.join("config/crd/crds.yaml")).unwrap();
+    setup_cluster(
+        &admin,
+        &crds,
+        &[
+            "providers.notification.toolkit.fluxcd.io",
+            "alerts.notification.toolkit.fluxcd.io",
+        ],
+    )
+    .await;
+    apply_yaml(&admin, kustomization_crd, "flux-system").await;
+    wait_crds(&admin, &["kustomizations.kustomize.toolkit.fluxcd.io"]).await;
+    for f in [
+        "service_account.yaml",
+        "role.yaml",
+        "leader_election_role.yaml",
+    ] {
+        apply_yaml(
+            &admin,
+            &std::fs::read_to_string(root.join("config/rbac").join(f)).unwrap(),
+            "flux-system",
+        )
+        .await;
+    }
+    (server, admin)
+}
+
 async fn start_controller(server: &ApiServer, admin: &Client, data: &Path) -> Controller {
     let token = service_account_token(admin).await;
     let kubeconfig = server.write_kubeconfig("controller.kubeconfig", &token);
@@ -327,34 +372,8 @@ async fn start_controller(server: &ApiServer, admin: &Client, data: &Path) -> Co
 
 #[tokio::test]
 async fn kubernetes_mode_end_to_end() {
-    let server = ApiServer::start().await;
-    let admin = server.client_with_token("testtoken").await;
-    let root = repo_root();
-    let crds = std::fs::read_to_string(root.join("config/crd/crds.yaml")).unwrap();
-    setup_cluster(
-        &admin,
-        &crds,
-        &[
-            "providers.notification.toolkit.fluxcd.io",
-            "alerts.notification.toolkit.fluxcd.io",
-        ],
-    )
-    .await;
     // A stand-in Kustomization CRD, so that matchLabels has an object to read.
-    apply_yaml(&admin, KUSTOMIZATION_CRD, "flux-system").await;
-    wait_crds(&admin, &["kustomizations.kustomize.toolkit.fluxcd.io"]).await;
-    for f in [
-        "service_account.yaml",
-        "role.yaml",
-        "leader_election_role.yaml",
-    ] {
-        apply_yaml(
-            &admin,
-            &std::fs::read_to_string(root.join("config/rbac").join(f)).unwrap(),
-            "flux-system",
-        )
-        .await;
-    }
+    let (server, admin) = cluster(KUSTOMIZATION_CRD).await;
 
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     apply_yaml(
@@ -378,15 +397,7 @@ async fn kubernetes_mode_end_to_end() {
     assert!(stub.violations().is_empty(), "{:?}", stub.violations());
 
     // The Provider gets Flux's finalizer.
-    let providers: Api<DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        "apps",
-        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "notification.toolkit.fluxcd.io",
-            "v1beta3",
-            "Provider",
-        )),
-    );
+    let providers = notification_api(&admin, "apps", "Provider");
     until(
         "the Provider finalizer",
         || async {
@@ -461,15 +472,7 @@ async fn kubernetes_mode_end_to_end() {
         "labels",
     )
     .await;
-    let alerts: Api<DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        "labels",
-        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "notification.toolkit.fluxcd.io",
-            "v1beta3",
-            "Alert",
-        )),
-    );
+    let alerts = notification_api(&admin, "labels", "Alert");
     alerts
         .patch("github", &PatchParams::default(), &Patch::Merge(json!({"spec": {"eventSources": [{"kind": "Kustomization", "name": "*", "matchLabels": {"app": "podinfo"}}]}})))
         .await
@@ -498,15 +501,7 @@ async fn kubernetes_mode_end_to_end() {
     );
 
     // An Alert carrying Flux's old finalizer loses it, with a Migration event.
-    let apps_alerts: Api<DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        "apps",
-        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "notification.toolkit.fluxcd.io",
-            "v1beta3",
-            "Alert",
-        )),
-    );
+    let apps_alerts = notification_api(&admin, "apps", "Alert");
     apply_yaml(&admin, "apiVersion: notification.toolkit.fluxcd.io/v1beta3\nkind: Alert\nmetadata: {name: old, finalizers: [finalizers.fluxcd.io]}\nspec: {providerRef: {name: github}, eventSources: [{kind: Bucket, name: x}]}\n", "apps").await;
     until(
         "the Alert finalizer removal",
@@ -572,15 +567,7 @@ async fn kubernetes_mode_end_to_end() {
         .await
         .unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
-    let sa_providers: Api<DynamicObject> = Api::namespaced_with(
-        sa,
-        "apps",
-        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "notification.toolkit.fluxcd.io",
-            "v1beta3",
-            "Provider",
-        )),
-    );
+    let sa_providers = notification_api(&sa, "apps", "Provider");
     let denied = sa_providers
         .delete("github", &DeleteParams::default())
         .await
@@ -663,3 +650,327 @@ spec:
           type: object
           x-kubernetes-preserve-unknown-fields: true
 "#;
+
+// === Commit statuses healed from the objects' state (no event sent unless said) ===
+
+const HEAL_A: &str = "a1afe267b54f38b46b487f6e938a6fd508278c07";
+const HEAL_B: &str = "bd88a9156325322a124e55a369b59063470310eb";
+const HEAL_D: &str = "8a9156325322a124e55a369b59063470310ebbd8";
+const HEAL_L: &str = "0c8a9156325322a124e55a369b59063470310ebb";
+const HEAL_X: &str = "ffd88a9156325322a124e55a369b59063470310e";
+const HEAL_A2: &str = "2a1afe267b54f38b46b487f6e938a6fd508278c0";
+
+fn kustomizations_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kustomize.toolkit.fluxcd.io", "v1", "Kustomization"),
+            "kustomizations",
+        ),
+    )
+}
+
+/// The status kustomize-controller writes, through the status subresource.
+async fn set_ready(
+    api: &Api<DynamicObject>,
+    name: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    applied: Option<&str>,
+    attempted: &str,
+) {
+    let mut s = json!({
+        "conditions": [{
+            "type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-12-01T00:00:00Z", "observedGeneration": 1,
+        }],
+        "lastAttemptedRevision": format!("main@sha1:{attempted}"),
+        "observedGeneration": 1,
+    });
+    if let Some(a) = applied {
+        s["lastAppliedRevision"] = json!(format!("main@sha1:{a}"));
+    }
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": s })),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("status of {name}: {e}"));
+}
+
+/// Ready=True after applying `sha`.
+async fn set_applied(api: &Api<DynamicObject>, name: &str, sha: &str) {
+    let message = format!("Applied revision: main@sha1:{sha}");
+    set_ready(
+        api,
+        name,
+        "True",
+        "ReconciliationSucceeded",
+        &message,
+        Some(sha),
+        sha,
+    )
+    .await;
+}
+
+async fn start_healing_controller(
+    server: &ApiServer,
+    admin: &Client,
+    data: &Path,
+    extra: &[&str],
+) -> Controller {
+    let token = service_account_token(admin).await;
+    let kubeconfig = server.write_kubeconfig("heal.kubeconfig", &token);
+    let kc = kubeconfig.display().to_string();
+    let mut args = vec![
+        "--enable-leader-election".into(),
+        format!("--data-dir={}", data.display()),
+        "--min-retry-delay=50ms".into(),
+        "--leader-election-retry-period=1s".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Controller::spawn(
+        &args,
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("RUNTIME_NAMESPACE", "flux-system"),
+            ("POD_NAME", "csc-heal"),
+        ],
+    )
+    .await
+}
+
+async fn until_status(stub: &StubForge, sha: &str, what: &str, c: &Controller) {
+    until(
+        what,
+        || async { !stub.statuses("o/r", sha).is_empty() },
+        || c.logs(),
+    )
+    .await;
+}
+
+fn posts_for(stub: &StubForge, sha: &str) -> usize {
+    stub.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains(sha))
+        .count()
+}
+
+async fn metric(c: &Controller, line_start: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", c.metrics_url))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn commit_statuses_heal_from_the_objects_state() {
+    let kustomize_crd = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/flux-crds/kustomize-controller-v1.9.4/kustomizations.yaml"),
+    )
+    .unwrap();
+    let (server, admin) = cluster(&kustomize_crd).await;
+    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    // One Alert: `podinfo` by name, and any Kustomization labelled team=a.
+    let objects = objects("apps", &stub, "r", "v1beta3", "ghp_heal_token").replace(
+        "    - kind: Kustomization\n      name: '*'\n",
+        "    - kind: Kustomization\n      name: podinfo\n    - kind: Kustomization\n      name: '*'\n      matchLabels: {team: a}\n",
+    );
+    apply_yaml(&admin, &objects, "apps").await;
+    let spec =
+        "spec: {interval: 10m, prune: true, sourceRef: {kind: GitRepository, name: podinfo}}";
+    apply_yaml(
+        &admin,
+        &format!(
+            "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {{name: podinfo}}\n{spec}\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {{name: labelled, labels: {{team: a}}}}\n{spec}\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {{name: other, labels: {{team: b}}}}\n{spec}\n"
+        ),
+        "apps",
+    )
+    .await;
+    let ks = kustomizations_api(&admin, "apps");
+    set_applied(&ks, "podinfo", HEAL_A).await;
+    set_applied(&ks, "labelled", HEAL_L).await;
+    set_applied(&ks, "other", HEAL_X).await;
+    let providers = notification_api(&admin, "apps", "Provider");
+    let uid = providers.get("github").await.unwrap().metadata.uid.unwrap();
+    let context = format!("kustomization/podinfo/{}", uid.split('-').next().unwrap());
+
+    // Ready=True at A: success on A after start, without any event.
+    let data = tempfile::tempdir().unwrap();
+    let c = start_healing_controller(&server, &admin, data.path(), &[]).await;
+    until_status(&stub, HEAL_A, "success on A from the state", &c).await;
+    let a = stub.statuses("o/r", HEAL_A);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["state"], "success");
+    assert_eq!(a[0]["context"], context.as_str());
+    assert_eq!(a[0]["description"], "reconciliation succeeded");
+    until_status(&stub, HEAL_L, "success for the labelled object", &c).await;
+
+    // Ready=False at B: failure on B, the reason as description.
+    set_ready(
+        &ks,
+        "podinfo",
+        "False",
+        "HealthCheckFailed",
+        "timeout waiting for: [Deployment/apps/podinfo status: 'InProgress']",
+        Some(HEAL_A),
+        HEAL_B,
+    )
+    .await;
+    until_status(&stub, HEAL_B, "failure on B from the state", &c).await;
+    let b = stub.statuses("o/r", HEAL_B);
+    assert_eq!(b[0]["state"], "failure", "{b:?}");
+    assert_eq!(b[0]["description"], "health check failed");
+    assert_eq!(b[0]["context"], context.as_str());
+
+    // An event and a state change that agree: one request.
+    set_applied(&ks, "podinfo", HEAL_D).await;
+    let mut e = success_event("podinfo", HEAL_D);
+    e["involvedObject"]["namespace"] = json!("apps");
+    assert_eq!(c.post(&e).await.status(), 202);
+    until_status(&stub, HEAL_D, "success on D", &c).await;
+    // Both have been looked at by now; a second request would come within this time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        posts_for(&stub, HEAL_D),
+        1,
+        "{:?}",
+        stub.statuses("o/r", HEAL_D)
+    );
+    assert_eq!(stub.statuses("o/r", HEAL_D).len(), 1);
+
+    // The unselected object got nothing; no request broke the contract.
+    assert!(stub.statuses("o/r", HEAL_X).is_empty());
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+    assert!(
+        metric(
+            &c,
+            "commit_status_healed_from_state_total{kind=\"Kustomization\"}"
+        )
+        .await
+        .is_some_and(|n| n >= 3.0),
+        "{}",
+        reqwest::get(format!("{}/metrics", c.metrics_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        metric(&c, "commit_status_watched_objects{kind=\"Kustomization\"}").await,
+        Some(2.0),
+        "podinfo and labelled, not other"
+    );
+    assert!(!c.logs().contains("ghp_heal_token"));
+
+    // A restart with the state unchanged: no request at all, also over several resyncs.
+    let mut c = c;
+    assert!(c.terminate().success());
+    let before = stub.requests().len();
+    let c = start_healing_controller(
+        &server,
+        &admin,
+        data.path(),
+        &["--state-resync-interval=1s"],
+    )
+    .await;
+    until(
+        "the state looked at after the restart",
+        || async { c.count_log("looked at the state of objects") >= 3 },
+        || c.logs(),
+    )
+    .await;
+    assert_eq!(stub.requests().len(), before, "{}", c.logs());
+
+    // A kind the controller may not list: logged once, and its statuses follow events.
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(admin.clone());
+    let mut role = roles.get("commit-status-controller").await.unwrap();
+    for rule in role.rules.iter_mut().flatten() {
+        if rule.api_groups.as_deref() == Some(&["helm.toolkit.fluxcd.io".to_string()][..]) {
+            rule.verbs = vec!["get".into()];
+        }
+    }
+    roles
+        .replace("commit-status-controller", &PostParams::default(), &role)
+        .await
+        .unwrap();
+    apply_yaml(
+        &admin,
+        &KUSTOMIZATION_CRD
+            .replace("kustomizations.kustomize", "helmreleases.helm")
+            .replace("group: kustomize", "group: helm")
+            .replace("Kustomization", "HelmRelease")
+            .replace("kustomization", "helmrelease"),
+        "flux-system",
+    )
+    .await;
+    wait_crds(&admin, &["helmreleases.helm.toolkit.fluxcd.io"]).await;
+    let alerts = notification_api(&admin, "apps", "Alert");
+    alerts
+        .patch(
+            "github",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"eventSources": [
+                {"kind": "Kustomization", "name": "podinfo"},
+                {"kind": "HelmRelease", "name": "*"},
+            ]}})),
+        )
+        .await
+        .unwrap();
+    until(
+        "the refused list reported",
+        || async { c.count_log("its commit statuses follow events only") > 0 },
+        || c.logs(),
+    )
+    .await;
+    let mut hr = kustomization_event(
+        "web",
+        "info",
+        "UpgradeSucceeded",
+        "Helm upgrade succeeded",
+        json!({
+            "helm.toolkit.fluxcd.io/revision": "6.5.0",
+            "event.toolkit.fluxcd.io/commit": HEAL_X,
+        }),
+    );
+    hr["involvedObject"]["namespace"] = json!("apps");
+    hr["involvedObject"]["kind"] = json!("HelmRelease");
+    hr["involvedObject"]["apiVersion"] = json!("helm.toolkit.fluxcd.io/v2");
+    assert_eq!(c.post(&hr).await.status(), 202);
+    until_status(&stub, HEAL_X, "the HelmRelease event's status", &c).await;
+    // Several resyncs later, still reported once.
+    let seen = c.count_log("looked at the state of objects");
+    until(
+        "two more resyncs",
+        || async { c.count_log("looked at the state of objects") >= seen + 2 },
+        || c.logs(),
+    )
+    .await;
+    assert_eq!(
+        c.count_log("its commit statuses follow events only"),
+        1,
+        "{}",
+        c.logs()
+    );
+
+    // Turned off: events only, as Flux.
+    let mut c = c;
+    assert!(c.terminate().success());
+    let c =
+        start_healing_controller(&server, &admin, data.path(), &["--heal-from-state=false"]).await;
+    set_applied(&ks, "podinfo", HEAL_A2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stub.statuses("o/r", HEAL_A2).is_empty(), "{}", c.logs());
+    assert_eq!(c.count_log("watching the state of selected objects"), 0);
+}

@@ -1,6 +1,7 @@
 //! Flux's housekeeping on the objects themselves (§2.6): every Provider carries the
 //! `finalizers.fluxcd.io` finalizer, released when it is deleted; Alerts lose the finalizer
-//! older Flux versions gave them. Runs in one replica at a time when leader election is on.
+//! older Flux versions gave them. Runs in one replica at a time when leader election is on;
+//! whether this replica leads is published for the other leader-only work (healing from state).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -32,13 +34,15 @@ struct Ctx {
     notices: Arc<KubeNotices>,
 }
 
+/// Returns whether this replica leads (always, without leader election).
 pub fn start(
     client: Client,
     settings: &Settings,
     notices: Arc<KubeNotices>,
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
-) {
+) -> watch::Receiver<bool> {
+    let (leader, leading) = watch::channel(settings.leader_election.is_none());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         notices,
@@ -50,9 +54,10 @@ pub fn start(
         }
         Some(le) => {
             let lease_ns = settings.runtime_namespace.clone();
-            tasks.spawn(lead(client, lease_ns, le, ctx, namespace, shutdown));
+            tasks.spawn(lead(client, lease_ns, le, ctx, namespace, leader, shutdown));
         }
     }
+    leading
 }
 
 /// Runs the reconcilers only while this replica holds the Lease.
@@ -62,6 +67,7 @@ async fn lead(
     le: LeaderElection,
     ctx: Arc<Ctx>,
     namespace: Option<String>,
+    leader: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
     let identity = std::env::var("POD_NAME")
@@ -93,6 +99,7 @@ async fn lead(
     let mut running: Option<(CancellationToken, tokio::task::JoinHandle<()>)> = None;
     loop {
         let is_leader = *leading.borrow_and_update();
+        leader.send_replace(is_leader);
         match (is_leader, running.is_some()) {
             (true, false) => {
                 tracing::info!("acquired the leader-election lease");
@@ -120,6 +127,7 @@ async fn lead(
         token.cancel();
         let _ = task.await;
     }
+    leader.send_replace(false);
     if le.release_on_cancel {
         drop(leading);
         let _ = tokio::time::timeout(le.retry_period.max(Duration::from_secs(1)), handle).await;

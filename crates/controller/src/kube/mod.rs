@@ -1,11 +1,14 @@
 //! Kubernetes mode: the same event path, fed by watch caches of Flux's `Provider` and `Alert`
 //! objects and of the Secrets they reference, with Kubernetes Events on Alerts, label lookups
-//! for `matchLabels`, and the finalizer housekeeping Flux's controller does.
+//! for `matchLabels`, and the finalizer housekeeping Flux's controller does; and, beyond Flux,
+//! commit statuses healed from the selected objects' state.
 
 mod finalizers;
+pub mod heal;
 mod labels;
 mod notices;
 mod sources;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +60,9 @@ pub struct Settings {
 pub struct Cluster {
     pub notices: Arc<dyn Notices>,
     pub labels: Arc<dyn LabelSource>,
+    pub client: Client,
+    /// Whether this replica does the leader-only work now.
+    pub leading: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Connects, fills the caches, builds the first catalog, and starts the background work.
@@ -84,7 +90,7 @@ pub async fn start(
         tasks,
     )
     .await?;
-    finalizers::start(
+    let leading = finalizers::start(
         client.clone(),
         &settings,
         notices.clone(),
@@ -93,6 +99,8 @@ pub async fn start(
     );
     Ok(Cluster {
         notices,
-        labels: Arc::new(labels::KubeLabels::new(client)),
+        labels: Arc::new(labels::KubeLabels::new(client.clone())),
+        client,
+        leading,
     })
 }
