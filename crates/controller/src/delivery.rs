@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use notify::{Outcome as Sent, ProgressingMode, Retry};
 
 use crate::outbox::{Attempt, Finish, Outbox, Outcome, Pending, Verdict, now_ms, rfc3339};
+use crate::pacing::{Gate, Pacer};
 use crate::server::SharedCatalog;
 
 /// Tunables of delivery.
@@ -76,8 +77,8 @@ struct Shared {
     settings: Settings,
     global: Semaphore,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Rate-limit budgets that are spent, until when (ms since epoch).
-    budgets: Mutex<HashMap<String, i64>>,
+    /// Rate-limit budgets: spent until a reset, or paced to last until it (issue 12).
+    pacer: Pacer,
 }
 
 /// Starts the scheduler with what the store held at start-up. The returned future ends after
@@ -98,7 +99,7 @@ pub fn start(
         catalog,
         settings,
         hosts: Mutex::default(),
-        budgets: Mutex::default(),
+        pacer: Pacer::default(),
     });
     // A restart is a natural moment to try again: what waited for a long backoff before the
     // restart is retried soon after it.
@@ -315,14 +316,15 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
 
     let host = origin(&plan.write.url);
     let budget = format!("{host} {}", forge.credential_fingerprint());
-    let blocked_until = shared
-        .budgets
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&budget)
-        .copied();
-    if let Some(until) = blocked_until.filter(|u| *u > now_ms()) {
-        return Some(until);
+    let requests = 1 + u32::from(plan.read.is_some());
+    let gate = shared
+        .pacer
+        .admit(&budget, &record.key(), requests, now_ms());
+    crate::pacing::report(&settings.metrics, &shared.pacer, &budget, record);
+    if let Gate::WaitUntil(at) = gate {
+        // Not an attempt: the delivery waits for its turn on the credential, and a newer
+        // state of the same key replaces it meanwhile (only final states are sent).
+        return Some(at);
     }
     let host_limit = {
         let mut hosts = shared.hosts.lock().unwrap_or_else(|p| p.into_inner());
@@ -336,9 +338,16 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
     record.attempts += 1;
     let attempts = record.attempts;
     let started = std::time::Instant::now();
-    let result = forge.execute(&plan).await;
+    let (result, exchange) = forge.execute_with(&plan, None).await;
+    let answered = result
+        .as_ref()
+        .map_or_else(|e| e.status().is_some(), |_| true);
+    shared
+        .pacer
+        .answered(&budget, exchange.rate_limit, answered, now_ms());
     {
         let m = &settings.metrics;
+        crate::pacing::count(m, record, &exchange);
         let forge_label = crate::metrics::ForgeLabel {
             forge: record.forge.clone(),
         };
@@ -424,12 +433,9 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
                 Retry::After(d) => {
                     if matches!(e.status(), Some(429 | 403)) {
                         // The budget is per credential: everyone using it waits.
-                        let until = now_ms() + d.as_millis() as i64;
-                        shared
-                            .budgets
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(budget, until);
+                        let now = now_ms();
+                        shared.pacer.spend(&budget, now + d.as_millis() as i64, now);
+                        crate::pacing::report(&settings.metrics, &shared.pacer, &budget, record);
                     }
                     Some(d.max(Duration::from_millis(10)))
                 }

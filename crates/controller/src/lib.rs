@@ -11,6 +11,7 @@ pub mod kube;
 pub mod manifests;
 pub mod metrics;
 pub mod outbox;
+pub mod pacing;
 pub mod pages;
 pub mod ratelimit;
 pub mod resolve;

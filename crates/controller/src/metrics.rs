@@ -55,6 +55,23 @@ pub struct BudgetLabels {
     pub provider: String,
 }
 
+// --- issue 12: forge requests and pacing per credential ---
+/// A credential's requests, named by the Provider using it; `kind` is `read` or `write`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub forge: String,
+    pub provider: String,
+    pub kind: String,
+}
+
+/// A credential's pacing state (`unpaced`, `paced`, `blocked`), named by the Provider using it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PacingLabels {
+    pub forge: String,
+    pub provider: String,
+    pub state: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -82,6 +99,9 @@ pub struct Metrics {
     // Issue 14: healing from state.
     pub healed: Family<KindLabel, Counter>,
     pub watched_objects: Family<KindLabel, Gauge>,
+    // issue 12
+    pub forge_requests: Family<RequestLabels, Counter>,
+    pub pacing: Family<PacingLabels, Gauge>,
 }
 
 impl Metrics {
@@ -105,6 +125,8 @@ impl Metrics {
             rejected_objects: Family::default(),
             healed: Family::default(),
             watched_objects: Family::default(),
+            forge_requests: Family::default(),
+            pacing: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +196,17 @@ impl Metrics {
             "watched_objects",
             "Objects watched because a commit-status Alert selects them, by kind.",
             m.watched_objects.clone(),
+        );
+        // issue 12
+        ours.register(
+            "forge_requests",
+            "Requests sent to forges per Provider credential, by kind (read, write).",
+            m.forge_requests.clone(),
+        );
+        ours.register(
+            "credential_pacing",
+            "1 for the pacing state of a Provider's credential (unpaced, paced: spread to last until the rate-limit reset, blocked: spent until it), 0 for the others.",
+            m.pacing.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

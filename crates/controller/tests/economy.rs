@@ -109,13 +109,7 @@ async fn gitlab_same_state_400_is_recorded_as_already_set() {
         SHA,
         json!({"state": "running", "name": "kustomization/app/0c9c2e41", "description": "reconciliation in progress"}),
     );
-    let progressing = kustomization_event(
-        "app",
-        "info",
-        "Progressing",
-        "Reconciliation in progress",
-        json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
-    );
+    let progressing = progressing_event("app", SHA);
     assert_eq!(c.post(&progressing).await.status(), 202);
     let h = c.wait_history(1, WAIT).await;
     assert_eq!(h[0]["outcome"], "already_set", "{h:?}\n{}", c.logs());
@@ -176,4 +170,95 @@ async fn github_status_cap_is_a_permanent_failure() {
         "never retried: {:?}",
         stub.requests()
     );
+}
+
+fn epoch_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn a_low_budget_is_spread_until_the_reset_and_queued_states_coalesce() {
+    let (c, stub) = start(ForgeKind::GitHub, &[]).await;
+    // 10 requests left, the window resets 20 s from now (GitHub states the reset in whole
+    // seconds).
+    let before_set = epoch_secs(std::time::SystemTime::now());
+    stub.set_rate_limit(5000, 10, Duration::from_secs(20), Duration::from_secs(3600));
+    let reset = before_set + 20;
+    const N: usize = 15;
+    for i in 0..N {
+        assert_eq!(c.post(&success_event("app", &sha(i))).await.status(), 202);
+    }
+    // Another key gets a pending state and then, while it waits for its turn, the final one.
+    let last = sha(100);
+    let progressing = progressing_event("app", &last);
+    assert_eq!(c.post(&progressing).await.status(), 202);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = c.metrics().await;
+    assert!(
+        m.contains(r#"commit_status_credential_pacing{forge="github",provider="flux-system/github",state="paced"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains("ghp_"), "no token in metrics");
+    assert_eq!(c.post(&success_event("app", &last)).await.status(), 202);
+
+    // Everything lands: 15 statuses and the final state of the other key.
+    let reqs = stub
+        .wait_for(N + 1, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|r| panic!("got {} requests\n{}", r.len(), c.logs()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let timed = stub.requests_with_times();
+    assert_eq!(
+        timed.len(),
+        N + 1,
+        "no request refused or repeated: {reqs:?}"
+    );
+    let arrivals: Vec<std::time::SystemTime> = timed.iter().map(|(t, _)| *t).collect();
+    let early: Vec<_> = arrivals
+        .iter()
+        .filter(|t| epoch_secs(**t) < reset)
+        .collect();
+    assert!(
+        early.len() <= 10,
+        "{} requests before the reset",
+        early.len()
+    );
+    // Spread over the window, not at once: the first and the last before the reset are more
+    // than half the window apart, and no more than 3 went in the first two seconds.
+    let first = arrivals[0];
+    let spread = early.last().unwrap().duration_since(first).unwrap();
+    assert!(spread >= Duration::from_secs(10), "spread over {spread:?}");
+    let burst = early
+        .iter()
+        .filter(|t| t.duration_since(first).unwrap() < Duration::from_secs(2))
+        .count();
+    assert!(burst <= 3, "{burst} requests in the first 2 s");
+    assert!(
+        arrivals.len() > early.len(),
+        "the rest is sent after the reset"
+    );
+    assert!(timed.iter().all(|(_, r)| r.method == "POST"));
+
+    // Only the final state of the coalesced key was sent.
+    let states: Vec<_> = stub
+        .statuses("o/r", &last)
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(states, [json!("success")]);
+    let h = c.wait_history(N + 1, WAIT).await;
+    assert!(
+        h.iter().all(|o| o["outcome"] == "posted"),
+        "{h:?}\n{}",
+        c.logs()
+    );
+    let m = c.metrics().await;
+    assert!(
+        m.contains(&format!(
+            r#"commit_status_forge_requests_total{{forge="github",provider="flux-system/github",kind="write"}} {}"#,
+            N + 1
+        )),
+        "{m}"
+    );
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
 }

@@ -211,6 +211,29 @@ struct State {
     /// The forge's stored entities per (repo, sha), oldest first.
     stored: HashMap<Key, Vec<Value>>,
     next_id: u64,
+    /// When each recorded request arrived (same order as `requests`).
+    arrivals: Vec<SystemTime>,
+    /// A rate-limit budget kept like the forge's, once a test sets one.
+    rate: Option<RateBudget>,
+}
+
+/// A fixed-window rate-limit budget (GitHub's, Gitea's, GitLab's model).
+#[derive(Clone, Copy, Debug)]
+struct RateBudget {
+    limit: u64,
+    remaining: u64,
+    /// Epoch seconds.
+    reset_at: u64,
+    window_secs: u64,
+}
+
+impl RateBudget {
+    fn roll(&mut self, now: u64) {
+        if now >= self.reset_at {
+            self.remaining = self.limit;
+            self.reset_at = now + self.window_secs;
+        }
+    }
 }
 
 impl State {
@@ -309,7 +332,34 @@ impl StubForge {
 
     /// Forgets the recorded requests (stored statuses and scripts stay).
     pub fn clear_requests(&self) {
-        self.inner.state().requests.clear();
+        let mut st = self.inner.state();
+        st.requests.clear();
+        st.arrivals.clear();
+    }
+
+    /// Every request received so far with the time it arrived, in arrival order.
+    pub fn requests_with_times(&self) -> Vec<(SystemTime, RecordedRequest)> {
+        let st = self.inner.state();
+        st.arrivals
+            .iter()
+            .copied()
+            .zip(st.requests.iter().cloned())
+            .collect()
+    }
+
+    /// Keeps a rate-limit budget like the forge does: `remaining` requests until `reset_in`
+    /// from now, then `limit` per `window`. Each request spends one (except GitHub's 304
+    /// answers, which GitHub does not count); answers carry the forge's rate-limit headers
+    /// (GitHub, Gitea/Forgejo and Azure `X-RateLimit-*`, GitLab `RateLimit-*`, Bitbucket Cloud
+    /// `X-RateLimit-Limit`/`-NearLimit`); a request beyond the budget gets the forge's
+    /// rate-limit answer (GitHub 403, the others 429) and changes nothing.
+    pub fn set_rate_limit(&self, limit: u64, remaining: u64, reset_in: Duration, window: Duration) {
+        self.inner.state().rate = Some(RateBudget {
+            limit,
+            remaining,
+            reset_at: unix_secs() + reset_in.as_secs(),
+            window_secs: window.as_secs().max(1),
+        });
     }
 
     /// All contract violations of all requests so far.
@@ -485,22 +535,40 @@ async fn handle(
         }
     };
 
-    let (delay, scripted, required_auth) = {
+    let (delay, scripted, required_auth, rate) = {
         let mut st = inner.state();
         st.requests.push(rec.clone());
+        st.arrivals.push(SystemTime::now());
+        // The budget is checked (and spent) on arrival, before the request has any effect.
+        let rate = match (&mut st.rate, &extra) {
+            (Some(budget), None) => {
+                budget.roll(unix_secs());
+                let allowed = budget.remaining > 0;
+                budget.remaining = budget.remaining.saturating_sub(1);
+                Some((allowed, *budget))
+            }
+            _ => None,
+        };
         let pos = st
             .scripted
             .iter()
             .position(|(m, _)| m.matches(&rec.method, &rec.path));
         let scripted = pos.and_then(|i| st.scripted.remove(i)).map(|(_, r)| r);
-        (st.delay, scripted, st.required_auth.clone())
+        (st.delay, scripted, st.required_auth.clone(), rate)
     };
     inner.notify.notify_waiters();
 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let reply = if let Some(s) = scripted {
+    // GitHub answers an unchanged conditional read with a 304 that costs nothing, even with the
+    // budget spent; whether it is one is known once the read is served (reads change nothing).
+    let free_if_unchanged = inner.kind == ForgeKind::GitHub
+        && rec.method == "GET"
+        && rec.header("if-none-match").is_some();
+    let reply = if let Some((false, budget)) = rate.filter(|_| !free_if_unchanged) {
+        rate_limited(inner.kind, &budget)
+    } else if let Some(s) = scripted {
         if !s.delay.is_zero() {
             tokio::time::sleep(s.delay).await;
         }
@@ -542,7 +610,25 @@ async fn handle(
             not_found(&inner)
         }
     };
-    let reply = decorate(inner.kind, reply);
+    let mut reply = conditional(inner.kind, &rec, reply);
+    let mut rate = rate;
+    if let Some((allowed, budget)) = rate.as_mut()
+        && free_if_unchanged
+    {
+        if reply.status == 304 {
+            // GitHub does not count a 304 against the rate limit: give the request back.
+            if *allowed {
+                budget.remaining += 1;
+                if let Some(kept) = inner.state().rate.as_mut() {
+                    kept.remaining += 1;
+                }
+            }
+        } else if !*allowed {
+            reply = rate_limited(inner.kind, budget);
+        }
+    }
+    let rate = rate.map(|(_, budget)| budget);
+    let reply = decorate(inner.kind, reply, rate.as_ref());
 
     let mut builder = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
@@ -553,8 +639,45 @@ async fn handle(
         .expect("valid response"))
 }
 
-/// Headers the real forge puts on every answer.
-fn decorate(kind: ForgeKind, reply: Reply) -> Reply {
+/// Headers the real forge puts on every answer: the rate-limit budget's, when one is kept.
+fn decorate(kind: ForgeKind, reply: Reply, rate: Option<&RateBudget>) -> Reply {
+    if let Some(b) = rate {
+        let (limit, left, reset) = (b.limit.to_string(), b.remaining.to_string(), b.reset_at);
+        return match kind {
+            ForgeKind::GitHub => reply
+                .header("x-ratelimit-limit", limit)
+                .header("x-ratelimit-remaining", left)
+                .header(
+                    "x-ratelimit-used",
+                    (b.limit.saturating_sub(b.remaining)).to_string(),
+                )
+                .header("x-ratelimit-reset", reset.to_string())
+                .header("x-ratelimit-resource", "core")
+                .header("x-github-api-version-selected", "2022-11-28"),
+            ForgeKind::Gitea | ForgeKind::Forgejo | ForgeKind::AzureDevOps => reply
+                .header("x-ratelimit-limit", limit)
+                .header("x-ratelimit-remaining", left)
+                .header("x-ratelimit-reset", reset.to_string()),
+            ForgeKind::GitLab => reply
+                .header("ratelimit-name", "throttle_authenticated_api")
+                .header("ratelimit-limit", limit)
+                .header(
+                    "ratelimit-observed",
+                    (b.limit.saturating_sub(b.remaining)).to_string(),
+                )
+                .header("ratelimit-remaining", left)
+                .header("ratelimit-reset", reset.to_string()),
+            // Bitbucket Cloud states neither the count nor the reset: "near" is under 20 % left.
+            ForgeKind::BitbucketCloud => reply
+                .header("x-ratelimit-limit", limit)
+                .header("x-ratelimit-resource", "api-repo-read-write")
+                .header(
+                    "x-ratelimit-nearlimit",
+                    (b.remaining * 5 < b.limit).to_string(),
+                ),
+            ForgeKind::BitbucketServer => reply,
+        };
+    }
     match kind {
         ForgeKind::GitHub => reply
             .header("x-ratelimit-limit", "5000")
@@ -565,6 +688,72 @@ fn decorate(kind: ForgeKind, reply: Reply) -> Reply {
             .header("x-github-api-version-selected", "2022-11-28"),
         _ => reply,
     }
+}
+
+/// The forge's answer to a request beyond its rate-limit budget.
+fn rate_limited(kind: ForgeKind, budget: &RateBudget) -> Reply {
+    let wait = budget
+        .reset_at
+        .saturating_sub(unix_secs())
+        .max(1)
+        .to_string();
+    match kind {
+        ForgeKind::GitHub => Reply::json(
+            403,
+            &json!({
+                "message": "API rate limit exceeded for user ID 1. If you reach out to GitHub Support for help, please include the request ID.",
+                "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
+                "status": "403"
+            }),
+        ),
+        ForgeKind::GitLab => Reply {
+            status: 429,
+            headers: vec![
+                ("content-type".into(), "text/plain".into()),
+                ("retry-after".into(), wait),
+            ],
+            body: b"Retry later\n".to_vec(),
+        },
+        ForgeKind::BitbucketCloud => Reply::json(
+            429,
+            &json!({"type": "error", "error": {"message": "Rate limit for this resource has been exceeded"}}),
+        ),
+        _ => {
+            Reply::json(429, &json!({"message": "rate limit exceeded"})).header("retry-after", wait)
+        }
+    }
+}
+
+/// Forges whose read answers carry an `ETag` and honour `If-None-Match` (GitHub documents
+/// conditional requests; GitLab's and Bitbucket Cloud's web stacks add weak ETags to API
+/// answers). Gitea, Bitbucket Server and Azure DevOps send none for these endpoints.
+fn sends_etags(kind: ForgeKind) -> bool {
+    matches!(
+        kind,
+        ForgeKind::GitHub | ForgeKind::GitLab | ForgeKind::BitbucketCloud
+    )
+}
+
+/// Adds the `ETag` of a 200 read answer, and answers `304 Not Modified` (no body) when the
+/// request's `If-None-Match` names it.
+fn conditional(kind: ForgeKind, rec: &RecordedRequest, reply: Reply) -> Reply {
+    if !sends_etags(kind) || rec.method != "GET" || reply.status != 200 {
+        return reply;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    reply.body.hash(&mut hasher);
+    let etag = format!("W/\"{:016x}\"", hasher.finish());
+    let matches = rec.header("if-none-match").is_some_and(|v| {
+        v.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag.trim_start_matches("W/")
+        })
+    });
+    if matches {
+        return Reply::empty(304).header("etag", etag);
+    }
+    reply.header("etag", etag)
 }
 
 /// Endpoints the stub serves although they are outside the commit-status contracts.

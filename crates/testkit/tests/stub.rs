@@ -796,3 +796,97 @@ async fn insert_status_seeds_existing_state() {
     assert_eq!(a.json()["value"][0]["context"]["genre"], "fluxcd");
     assert!(stub.violations().is_empty(), "{:?}", stub.violations());
 }
+
+#[tokio::test]
+async fn reads_carry_etags_and_unchanged_ones_answer_304() {
+    for f in flows() {
+        let stub = StubForge::start(f.kind, StubOptions::default()).await;
+        let h = [f.auth];
+        // Something to read (Bitbucket's by-key reads are 404 until it exists).
+        call(stub.addr(), "POST", &f.create, &h, Some(&f.body)).await;
+        let first = call(stub.addr(), "GET", &f.list, &h, None).await;
+        assert_eq!(first.status, 200, "{:?}", f.kind);
+        let etag = first.header("etag");
+        let supported = matches!(
+            f.kind,
+            ForgeKind::GitHub | ForgeKind::GitLab | ForgeKind::BitbucketCloud
+        );
+        assert_eq!(etag.is_some(), supported, "{:?}: {etag:?}", f.kind);
+        let Some(etag) = etag else { continue };
+        let conditional = [f.auth, ("if-none-match", etag.as_str())];
+        let unchanged = call(stub.addr(), "GET", &f.list, &conditional, None).await;
+        assert_eq!(unchanged.status, 304, "{:?}", f.kind);
+        assert!(unchanged.body.is_empty());
+        assert_eq!(unchanged.header("etag").as_deref(), Some(etag.as_str()));
+        // Another write changes the answer: the old validator no longer matches.
+        let mut newer = f.body.clone();
+        newer["description"] = json!("health check failed");
+        call(stub.addr(), "POST", &f.create, &h, Some(&newer)).await;
+        let changed = call(stub.addr(), "GET", &f.list, &conditional, None).await;
+        assert_eq!(changed.status, 200, "{:?}", f.kind);
+        assert_ne!(changed.header("etag"), Some(etag.clone()), "{:?}", f.kind);
+        assert_conforms(&stub, "GET", &f.list, &changed);
+        assert!(
+            stub.violations().is_empty(),
+            "{:?}: {:?}",
+            f.kind,
+            stub.violations()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_budget_is_spent_stated_and_enforced() {
+    let f = &flows()[0];
+    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    stub.set_rate_limit(5000, 2, Duration::from_secs(30), Duration::from_secs(3600));
+    let h = [f.auth];
+    let a = call(stub.addr(), "POST", &f.create, &h, Some(&f.body)).await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.header("x-ratelimit-remaining").as_deref(), Some("1"));
+    let reset: u64 = a.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 29..=now + 31).contains(&reset), "{reset} vs {now}");
+    // A 304 is not counted on GitHub.
+    let listed = call(stub.addr(), "GET", &f.list, &h, None).await;
+    assert_eq!(listed.header("x-ratelimit-remaining").as_deref(), Some("0"));
+    let etag = listed.header("etag").unwrap();
+    let unchanged = call(
+        stub.addr(),
+        "GET",
+        &f.list,
+        &[f.auth, ("if-none-match", &etag)],
+        None,
+    )
+    .await;
+    assert_eq!(unchanged.status, 304);
+    assert_eq!(
+        unchanged.header("x-ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    // Spent: GitHub's 403, and the write has no effect.
+    let refused = call(stub.addr(), "POST", &f.create, &h, Some(&f.body)).await;
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit exceeded")
+    );
+    assert_eq!(stub.statuses(f.repo, SHA).len(), 1);
+    assert_eq!(stub.requests_with_times().len(), 4);
+
+    // GitLab states it with RateLimit-* and refuses with a 429.
+    let g = &flows()[1];
+    let stub = StubForge::start(ForgeKind::GitLab, StubOptions::default()).await;
+    stub.set_rate_limit(600, 1, Duration::from_secs(60), Duration::from_secs(60));
+    let a = call(stub.addr(), "POST", &g.create, &[g.auth], Some(&g.body)).await;
+    assert_eq!(a.header("ratelimit-remaining").as_deref(), Some("0"));
+    assert_eq!(a.header("ratelimit-limit").as_deref(), Some("600"));
+    let refused = call(stub.addr(), "GET", &g.list, &[g.auth], None).await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.header("retry-after").is_some());
+}

@@ -255,6 +255,20 @@ pub fn success_event(name: &str, sha: &str) -> serde_json::Value {
     )
 }
 
+/// The `Progressing` event kustomize-controller sends when a reconciliation starts.
+pub fn progressing_event(name: &str, sha: &str) -> serde_json::Value {
+    kustomization_event(
+        name,
+        "info",
+        "Progressing",
+        "Reconciliation in progress",
+        serde_json::json!({
+            "kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{sha}"),
+            "kustomize.toolkit.fluxcd.io/commit_status": "update",
+        }),
+    )
+}
+
 /// Writes a manifest file.
 pub fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
