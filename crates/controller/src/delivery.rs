@@ -338,7 +338,18 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
     record.attempts += 1;
     let attempts = record.attempts;
     let started = std::time::Instant::now();
-    let (result, exchange) = forge.execute_with(&plan, None).await;
+    // With --read-before-write the read is conditional when a validator for it is kept.
+    let kept = plan.read.as_ref().and_then(|read| {
+        shared
+            .outbox
+            .validator(&record.provider_uid, &read.url)
+            .ok()
+            .flatten()
+    });
+    let (result, exchange) = forge.execute_with(&plan, kept.as_ref()).await;
+    if let Some(v) = exchange.validator.clone() {
+        shared.outbox.keep_validator(&record.provider_uid, v);
+    }
     let answered = result
         .as_ref()
         .map_or_else(|e| e.status().is_some(), |_| true);
@@ -390,6 +401,14 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
                 Sent::AlreadySet | Sent::AlreadyInState => Verdict::AlreadySet,
             };
             let (http_status, note) = match sent {
+                Sent::AlreadySet if exchange.not_modified => (
+                    Some(304),
+                    Some("the forge already shows this status: its statuses are unchanged (304 Not Modified) since the read that showed it".to_owned()),
+                ),
+                Sent::Posted if exchange.not_modified => (
+                    None,
+                    Some("the read was answered 304 Not Modified: the kept answer, unchanged, showed another state, so the status was written".to_owned()),
+                ),
                 Sent::AlreadyInState => (
                     Some(400),
                     Some(format!(

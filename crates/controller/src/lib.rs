@@ -19,3 +19,4 @@ pub mod route;
 pub mod server;
 pub mod status_expr;
 pub mod telemetry;
+mod validators;

@@ -215,6 +215,8 @@ enum Op {
     Accept(Vec<Pending>, oneshot::Sender<Result<(), StoreError>>),
     Finish(Finish),
     Flush(oneshot::Sender<()>),
+    /// Keep a read's validator (issue 12): provider UID and the validator.
+    Validate(String, notify::Validator),
 }
 
 /// Answers once accepted deliveries are durable.
@@ -326,6 +328,31 @@ impl Outbox {
     /// Deliveries accepted and not yet finished.
     pub fn pending_len(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The validator kept for a read of `url` on behalf of `provider_uid` (issue 12).
+    pub fn validator(
+        &self,
+        provider_uid: &str,
+        url: &str,
+    ) -> Result<Option<notify::Validator>, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn
+            .open_table(crate::validators::VALIDATORS)
+            .map_err(storage)?;
+        let key = crate::validators::key(provider_uid, url);
+        Ok(table
+            .get(key.as_str())
+            .map_err(storage)?
+            .and_then(|v| crate::validators::decode(v.value())))
+    }
+
+    /// Keeps a read's validator for the next conditional read (not durable on its own: losing
+    /// one costs an unconditional read).
+    pub fn keep_validator(&self, provider_uid: &str, validator: notify::Validator) {
+        let _ = self
+            .tx
+            .send(Op::Validate(provider_uid.to_owned(), validator));
     }
 
     pub fn posted(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -571,6 +598,8 @@ fn init(db: &Database) -> Result<Init, StoreError> {
             }
         }
         txn.open_table(POSTED).map_err(storage)?;
+        txn.open_table(crate::validators::VALIDATORS)
+            .map_err(storage)?;
         txn.open_table(HISTORY).map_err(storage)?;
         let index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
         for entry in index.iter().map_err(storage)? {
@@ -740,6 +769,9 @@ impl Writer {
                         }
                     }
                     Op::Flush(reply) => flushes.push(reply),
+                    Op::Validate(provider_uid, v) => {
+                        crate::validators::keep(&txn, &provider_uid, &v).map_err(storage)?;
+                    }
                 }
             }
             if history.len().map_err(storage)? > HISTORY_TOTAL {

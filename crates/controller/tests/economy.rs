@@ -262,3 +262,64 @@ async fn a_low_budget_is_spread_until_the_reset_and_queued_states_coalesce() {
     );
     assert!(stub.violations().is_empty(), "{:?}", stub.violations());
 }
+
+#[tokio::test]
+async fn with_read_before_write_a_304_stands_for_the_kept_answer() {
+    let (c, stub) = start(ForgeKind::GitHub, &["--read-before-write"]).await;
+    for app in ["app-a", "app-b"] {
+        stub.insert_status(
+            "o/r",
+            SHA,
+            json!({"state": "success", "description": "reconciliation succeeded", "context": format!("kustomization/{app}/0c9c2e41")}),
+        );
+    }
+    // The first read is unconditional; the forge already shows the status.
+    assert_eq!(c.post(&success_event("app-a", SHA)).await.status(), 202);
+    let h = c.wait_history(1, WAIT).await;
+    assert_eq!(h[0]["outcome"], "already_set", "{h:?}\n{}", c.logs());
+    // The second status on the same commit: the same read, now conditional, answered 304, and
+    // the kept answer shows that status too.
+    assert_eq!(c.post(&success_event("app-b", SHA)).await.status(), 202);
+    let h = c.wait_history(2, WAIT).await;
+    assert_eq!(h[0]["outcome"], "already_set", "{h:?}");
+    assert_eq!(h[0]["http_status"], 304, "{h:?}");
+    assert!(
+        h[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("304 Not Modified"),
+        "{h:?}"
+    );
+    // A new state: the kept answer (via 304 again) shows another one, so it is written.
+    let mut failed = success_event("app-a", SHA);
+    failed["severity"] = json!("error");
+    failed["reason"] = json!("HealthCheckFailed");
+    failed["message"] = json!("Health check failed after 30s");
+    assert_eq!(c.post(&failed).await.status(), 202);
+    let h = c.wait_history(3, WAIT).await;
+    assert_eq!(h[0]["outcome"], "posted", "{h:?}\n{}", c.logs());
+    let reqs = stub.requests();
+    let methods: Vec<&str> = reqs.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "GET", "GET", "POST"], "{reqs:?}");
+    assert!(reqs[0].header("if-none-match").is_none());
+    let etag = reqs[1].header("if-none-match").expect("conditional read");
+    assert!(etag.starts_with("W/\""), "{etag}");
+    assert_eq!(reqs[2].header("if-none-match"), Some(etag));
+    let states: Vec<_> = stub
+        .statuses("o/r", SHA)
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        [json!("success"), json!("success"), json!("failure")]
+    );
+    let m = c.metrics().await;
+    for (kind, n) in [("read", 3), ("write", 1)] {
+        let line = format!(
+            r#"commit_status_forge_requests_total{{forge="github",provider="flux-system/github",kind="{kind}"}} {n}"#
+        );
+        assert!(m.contains(&line), "{line} missing:\n{m}");
+    }
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+}
