@@ -27,6 +27,11 @@ const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const HISTORY_BY_PROVIDER: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("history_by_provider");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Index: delivery (its sequence number) → the id of the outcome that ended it, so a delivery
+/// page reads one entry instead of the whole history.
+const HISTORY_BY_DELIVERY: TableDefinition<u64, u64> = TableDefinition::new("history_by_delivery");
+/// Index: sequence number of a pending delivery → its status key.
+const PENDING_BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("pending_by_seq");
 
 /// Outcomes kept per provider; older ones are dropped.
 pub const HISTORY_PER_PROVIDER: usize = 500;
@@ -365,21 +370,24 @@ impl Outbox {
     }
 
     /// What became of one delivery: its outcome, or the pending record while it is queued.
+    /// Two index look-ups, whatever the size of the history.
     pub fn delivery(&self, id: u64) -> Result<(Option<Outcome>, Option<Pending>), StoreError> {
         let txn = self.db.begin_read().map_err(storage)?;
-        let history = txn.open_table(HISTORY).map_err(storage)?;
-        for entry in history.iter().map_err(storage)?.rev() {
-            let (_, v) = entry.map_err(storage)?;
-            if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
+        let by_delivery = txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?;
+        if let Some(outcome_id) = by_delivery.get(id).map_err(storage)? {
+            let history = txn.open_table(HISTORY).map_err(storage)?;
+            if let Some(v) = history.get(outcome_id.value()).map_err(storage)?
+                && let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
                 && o.delivery == id
             {
                 return Ok((Some(o), None));
             }
         }
-        let pending = txn.open_table(PENDING).map_err(storage)?;
-        for entry in pending.iter().map_err(storage)? {
-            let (_, v) = entry.map_err(storage)?;
-            if let Ok(p) = serde_json::from_slice::<Pending>(v.value())
+        let by_seq = txn.open_table(PENDING_BY_SEQ).map_err(storage)?;
+        if let Some(key) = by_seq.get(id).map_err(storage)? {
+            let pending = txn.open_table(PENDING).map_err(storage)?;
+            if let Some(v) = pending.get(key.value()).map_err(storage)?
+                && let Ok(p) = serde_json::from_slice::<Pending>(v.value())
                 && p.seq == id
             {
                 return Ok((None, Some(p)));
@@ -426,11 +434,18 @@ impl Outbox {
                 order.push(s.delivery);
             }
         }
+        #[derive(Deserialize)]
+        struct Queued {
+            seq: u64,
+            provider: String,
+            object: String,
+            status_id: String,
+        }
         let table = txn.open_table(PENDING).map_err(storage)?;
         let mut queued = Vec::new();
         for entry in table.iter().map_err(storage)? {
             let (_, v) = entry.map_err(storage)?;
-            if let Ok(p) = serde_json::from_slice::<Pending>(v.value())
+            if let Ok(p) = serde_json::from_slice::<Queued>(v.value())
                 && &p.provider == provider
                 && &p.object == object
                 && &p.status_id == status
@@ -515,7 +530,10 @@ fn read_db(
 ) -> Result<(Vec<Outcome>, Vec<Pending>), StoreError> {
     let txn = db.begin_read().map_err(storage)?;
     let history = match txn.open_table(HISTORY) {
-        Ok(t) => read_history(&t, filter)?,
+        Ok(t) => match (&filter.provider, txn.open_table(HISTORY_BY_PROVIDER)) {
+            (Some(provider), Ok(index)) => read_provider_history(&t, &index, provider, filter)?,
+            _ => read_history(&t, filter)?,
+        },
         Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
         Err(e) => return Err(storage(e)),
     };
@@ -541,6 +559,36 @@ fn read_history(
     let mut out = Vec::new();
     for entry in table.iter().map_err(storage)?.rev() {
         let (_, v) = entry.map_err(storage)?;
+        if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
+            && filter.matches(&o.provider, &o.repository, &o.commit)
+        {
+            out.push(o);
+            if out.len() >= filter.limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`read_history`] for one provider, through its index: at most [`HISTORY_PER_PROVIDER`]
+/// entries are read.
+fn read_provider_history(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    index: &impl ReadableTable<(&'static str, u64), ()>,
+    provider: &str,
+    filter: &HistoryFilter,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut out = Vec::new();
+    for entry in index
+        .range((provider, 0)..=(provider, u64::MAX))
+        .map_err(storage)?
+        .rev()
+    {
+        let (k, _) = entry.map_err(storage)?;
+        let Some(v) = table.get(k.value().1).map_err(storage)? else {
+            continue;
+        };
         if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
             && filter.matches(&o.provider, &o.repository, &o.commit)
         {
@@ -605,6 +653,24 @@ fn init(db: &Database) -> Result<Init, StoreError> {
         for entry in index.iter().map_err(storage)? {
             let (k, _) = entry.map_err(storage)?;
             *counts.entry(k.value().0.to_string()).or_default() += 1;
+        }
+        // Stores written before the indexes existed get them once.
+        let mut by_seq = txn.open_table(PENDING_BY_SEQ).map_err(storage)?;
+        if by_seq.is_empty().map_err(storage)? {
+            for p in &pending {
+                by_seq.insert(p.seq, p.key().as_str()).map_err(storage)?;
+            }
+        }
+        let mut by_delivery = txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?;
+        if by_delivery.is_empty().map_err(storage)? {
+            let history = txn.open_table(HISTORY).map_err(storage)?;
+            for entry in history.iter().map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                let delivery = delivery_of(v.value());
+                if delivery != 0 {
+                    by_delivery.insert(delivery, k.value()).map_err(storage)?;
+                }
+            }
         }
         let meta = txn.open_table(META).map_err(storage)?;
         next_id = meta
@@ -680,18 +746,27 @@ impl Writer {
             let mut posted = txn.open_table(POSTED).map_err(storage)?;
             let mut history = txn.open_table(HISTORY).map_err(storage)?;
             let mut index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
+            let mut by_delivery = txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?;
+            let mut by_seq = txn.open_table(PENDING_BY_SEQ).map_err(storage)?;
             for op in batch {
                 match op {
                     Op::Accept(records, reply) => {
                         for r in &records {
                             let bytes = serde_json::to_vec(r).map_err(storage)?;
-                            if pending
-                                .insert(r.key().as_str(), bytes.as_slice())
+                            let key = r.key();
+                            let replaced = pending
+                                .insert(key.as_str(), bytes.as_slice())
                                 .map_err(storage)?
-                                .is_none()
-                            {
-                                self.pending.fetch_add(1, Ordering::Relaxed);
+                                .map(|old| seq_of(old.value()));
+                            match replaced {
+                                None => {
+                                    self.pending.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Some(old) => {
+                                    by_seq.remove(old).map_err(storage)?;
+                                }
                             }
+                            by_seq.insert(r.seq, key.as_str()).map_err(storage)?;
                         }
                         accepted.push(reply);
                     }
@@ -707,6 +782,7 @@ impl Writer {
                             .map(|v| seq_of(v.value()));
                         if current == Some(seq) {
                             pending.remove(key.as_str()).map_err(storage)?;
+                            by_seq.remove(seq).map_err(storage)?;
                             self.pending.fetch_sub(1, Ordering::Relaxed);
                         }
                         if let Some(f) = fingerprint {
@@ -720,6 +796,11 @@ impl Writer {
                         index
                             .insert((outcome.provider.as_str(), outcome.id), ())
                             .map_err(storage)?;
+                        if outcome.delivery != 0 {
+                            by_delivery
+                                .insert(outcome.delivery, outcome.id)
+                                .map_err(storage)?;
+                        }
                         let count = self.counts.entry(outcome.provider.clone()).or_default();
                         *count += 1;
                         if *count > HISTORY_PER_PROVIDER as u64 {
@@ -737,7 +818,9 @@ impl Writer {
                                 index
                                     .remove((outcome.provider.as_str(), id))
                                     .map_err(storage)?;
-                                history.remove(id).map_err(storage)?;
+                                if let Some(old) = history.remove(id).map_err(storage)? {
+                                    unindex(&mut by_delivery, old.value(), id)?;
+                                }
                                 *count -= 1;
                             }
                         }
@@ -788,7 +871,9 @@ impl Writer {
                     })
                     .collect();
                 for (id, provider) in drop {
-                    history.remove(id).map_err(storage)?;
+                    if let Some(old) = history.remove(id).map_err(storage)? {
+                        unindex(&mut by_delivery, old.value(), id)?;
+                    }
                     index.remove((provider.as_str(), id)).map_err(storage)?;
                     if let Some(c) = self.counts.get_mut(&provider) {
                         *c = c.saturating_sub(1);
@@ -814,6 +899,35 @@ impl Writer {
         }
         txn.commit().map_err(storage)
     }
+}
+
+/// The delivery an outcome ends (0 for outcomes recorded before deliveries had ids).
+fn delivery_of(bytes: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Delivery {
+        #[serde(default)]
+        delivery: u64,
+    }
+    serde_json::from_slice::<Delivery>(bytes)
+        .map(|d| d.delivery)
+        .unwrap_or(0)
+}
+
+/// Drops the index entry of a removed outcome, unless it already points at a newer one.
+fn unindex(
+    by_delivery: &mut redb::Table<u64, u64>,
+    outcome: &[u8],
+    id: u64,
+) -> Result<(), StoreError> {
+    let delivery = delivery_of(outcome);
+    let current = by_delivery
+        .get(delivery)
+        .map_err(storage)?
+        .map(|v| v.value());
+    if current == Some(id) {
+        by_delivery.remove(delivery).map_err(storage)?;
+    }
+    Ok(())
 }
 
 fn seq_of(bytes: &[u8]) -> u64 {
