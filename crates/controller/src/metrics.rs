@@ -102,6 +102,8 @@ pub struct Metrics {
     // issue 12
     pub forge_requests: Family<RequestLabels, Counter>,
     pub pacing: Family<PacingLabels, Gauge>,
+    // Issue 9.
+    pub duplicate_keys_evicted: Counter,
 }
 
 impl Metrics {
@@ -127,6 +129,7 @@ impl Metrics {
             watched_objects: Family::default(),
             forge_requests: Family::default(),
             pacing: Family::default(),
+            duplicate_keys_evicted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -208,6 +211,12 @@ impl Metrics {
             "1 for the pacing state of a Provider's credential (unpaced, paced: spread to last until the rate-limit reset, blocked: spent until it), 0 for the others.",
             m.pacing.clone(),
         );
+        // Issue 9.
+        ours.register(
+            "duplicate_keys_evicted",
+            "Duplicate-suppression windows forgotten before their time because --rate-limit-max-keys was reached.",
+            m.duplicate_keys_evicted.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -228,10 +237,22 @@ pub async fn serve(State(metrics): State<Arc<Metrics>>) -> Response {
     r
 }
 
+/// The `method` label: one of the standard methods, or `other`, so that made-up methods
+/// cannot create series.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
+}
+
 /// The go-http-metrics middleware Flux wraps its event server in: the handler label is the
 /// fixed `/`, as in Flux without `--export-http-path-metrics`.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method()).to_string();
     let handler = HandlerLabel {
         handler: "/".into(),
     };
@@ -287,5 +308,20 @@ pub fn status_class(status: Option<u16>) -> String {
     match status {
         Some(s) => format!("{}xx", s / 100),
         None => "none".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_label_takes_standard_methods_or_other() {
+        for m in ["GET", "POST", "PATCH", "CONNECT"] {
+            assert_eq!(method_label(&m.parse().unwrap()), m);
+        }
+        for m in ["FOO", "get", "PROPFIND", "BREW"] {
+            assert_eq!(method_label(&m.parse().unwrap()), "other");
+        }
     }
 }

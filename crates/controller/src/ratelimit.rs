@@ -1,16 +1,14 @@
 //! Duplicate-event suppression (§1.5): one event per key per `--rate-limit-interval`, in fixed
 //! windows anchored where the key was first seen, with the response headers Flux sends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 
 use api::Event;
-
-/// Shards spread lock contention over cores; 16 is plenty for 2–8 cores.
-const SHARDS: usize = 16;
 
 pub type Key = [u8; 32];
 
@@ -49,20 +47,45 @@ struct Bucket {
     tick: u64,
     tokens: u8,
     last_seen: Instant,
+    /// Position in [`Windows::order`].
+    born: u64,
 }
+
+/// The windows, and the order their keys were first seen in (oldest first), for eviction.
+#[derive(Default)]
+struct Windows {
+    buckets: HashMap<Key, Bucket>,
+    order: VecDeque<(u64, Key)>,
+    next: u64,
+}
+
+/// Keys remembered by [`Limiter::new`].
+pub const DEFAULT_MAX_KEYS: usize = 50_000;
 
 pub struct Limiter {
     interval: Duration,
-    shards: Vec<Mutex<HashMap<Key, Bucket>>>,
+    max_keys: usize,
+    evicted: Counter,
+    // One lock: the critical sections are a hash look-up, and a global order is what makes
+    // "oldest first" and the bound exact.
+    windows: Mutex<Windows>,
 }
 
 impl Limiter {
     pub fn new(interval: Duration) -> Self {
+        Limiter::bounded(interval, DEFAULT_MAX_KEYS, Counter::default())
+    }
+
+    /// Remembers at most `max_keys` keys; the oldest window is forgotten first, counted in
+    /// `evicted`. Below the bound the answers are Flux's.
+    pub fn bounded(interval: Duration, max_keys: usize, evicted: Counter) -> Self {
         // A zero interval would divide by zero; Go's limiter treats it as "always refill".
         let interval = interval.max(Duration::from_nanos(1));
         Self {
             interval,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_keys: max_keys.max(1),
+            evicted,
+            windows: Mutex::new(Windows::default()),
         }
     }
 
@@ -70,8 +93,8 @@ impl Limiter {
         self.interval
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Bucket>> {
-        &self.shards[key[0] as usize % SHARDS]
+    fn windows(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn tick(&self, anchor: Instant, now: Instant) -> u64 {
@@ -84,14 +107,33 @@ impl Limiter {
     }
 
     fn take_at(&self, key: &Key, now: Instant, wall: SystemTime) -> Decision {
-        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = shard.entry(*key).or_insert(Bucket {
-            anchor: now,
-            anchor_wall: wall,
-            tick: 0,
-            tokens: 1,
-            last_seen: now,
-        });
+        let mut w = self.windows();
+        if !w.buckets.contains_key(key) {
+            while w.buckets.len() >= self.max_keys {
+                let Some((born, oldest)) = w.order.pop_front() else {
+                    break;
+                };
+                if w.buckets.get(&oldest).is_some_and(|b| b.born == born) {
+                    w.buckets.remove(&oldest);
+                    self.evicted.inc();
+                }
+            }
+            let born = w.next;
+            w.next += 1;
+            w.order.push_back((born, *key));
+            w.buckets.insert(
+                *key,
+                Bucket {
+                    anchor: now,
+                    anchor_wall: wall,
+                    tick: 0,
+                    tokens: 1,
+                    last_seen: now,
+                    born,
+                },
+            );
+        }
+        let bucket = w.buckets.get_mut(key).expect("inserted above");
         let tick = self.tick(bucket.anchor, now);
         if tick > bucket.tick {
             bucket.tick = tick;
@@ -110,8 +152,8 @@ impl Limiter {
     /// not be queued: the sender's retry must not be mistaken for a duplicate.
     pub fn refund(&self, key: &Key) {
         let now = Instant::now();
-        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(bucket) = shard.get_mut(key)
+        let mut w = self.windows();
+        if let Some(bucket) = w.buckets.get_mut(key)
             && self.tick(bucket.anchor, now) == bucket.tick
         {
             bucket.tokens = 1;
@@ -121,17 +163,14 @@ impl Limiter {
     /// Drops buckets idle for more than two intervals, as Flux's store sweep does.
     pub fn sweep(&self) {
         let now = Instant::now();
-        for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.retain(|_, b| now.duration_since(b.last_seen) <= self.interval * 2);
-        }
+        let mut w = self.windows();
+        let Windows { buckets, order, .. } = &mut *w;
+        buckets.retain(|_, b| now.duration_since(b.last_seen) <= self.interval * 2);
+        order.retain(|(born, k)| buckets.get(k).is_some_and(|b| b.born == *born));
     }
 
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.windows().buckets.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -259,6 +298,30 @@ mod tests {
         assert!(!l.take(&k2).allowed);
         l.refund(&k2);
         assert!(l.take(&k2).allowed);
+    }
+
+    #[test]
+    fn the_oldest_key_is_evicted_first_and_counted() {
+        let evicted = Counter::default();
+        let l = Limiter::bounded(Duration::from_secs(600), 3, evicted.clone());
+        let key = |n: u8| [n; 32];
+        for n in 1..=3 {
+            assert!(l.take(&key(n)).allowed);
+        }
+        // Below the bound: Flux's answers.
+        assert!(!l.take(&key(1)).allowed);
+        assert_eq!(evicted.get(), 0);
+        // A fourth key evicts the first seen (key 1, although it was seen last).
+        assert!(l.take(&key(4)).allowed);
+        assert_eq!((l.len(), evicted.get()), (3, 1));
+        assert!(!l.take(&key(2)).allowed, "key 2 is remembered");
+        assert!(l.take(&key(1)).allowed, "key 1 was forgotten");
+        assert_eq!((l.len(), evicted.get()), (3, 2));
+        assert!(!l.take(&key(4)).allowed);
+        assert!(l.take(&key(2)).allowed, "key 2 was next");
+        l.sweep();
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.windows().order.len(), 3);
     }
 
     #[test]
