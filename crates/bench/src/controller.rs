@@ -61,6 +61,7 @@ impl Controller {
     /// waits for `/readyz` to answer 200.
     pub async fn start(binary: &Path, manifests: &Path, work: &Path) -> anyhow::Result<Self> {
         let (events, health, metrics) = (free_addr()?, free_addr()?, free_addr()?);
+        let pages = free_addr()?;
         let stderr = work.join("controller.stderr");
         let mut child = Command::new(binary)
             .arg("--manifests")
@@ -70,6 +71,7 @@ impl Controller {
             .arg(format!("--events-addr={events}"))
             .arg(format!("--health-addr={health}"))
             .arg(format!("--metrics-addr={metrics}"))
+            .arg(format!("--pages-addr={pages}"))
             .arg("--log-level=error")
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")

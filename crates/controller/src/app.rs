@@ -48,6 +48,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_in_flight_per_host,
         graceful_shutdown_timeout,
         watch_all_namespaces,
+        pages_addr,
+        max_connections,
+        max_body_bytes_in_flight,
+        rate_limit_max_keys,
         enable_leader_election,
         public_url,
         leader_election_lease_duration,
@@ -64,6 +68,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if !path.exists() {
             bail!("--manifests {}: no such file or directory", path.display());
         }
+    }
+    if max_body_bytes_in_flight < crate::budget::MIN_BUDGET {
+        bail!(
+            "--max-body-bytes-in-flight {max_body_bytes_in_flight}: must be at least 8Mi (a 3 MiB body counts twice its size, and an eighth is kept for small events)"
+        );
     }
     if let Some(dir) = &data_dir {
         std::fs::create_dir_all(dir)
@@ -121,7 +130,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (Arc::new(LogOnly), None)
         };
 
-    let limiter = Arc::new(Limiter::new(rate_limit_interval));
+    let limiter = Arc::new(Limiter::bounded(
+        rate_limit_interval,
+        rate_limit_max_keys,
+        metrics.duplicate_keys_evicted.clone(),
+    ));
     {
         let limiter = limiter.clone();
         let shutdown = shutdown.clone();
@@ -186,16 +199,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_listener = server::bind(&metrics_addr)
         .await
         .with_context(|| format!("--metrics-addr {metrics_addr}: cannot listen"))?;
+    let pages_listener = server::bind(&pages_addr)
+        .await
+        .with_context(|| format!("--pages-addr {pages_addr}: cannot listen"))?;
     tracing::info!(
         events = %events_listener.local_addr()?,
+        pages = %pages_listener.local_addr()?,
         health = %health_listener.local_addr()?,
         metrics = %metrics_listener.local_addr()?,
         "listening"
     );
+    let limits = crate::listener::Limits {
+        max_connections,
+        ..Default::default()
+    };
 
+    let pages = server::pages_router(outbox.clone());
     let event_state = EventState {
         catalog: catalog.clone(),
         limiter,
+        body_budget: crate::budget::BodyBudget::new(max_body_bytes_in_flight),
         outbox: outbox.clone(),
         scheduler,
         settings,
@@ -222,15 +245,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crate::metrics::track,
     ));
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(server::serve(
+    servers.spawn(crate::listener::serve(
         events_listener,
         events,
+        limits,
         shutdown.clone(),
         graceful_shutdown_timeout,
     ));
-    servers.spawn(server::serve(
+    servers.spawn(crate::listener::serve(
+        pages_listener,
+        pages,
+        limits,
+        shutdown.clone(),
+        Duration::from_secs(1),
+    ));
+    servers.spawn(crate::listener::serve(
         health_listener,
         server::health_router(ready.clone()),
+        limits,
         shutdown.clone(),
         Duration::from_secs(1),
     ));
@@ -258,9 +290,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Router::new()
         .route("/metrics", get(crate::metrics::serve))
         .with_state(metrics.clone());
-    servers.spawn(server::serve(
+    servers.spawn(crate::listener::serve(
         metrics_listener,
         metrics,
+        limits,
         shutdown.clone(),
         Duration::from_secs(1),
     ));

@@ -131,6 +131,28 @@ pub struct Args {
     /// How often every watched object's state is compared with the posted statuses again.
     #[arg(long, default_value = "10m", value_parser = parse_go_duration, value_name = "DURATION")]
     pub state_resync_interval: Duration,
+
+    // Issue 9: the pages on their own listener; memory bounded by these, never by traffic.
+    /// The address the delivery pages (/deliveries, /deliveries/<id>) and GET /api/v1/deliveries
+    /// bind to; --public-url points here. The event listener serves only the event API.
+    #[arg(long, default_value = ":9797", value_name = "ADDR")]
+    pub pages_addr: String,
+
+    /// Connections served at once by each listener (events, pages, health, metrics); further
+    /// ones wait in the accept queue until one ends.
+    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Request-body bytes being read or decoded at once across all connections (a decoded
+    /// body is counted twice its size); past it the event API answers 503 with Retry-After.
+    /// Bytes, or with a Ki/Mi/Gi suffix.
+    #[arg(long, default_value = "64Mi", value_parser = parse_bytes, value_name = "BYTES")]
+    pub max_body_bytes_in_flight: usize,
+
+    /// Keys the duplicate-event suppression remembers at most; past it the oldest is
+    /// forgotten first (counted by commit_status_duplicate_keys_evicted_total).
+    #[arg(long, default_value_t = crate::ratelimit::DEFAULT_MAX_KEYS, value_name = "N")]
+    pub rate_limit_max_keys: usize,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -154,7 +176,7 @@ pub struct DeliveriesArgs {
     /// The controller's --data-dir (read while the controller is stopped).
     #[arg(long, value_name = "PATH", required_unless_present = "server")]
     pub data_dir: Option<PathBuf>,
-    /// A running controller's event API, e.g. http://localhost:9090.
+    /// A running controller's pages listener (--pages-addr), e.g. http://localhost:9797.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// Only this Provider (`namespace/name`).
@@ -192,6 +214,21 @@ pub enum LogEncoding {
 pub enum Progressing {
     Pending,
     Skip,
+}
+
+/// Parses a byte count: `67108864`, `64Mi`, `512Ki`, `1Gi` (also `KiB`/`MiB`/`GiB`).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let err = || format!("invalid size {s:?}: use bytes, or a number with Ki, Mi or Gi");
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: usize = s[..digits].parse().map_err(|_| err())?;
+    let scale: usize = match &s[digits..] {
+        "" => 1,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        _ => return Err(err()),
+    };
+    n.checked_mul(scale).ok_or_else(err)
 }
 
 /// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, `5m`); units ns, us, µs, ms, s, m, h.
@@ -244,6 +281,21 @@ mod tests {
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("").is_err());
         assert!(parse_go_duration("m").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("8KiB"), Ok(8192));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("Mi").is_err());
+        assert!(parse_bytes("5MB").is_err());
+        assert!(parse_bytes("99999999999999999999Gi").is_err());
+        let a = Args::parse_from(["x"]);
+        assert_eq!(a.pages_addr, ":9797");
+        assert_eq!(a.max_connections, 1000);
+        assert_eq!(a.max_body_bytes_in_flight, 64 << 20);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `commit-status-controller deliveries`: the delivery history (or the queue) from a data
-//! directory, or from a running controller's `GET /api/v1/deliveries`.
+//! directory, or from a running controller's `GET /api/v1/deliveries` (on `--pages-addr`).
 
 use std::fmt::Write as _;
 

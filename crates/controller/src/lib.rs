@@ -2,12 +2,14 @@
 
 pub mod app;
 pub mod args;
+pub mod budget;
 pub mod catalog;
 pub mod cli;
 pub mod deliveries_cmd;
 pub mod delivery;
 pub mod hooks;
 pub mod kube;
+pub mod listener;
 pub mod manifests;
 pub mod metrics;
 pub mod outbox;

@@ -1,5 +1,6 @@
-//! The HTTP side: the event API on `--events-addr` (every path and method, as Flux), health
-//! probes on `--health-addr` and metrics on `--metrics-addr`, served with Flux's limits.
+//! The HTTP side: the event API on `--events-addr` (every path and method, as Flux), the
+//! delivery pages on `--pages-addr`, health probes on `--health-addr` and metrics on
+//! `--metrics-addr`, served with Flux's limits.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +12,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_body_util::{BodyExt, Limited};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken as CancelToken;
 
-use api::Event;
+use api::{DecodeError, Event};
 
+use crate::budget::{self, BodyBudget, BodyError};
 use crate::catalog::Catalog;
 use crate::delivery::Scheduler;
 use crate::hooks::{LabelSource, Notices, reason};
@@ -24,12 +24,6 @@ use crate::outbox::{HistoryFilter, Outbox};
 use crate::ratelimit::{Limiter, event_key, rfc1123_utc};
 use crate::route::{self, RouteSettings, Routed};
 
-/// Flux's request body cap: 3 MiB; a body of exactly this size is accepted.
-pub const MAX_BODY: usize = 3 * 1024 * 1024;
-/// Flux's header block cap.
-const MAX_HEADER_BYTES: usize = 256 * 1024;
-/// Flux's `ReadHeaderTimeout`.
-const READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Flux's `ReadTimeout`: the whole request, body included.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -41,6 +35,7 @@ pub type SharedCatalog = Arc<RwLock<Arc<Catalog>>>;
 pub struct EventState {
     pub catalog: SharedCatalog,
     pub limiter: Arc<Limiter>,
+    pub body_budget: BodyBudget,
     pub outbox: Outbox,
     pub scheduler: Scheduler,
     pub settings: RouteSettings,
@@ -51,32 +46,52 @@ pub struct EventState {
     pub labels: Option<Arc<dyn LabelSource>>,
 }
 
-/// The event API, plus `GET /api/v1/deliveries` and the delivery pages (`GET /deliveries`,
-/// `GET /deliveries/{id}`). Any other path or method is an event, as in Flux (a GET there has
-/// an empty body, which Flux answers 400 too).
+/// The event API: every path and method is an event, as in Flux (a GET has an empty body,
+/// which Flux answers 400 too). The delivery pages are on their own listener
+/// ([`pages_router`]), so exposing them never exposes this API.
 pub fn events_router(state: EventState) -> Router {
-    let pages = crate::pages::router(state.outbox.clone());
-    Router::new()
-        .route(
-            "/api/v1/deliveries",
-            get(list_deliveries).fallback(handle_event),
-        )
-        .route(
-            "/deliveries",
-            axum::routing::get_service(pages.clone()).fallback(handle_event),
-        )
-        .route(
-            "/deliveries/{id}",
-            axum::routing::get_service(pages).fallback(handle_event),
-        )
-        .fallback(handle_event)
-        .with_state(state)
+    Router::new().fallback(handle_event).with_state(state)
 }
 
-/// The delivery history, newest first, with `?provider=ns/name&repository=…&commit=…&limit=N`;
-/// `&pending=true` lists the deliveries still queued instead.
+/// History queries run at once; more wait up to [`QUERY_WAIT`] for a turn, then get 503.
+const MAX_HISTORY_QUERIES: usize = 4;
+const QUERY_WAIT: Duration = Duration::from_secs(5);
+/// Rows a history query may ask for at most.
+pub const MAX_LIMIT: usize = 1000;
+
+/// The `--pages-addr` listener: `GET /api/v1/deliveries` and the delivery pages
+/// (`GET /deliveries`, `GET /deliveries/{id}`). It takes no events.
+pub fn pages_router(outbox: Outbox) -> Router {
+    let queries = Arc::new(tokio::sync::Semaphore::new(MAX_HISTORY_QUERIES));
+    Router::new()
+        .route("/api/v1/deliveries", get(list_deliveries))
+        .with_state(outbox.clone())
+        .merge(crate::pages::router(outbox))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: axum::middleware::Next| {
+                let queries = queries.clone();
+                async move {
+                    match tokio::time::timeout(QUERY_WAIT, queries.acquire_owned()).await {
+                        Ok(Ok(_turn)) => next.run(req).await,
+                        _ => {
+                            let mut r = plain(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "Too many history queries at once\n",
+                            );
+                            r.headers_mut()
+                                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                            r
+                        }
+                    }
+                }
+            },
+        ))
+}
+
+/// The delivery history, newest first, with `?provider=ns/name&repository=…&commit=…&limit=N`
+/// (at most [`MAX_LIMIT`]); `&pending=true` lists the deliveries still queued instead.
 async fn list_deliveries(
-    State(state): State<EventState>,
+    State(outbox): State<Outbox>,
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let filter = HistoryFilter {
@@ -86,10 +101,10 @@ async fn list_deliveries(
         limit: params
             .get("limit")
             .and_then(|l| l.parse().ok())
-            .unwrap_or(100),
+            .unwrap_or(100usize)
+            .clamp(1, MAX_LIMIT),
     };
     let pending = params.get("pending").is_some_and(|p| p == "true");
-    let outbox = state.outbox.clone();
     let result = tokio::task::spawn_blocking(move || {
         if pending {
             outbox
@@ -122,24 +137,70 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
     r
 }
 
+/// The media types an HTML form (or a script without a CORS preflight) can send: any web page
+/// a cluster user opens could post those to the event API, so they are refused unread.
+const FORM_TYPES: [&str; 3] = [
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "text/plain",
+];
+
+fn is_form_type(headers: &header::HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_TYPE).iter().any(|v| {
+        let bytes = v.as_bytes();
+        let essence = bytes
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or(bytes)
+            .trim_ascii();
+        FORM_TYPES
+            .iter()
+            .any(|t| essence.eq_ignore_ascii_case(t.as_bytes()))
+    })
+}
+
 async fn handle_event(State(state): State<EventState>, req: Request) -> Response {
-    let bytes = match tokio::time::timeout(
-        READ_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
-    )
-    .await
+    let (parts, body) = req.into_parts();
+    if is_form_type(&parts.headers) {
+        budget::discard(&parts.headers, body, READ_TIMEOUT).await;
+        let mut r = plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type: events are JSON (Content-Type: application/json)\n",
+        );
+        r.headers_mut()
+            .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        return r;
+    }
+    // Held until the answer is sent: the decoded event counts against the budget too.
+    let (bytes, _charge) = match state
+        .body_budget
+        .read(&parts.headers, body, READ_TIMEOUT)
+        .await
     {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        Ok(read) => read,
+        Err(BodyError::TooLarge) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+        Err(BodyError::Unreadable) => return StatusCode::BAD_REQUEST.into_response(),
+        Err(BodyError::Busy) => {
+            tracing::warn!(
+                "request bodies in flight reached --max-body-bytes-in-flight: asking the sender to retry"
+            );
+            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
         }
-        _ => return StatusCode::BAD_REQUEST.into_response(),
     };
-    let mut event = match Event::decode(&bytes) {
+    let decoded = Event::decode_within(&bytes, budget::decode_limit(bytes.len()));
+    drop(bytes);
+    let mut event = match decoded {
         Ok(e) => e,
         Err(e) => {
+            let status = match e {
+                DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
             // Flux answers with an empty body; a reason helps whoever is sending by hand.
-            let mut r = (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+            let mut r = (status, format!("{e}\n")).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -347,47 +408,4 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
         };
     }
     TcpListener::bind(addr).await
-}
-
-/// Serves `router` until `shutdown` fires, then lets open connections finish for `grace`.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancelToken, grace: Duration) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let service = TowerToHyperService::new(router.clone());
-        let shutdown = shutdown.clone();
-        conns.spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(READ_HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
 }

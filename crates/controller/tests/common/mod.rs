@@ -26,6 +26,8 @@ pub struct Controller {
     pub events_url: String,
     pub health_url: String,
     pub metrics_url: String,
+    /// The `--pages-addr` listener: delivery pages and `/api/v1/deliveries`.
+    pub pages_url: String,
     pub manifests: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     _dir: Option<tempfile::TempDir>,
@@ -42,16 +44,21 @@ impl Controller {
     }
 
     /// Starts the binary with exactly these arguments (plus loopback ports) and waits until
-    /// `/readyz` answers 200. An `--events-addr=` among `args` is used instead of a free port,
-    /// for flags that must name the event API's address (`--public-url`).
+    /// `/readyz` answers 200. An `--events-addr=` or `--pages-addr=` among `args` is used
+    /// instead of a free port, for flags that must name that address (`--public-url`).
     pub async fn spawn(args: &[String], env: &[(&str, &str)]) -> Controller {
-        let given = args.iter().find_map(|a| a.strip_prefix("--events-addr="));
-        let events = given.map_or_else(|| format!("127.0.0.1:{}", free_port()), str::to_string);
-        let (health, metrics) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_commit-status-controller"));
-        if given.is_none() {
-            cmd.arg(format!("--events-addr={events}"));
-        }
+        let mut addr = |flag: &str| {
+            let given = args.iter().find_map(|a| a.strip_prefix(flag));
+            let addr = given.map_or_else(|| format!("127.0.0.1:{}", free_port()), str::to_string);
+            if given.is_none() {
+                cmd.arg(format!("{flag}{addr}"));
+            }
+            addr
+        };
+        let events = addr("--events-addr=");
+        let pages = addr("--pages-addr=");
+        let (health, metrics) = (free_port(), free_port());
         cmd.arg(format!("--health-addr=127.0.0.1:{health}"))
             .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
             .args(args)
@@ -86,6 +93,7 @@ impl Controller {
             events_url: format!("http://{events}/"),
             health_url: format!("http://127.0.0.1:{health}"),
             metrics_url: format!("http://127.0.0.1:{metrics}"),
+            pages_url: format!("http://{pages}"),
             manifests: PathBuf::new(),
             logs,
             _dir: None,
