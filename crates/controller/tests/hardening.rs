@@ -113,7 +113,7 @@ async fn form_content_types_get_415_and_are_neither_dispatched_nor_rate_limited(
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    stub.wait_for(2, WAIT).await.unwrap();
+    stub.wait_for(1, WAIT).await.unwrap();
     // Without a Content-Type, Flux's behaviour: here the duplicate is refused.
     let r = c.post_raw("POST", "/", event).await;
     assert_eq!(r.status(), 429);
@@ -163,7 +163,7 @@ async fn the_pages_listener_takes_no_events_and_the_event_listener_serves_no_pag
     // The pages and the history API are on the pages listener, and `deliveries --server`
     // reads from it.
     assert_eq!(c.post(&success_event("apps", SHA)).await.status(), 202);
-    stub.wait_for(2, WAIT).await.unwrap();
+    stub.wait_for(1, WAIT).await.unwrap();
     let deadline = Instant::now() + WAIT;
     let history: Vec<Value> = loop {
         let h: Vec<Value> = reqwest::get(format!("{}/api/v1/deliveries", c.pages_url))
@@ -313,7 +313,7 @@ async fn past_the_body_budget_the_event_api_answers_503_with_retry_after() {
     assert!(refused.headers().contains_key("retry-after"));
     // A small valid event still gets through, and is delivered.
     assert_eq!(c.post(&success_event("apps", SHA)).await.status(), 202);
-    stub.wait_for(2, WAIT).await.unwrap();
+    stub.wait_for(1, WAIT).await.unwrap();
 
     // The slow body, finished, is answered; then large bodies are taken again.
     slow.write_all(&slow_body[1024..]).await.unwrap();
