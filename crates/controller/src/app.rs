@@ -60,9 +60,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         leader_election_release_on_cancel,
         heal_from_state,
         state_resync_interval,
+        receiver_addr,
+        concurrent,
+        export_http_path_metrics,
+        watch_configs_label_selector,
+        kube_api_qps,
+        kube_api_burst,
+        feature_gates,
+        token_cache_max_size,
+        token_cache_max_duration,
+        default_service_account,
         command: _,
         read_before_write,
     } = args;
+    let gates = crate::goflags::FeatureGates::resolve(
+        &feature_gates.into_iter().map(|g| g.0).collect::<Vec<_>>(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    crate::goflags::check_default_service_account(&gates, &default_service_account)
+        .map_err(anyhow::Error::msg)?;
+    for gate in gates.on() {
+        tracing::info!(gate, "feature gate enabled");
+    }
+    tracing::info!(
+        receiver_addr = %receiver_addr,
+        concurrent,
+        watch_configs_label_selector = %watch_configs_label_selector,
+        cache_secrets_and_config_maps = gates.enabled(crate::goflags::CACHE_SECRETS_AND_CONFIG_MAPS),
+        disable_config_watchers = gates.enabled(crate::goflags::DISABLE_CONFIG_WATCHERS),
+        "Flux flags accepted without effect: no webhook receivers here (--receiverAddr, --watch-configs-label-selector, DisableConfigWatchers), objects come from watch caches rather than a reconcile queue (--concurrent), and only Secrets that Providers name are watched (CacheSecretsAndConfigMaps)"
+    );
 
     for path in &manifests {
         if !path.exists() {
@@ -80,7 +107,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let metrics = crate::metrics::Metrics::new();
-    let clients = ClientCache::new();
+    metrics.set_export_http_path(export_http_path_metrics);
+    let clients = ClientCache::with_token_cache(
+        notify::token_cache::TokenCacheSettings {
+            max_size: token_cache_max_size,
+            max_duration: token_cache_max_duration,
+        },
+        Some(Arc::new(crate::metrics::TokenCacheMetrics(metrics.clone()))),
+    );
     let catalog: SharedCatalog = Arc::new(RwLock::new(Arc::new(Catalog::default())));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -98,6 +132,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     retry_period: leader_election_retry_period,
                     release_on_cancel: leader_election_release_on_cancel,
                 }),
+                kube_api_qps,
+                kube_api_burst,
             };
             tracing::info!(
                 namespace = settings.namespace.as_deref().unwrap_or("(all)"),

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser, ValueEnum};
+
+use crate::goflags::{parse_feature_gates, parse_go_bool};
 
 /// Posts Git commit statuses for Flux events: a drop-in replacement for the commit-status part
 /// of Flux's notification-controller.
@@ -13,6 +15,9 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "commit-status-controller", version, about, long_about)]
 #[command(args_conflicts_with_subcommands = true)]
+// Go's flag package: a repeated flag takes its last value (kustomize patches append flags to
+// Flux's list). Repeatable flags (`ArgAction::Append`) still collect every value.
+#[command(args_override_self = true)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -34,7 +39,7 @@ pub struct Args {
     pub rate_limit_interval: Duration,
 
     /// When set, an Alert may only select events from objects in its own namespace.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, default_value = "false", value_name = "BOOL")]
     pub no_cross_namespace_refs: bool,
 
     /// Log verbosity: trace, debug, info or error.
@@ -69,11 +74,12 @@ pub struct Args {
     pub max_pending: usize,
 
     /// Upper bound of the first retry's wait; each retry doubles it (with full jitter).
-    #[arg(long, default_value = "1s", value_parser = parse_go_duration, value_name = "DURATION")]
+    /// Flux's default; in Flux it paces Receiver reconciles.
+    #[arg(long, default_value = "750ms", value_parser = parse_go_duration, value_name = "DURATION")]
     pub min_retry_delay: Duration,
 
-    /// Cap of the retry wait.
-    #[arg(long, default_value = "5m", value_parser = parse_go_duration, value_name = "DURATION")]
+    /// Cap of the retry wait (Flux's default).
+    #[arg(long, default_value = "15m", value_parser = parse_go_duration, value_name = "DURATION")]
     pub max_retry_delay: Duration,
 
     /// Attempts in flight at once against one forge host.
@@ -91,7 +97,7 @@ pub struct Args {
 
     /// Kubernetes mode: run the finalizer housekeeping in one replica only, elected through a
     /// Lease in $RUNTIME_NAMESPACE (the event API runs in every replica).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, default_value = "false", value_name = "BOOL")]
     pub enable_leader_election: bool,
 
     /// How long a non-leader waits before taking over an unrenewed lease.
@@ -107,25 +113,25 @@ pub struct Args {
     pub leader_election_retry_period: Duration,
 
     /// Release the lease on shutdown so another replica takes over at once.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, default_value = "true", value_name = "BOOL")]
     pub leader_election_release_on_cancel: bool,
 
     /// Watch Alerts and Providers in all namespaces (false: only $RUNTIME_NAMESPACE).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, default_value = "true", value_name = "BOOL")]
     pub watch_all_namespaces: bool,
 
     // --- issue 12: forge request economy ---
     /// Read the commit's statuses before each write and skip the write when the forge already
     /// shows the state, as Flux does (two requests per new status instead of one). Useful when
     /// several controllers write the same statuses to the same repositories.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, default_value = "false", value_name = "BOOL")]
     pub read_before_write: bool,
 
     // Issue 14: commit statuses healed from the selected objects' state.
     /// Kubernetes mode: also derive each commit status from the Ready condition of the objects
     /// the Alerts select (on start, on change, and every --state-resync-interval), so a lost
     /// event never leaves a wrong status; false: events only, as Flux.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, default_value = "true", value_name = "BOOL")]
     pub heal_from_state: bool,
 
     /// How often every watched object's state is compared with the posted statuses again.
@@ -153,6 +159,88 @@ pub struct Args {
     /// forgotten first (counted by commit_status_duplicate_keys_evicted_total).
     #[arg(long, default_value_t = crate::ratelimit::DEFAULT_MAX_KEYS, value_name = "N")]
     pub rate_limit_max_keys: usize,
+
+    // --- issue 11: the rest of Flux notification-controller v1.9.3's flags -------------------
+    /// Flux's webhook receiver address. Receivers are not part of this controller: accepted,
+    /// nothing listens there (logged at start).
+    #[arg(long = "receiverAddr", default_value = ":9292", value_name = "ADDR")]
+    pub receiver_addr: String,
+
+    /// Flux: concurrent Alert/Provider/Receiver reconciles. Here objects are read by watch
+    /// caches, not a reconcile queue, so it has no effect (logged at start when set).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub concurrent: i64,
+
+    /// Label the event API's HTTP metrics with the request path instead of `/` (high
+    /// cardinality risk, as in Flux).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set, default_value = "false", value_name = "BOOL")]
+    pub export_http_path_metrics: bool,
+
+    /// Flux: which Secrets/ConfigMaps Receivers watch. No Receivers here: no effect (logged).
+    #[arg(
+        long,
+        default_value = "reconcile.fluxcd.io/watch=Enabled",
+        value_name = "SELECTOR"
+    )]
+    pub watch_configs_label_selector: String,
+
+    /// Kubernetes mode: the most requests per second sent to the Kubernetes API.
+    #[arg(long, default_value_t = 50.0, value_name = "QPS")]
+    pub kube_api_qps: f32,
+
+    /// Kubernetes mode: how many requests may go to the Kubernetes API at once above the QPS.
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    pub kube_api_burst: u32,
+
+    /// Comma-separated `Name=bool` pairs: CacheSecretsAndConfigMaps, DisableConfigWatchers,
+    /// ObjectLevelWorkloadIdentity (all off by default). Repeats merge, as in Flux.
+    #[arg(long, value_parser = parse_gate_list, action = clap::ArgAction::Append, value_name = "GATES")]
+    pub feature_gates: Vec<GateList>,
+
+    /// The most tokens kept (GitHub App installation tokens, Azure workload-identity tokens);
+    /// 0 turns the cache off.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub token_cache_max_size: usize,
+
+    /// The longest a token is kept (capped at 1h, as in Flux).
+    #[arg(long, default_value = "1h", value_parser = parse_go_duration, value_name = "DURATION")]
+    pub token_cache_max_duration: Duration,
+
+    /// Kubernetes mode: the ServiceAccount (in the Provider's namespace) used for workload
+    /// identity when a Provider names none. Requires ObjectLevelWorkloadIdentity.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    pub default_service_account: String,
+    // --- end issue 11 ---------------------------------------------------------------------------
+}
+
+impl Args {
+    /// Parses the process arguments with Go's flag rules (`-flag` as `--flag`).
+    pub fn parse_go() -> Args {
+        Args::parse_from(crate::goflags::normalize_argv(
+            &Args::command(),
+            std::env::args_os(),
+        ))
+    }
+
+    /// [`Args::parse_go`] on given arguments (tests).
+    pub fn try_parse_go<I, T>(argv: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        Args::try_parse_from(crate::goflags::normalize_argv(
+            &Args::command(),
+            argv.into_iter().map(Into::into),
+        ))
+    }
+}
+
+/// One `--feature-gates` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateList(pub Vec<(String, bool)>);
+
+fn parse_gate_list(s: &str) -> Result<GateList, String> {
+    parse_feature_gates(s).map(GateList)
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -320,5 +408,78 @@ mod tests {
         ]);
         assert_eq!(a.manifests.len(), 2);
         assert_eq!(a.log_encoding, LogEncoding::Console);
+    }
+
+    #[test]
+    fn go_flag_rules() {
+        // Flux v1.9.3's config/manager/deployment.yaml args, then a kustomize-style patch.
+        let a = Args::try_parse_go([
+            "x",
+            "--watch-all-namespaces",
+            "--log-level=info",
+            "--log-encoding=json",
+            "--enable-leader-election",
+            "--log-level=debug",
+            "-log-level",
+            "error",
+            "--events-addr=:1",
+            "--events-addr",
+            ":2",
+            "-concurrent=8",
+            "--enable-leader-election=false",
+            "--export-http-path-metrics",
+            "--manifests",
+            "a",
+            "-manifests=b",
+            "--feature-gates=ObjectLevelWorkloadIdentity=true",
+            "--feature-gates",
+            "CacheSecretsAndConfigMaps=true",
+            "--receiverAddr=:9393",
+        ])
+        .unwrap();
+        assert!(a.watch_all_namespaces);
+        assert_eq!(a.log_level, "error");
+        assert_eq!(a.events_addr, ":2");
+        assert_eq!(a.concurrent, 8);
+        assert!(!a.enable_leader_election);
+        assert!(a.export_http_path_metrics);
+        assert_eq!(a.manifests, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(a.feature_gates.len(), 2);
+        assert_eq!(a.receiver_addr, ":9393");
+        // A bool never takes the next argument.
+        let a =
+            Args::try_parse_go(["x", "--no-cross-namespace-refs", "--log-level=debug"]).unwrap();
+        assert!(a.no_cross_namespace_refs);
+        assert!(
+            Args::try_parse_go(["x", "--watch-all-namespaces=F"])
+                .is_ok_and(|a| !a.watch_all_namespaces)
+        );
+        assert!(Args::try_parse_go(["x", "--watch-all-namespaces=maybe"]).is_err());
+        let d = Args::try_parse_go(["x"]).unwrap();
+        assert_eq!(d.receiver_addr, ":9292");
+        assert_eq!(d.concurrent, 4);
+        assert_eq!(d.kube_api_qps, 50.0);
+        assert_eq!(d.kube_api_burst, 300);
+        assert_eq!(d.token_cache_max_size, 100);
+        assert_eq!(d.token_cache_max_duration, Duration::from_secs(3600));
+        assert_eq!(d.min_retry_delay, Duration::from_millis(750));
+        assert_eq!(d.max_retry_delay, Duration::from_secs(900));
+        assert_eq!(
+            d.watch_configs_label_selector,
+            "reconcile.fluxcd.io/watch=Enabled"
+        );
+        assert_eq!(d.default_service_account, "");
+        assert!(!d.export_http_path_metrics);
+        assert!(d.leader_election_release_on_cancel);
+        // Subcommands keep working, and a value that looks like a flag is left alone.
+        assert!(Args::try_parse_go(["x", "crd"]).is_ok());
+        let argv = crate::goflags::normalize_argv(
+            &Args::command(),
+            ["x", "-public-url", "-log-level", "-log-level=info"].map(Into::into),
+        );
+        assert_eq!(
+            argv,
+            ["x", "--public-url", "-log-level", "--log-level=info"]
+        );
     }
 }

@@ -1,11 +1,9 @@
 //! Entry point of the `commit-status-controller` binary.
 
-use clap::Parser;
-
 use controller::args::{Args, Command};
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_go();
     if let Some(Command::Crd) = args.command {
         return match controller::kube::crd_yaml() {
             Ok(text) => {

@@ -77,6 +77,22 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Flux's token-cache event labels (`fluxcd/pkg/cache`): the Provider a token was looked up
+/// for, `operation` is always `post` as in notification-controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenEventLabels {
+    pub event_type: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
 /// Durations in seconds as go-http-metrics buckets them (Prometheus' default buckets).
 const DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -104,6 +120,13 @@ pub struct Metrics {
     pub pacing: Family<PacingLabels, Gauge>,
     // Issue 9.
     pub duplicate_keys_evicted: Counter,
+    // issue 11: Flux's `gotk_token_*` token-cache families.
+    pub token_cache_events: Family<TokenEventLabels, Counter>,
+    pub token_cached_items: Gauge,
+    pub token_cache_requests: Family<StatusLabel, Counter>,
+    pub token_cache_evictions: Counter,
+    /// `--export-http-path-metrics` (issue 11): the handler label is the request path.
+    export_http_path: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -130,6 +153,11 @@ impl Metrics {
             forge_requests: Family::default(),
             pacing: Family::default(),
             duplicate_keys_evicted: Counter::default(),
+            export_http_path: Default::default(),
+            token_cache_events: Family::default(),
+            token_cached_items: Gauge::default(),
+            token_cache_requests: Family::default(),
+            token_cache_evictions: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -146,6 +174,26 @@ impl Metrics {
             "gotk_event_http_requests_inflight",
             "The number of inflight requests being handled at the same time.",
             m.inflight.clone(),
+        );
+        registry.register(
+            "gotk_token_cache_events",
+            "Total number of cache retrieval events for a Gitops Toolkit resource reconciliation.",
+            m.token_cache_events.clone(),
+        );
+        registry.register(
+            "gotk_token_cached_items",
+            "Total number of items in the cache.",
+            m.token_cached_items.clone(),
+        );
+        registry.register(
+            "gotk_token_cache_requests",
+            "Total number of cache requests partioned by success or failure.",
+            m.token_cache_requests.clone(),
+        );
+        registry.register(
+            "gotk_token_cache_evictions",
+            "Total number of cache evictions.",
+            m.token_cache_evictions.clone(),
         );
         let ours = registry.sub_registry_with_prefix("commit_status");
         ours.register("deliveries", "Deliveries finished, by forge type and outcome (posted, already_set, skipped, failed, expired).", m.deliveries.clone());
@@ -250,11 +298,19 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// The go-http-metrics middleware Flux wraps its event server in: the handler label is the
-/// fixed `/`, as in Flux without `--export-http-path-metrics`.
+/// fixed `/`, or with `--export-http-path-metrics` the request path, as in Flux.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let method = method_label(req.method()).to_string();
+    let path = if metrics
+        .export_http_path
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        req.uri().path().to_owned()
+    } else {
+        "/".to_owned()
+    };
     let handler = HandlerLabel {
-        handler: "/".into(),
+        handler: path.clone(),
     };
     let inflight = metrics.inflight.get_or_create(&handler).clone();
     inflight.inc();
@@ -262,7 +318,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     let response = next.run(req).await;
     inflight.dec();
     let labels = HttpLabels {
-        handler: "/".into(),
+        handler: path,
         method,
         code: response.status().as_u16().to_string(),
     };
@@ -281,6 +337,11 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
 }
 
 impl Metrics {
+    pub fn set_export_http_path(&self, on: bool) {
+        self.export_http_path
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Sets the rejected-objects gauges from the kinds of what was rejected in the last load.
     pub fn set_rejected<'a>(&self, kinds: impl Iterator<Item = &'a str>) {
         let mut counts: std::collections::BTreeMap<&str, i64> =
@@ -323,5 +384,36 @@ mod tests {
         for m in ["FOO", "get", "PROPFIND", "BREW"] {
             assert_eq!(method_label(&m.parse().unwrap()), "other");
         }
+/// Feeds the token cache's reports into Flux's `gotk_token_*` families.
+pub struct TokenCacheMetrics(pub Arc<Metrics>);
+
+impl notify::token_cache::TokenCacheObserver for TokenCacheMetrics {
+    fn event(&self, hit: bool, provider: &notify::token_cache::ProviderRef) {
+        self.0
+            .token_cache_events
+            .get_or_create(&TokenEventLabels {
+                event_type: if hit { "cache_hit" } else { "cache_miss" }.into(),
+                kind: "Provider".into(),
+                name: provider.name.clone(),
+                namespace: provider.namespace.clone(),
+                operation: "post".into(),
+            })
+            .inc();
+    }
+    fn request(&self, success: bool) {
+        self.0
+            .token_cache_requests
+            .get_or_create(&StatusLabel {
+                status: if success { "success" } else { "failure" }.into(),
+            })
+            .inc();
+    }
+    fn items(&self, count: usize) {
+        self.0
+            .token_cached_items
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    fn eviction(&self) {
+        self.0.token_cache_evictions.inc();
     }
 }

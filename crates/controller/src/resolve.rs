@@ -184,6 +184,10 @@ pub fn forge_config(
     });
     let mut credentials = Credentials {
         username: spec.username.clone(),
+        provider: Some(notify::token_cache::ProviderRef {
+            namespace: ns.to_owned(),
+            name: provider.metadata.name.clone(),
+        }),
         ..Credentials::default()
     };
     let mut auth_error = None;

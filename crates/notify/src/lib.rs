@@ -14,6 +14,7 @@ pub mod forge;
 mod request;
 pub mod revision;
 mod secret;
+pub mod token_cache;
 mod transport;
 
 pub use error::{ConfigError, DeliveryError, PlanError, Retry};

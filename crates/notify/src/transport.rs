@@ -10,7 +10,7 @@ use reqwest::{Certificate, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::forge::github_app::TokenCache;
+use crate::token_cache::{ProviderRef, TokenCache, TokenCacheObserver, TokenCacheSettings};
 use crate::{ConfigError, ForgeKind, ForgeRequest, GitHubApp, Retry, Secret};
 
 /// Sent on every request, so forge admins can tell our traffic apart.
@@ -38,6 +38,8 @@ pub struct Credentials {
     /// GitHub App settings (secret keys `githubApp*`); GitHub only, used when there is no
     /// `token`/`password`. Set it when the secret has the key `githubAppID`.
     pub github_app: Option<GitHubApp>,
+    /// The Provider these credentials belong to: labels token-cache metrics only.
+    pub provider: Option<ProviderRef>,
 }
 
 impl Credentials {
@@ -189,6 +191,18 @@ impl ClientCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cache whose exchanged tokens are bounded by `settings` and reported to `observer`
+    /// (`--token-cache-max-size`, `--token-cache-max-duration`).
+    pub fn with_token_cache(
+        settings: TokenCacheSettings,
+        observer: Option<Arc<dyn TokenCacheObserver>>,
+    ) -> Self {
+        Self {
+            clients: Arc::default(),
+            app_tokens: TokenCache::new(settings, observer),
+        }
     }
 
     /// Number of distinct clients built so far.
@@ -441,6 +455,7 @@ mod tests {
                     private_key: Secret::new("APPKEY"),
                     ..GitHubApp::default()
                 }),
+                provider: None,
             },
             network,
         };

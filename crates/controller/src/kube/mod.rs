@@ -9,12 +9,12 @@ mod labels;
 mod notices;
 mod sources;
 pub mod state;
+mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kube::Client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,9 @@ pub struct Settings {
     /// Where the leader-election Lease lives.
     pub runtime_namespace: String,
     pub leader_election: Option<LeaderElection>,
+    /// `--kube-api-qps` / `--kube-api-burst`: the client's token bucket.
+    pub kube_api_qps: f32,
+    pub kube_api_burst: u32,
 }
 
 /// What the event path gets from the cluster.
@@ -75,9 +78,15 @@ pub async fn start(
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<Cluster> {
-    let client = Client::try_default()
-        .await
-        .context("cannot connect to Kubernetes (in-cluster configuration or KUBECONFIG); to run without a cluster, pass --manifests PATH")?;
+    const NO_CLUSTER: &str = "cannot connect to Kubernetes (in-cluster configuration or KUBECONFIG); to run without a cluster, pass --manifests PATH";
+    let config = kube::Config::infer().await.context(NO_CLUSTER)?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context(NO_CLUSTER)?
+        .with_layer(&throttle::Throttle::new(
+            settings.kube_api_qps,
+            settings.kube_api_burst,
+        ))
+        .build();
     let notices = notices::KubeNotices::start(client.clone(), shutdown.clone(), tasks);
     sources::start(
         client.clone(),

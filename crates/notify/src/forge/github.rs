@@ -5,7 +5,7 @@ use http::Method;
 use serde::Deserialize;
 
 use super::encode::{JsonObject, path_segment};
-use super::github_app::{AppAuth, TokenCache};
+use super::github_app::AppAuth;
 use super::{
     Phase, Protocol, State, StatusEvent, Wanted, checked_target_url, header_safe, header_secrets,
     require_http,
@@ -13,6 +13,7 @@ use super::{
 use crate::address::GitAddress;
 use crate::describe::truncate_chars;
 use crate::error::Failure;
+use crate::token_cache::TokenCache;
 use crate::transport::USER_AGENT;
 use crate::{ConfigError, Credentials, ForgeKind, ForgeRequest, PlanError, Secret};
 
@@ -46,9 +47,14 @@ impl GitHub {
         let (authorization, app) = match (credentials.token_or_password(), &credentials.github_app)
         {
             (Some(token), _) => (Some(header_safe(format!("Bearer {token}"))?), None),
-            (None, Some(app)) if !app.app_id.trim().is_empty() => {
-                (None, Some(AppAuth::new(app, app_tokens)?))
-            }
+            (None, Some(app)) if !app.app_id.trim().is_empty() => (
+                None,
+                Some(AppAuth::new(
+                    app,
+                    app_tokens,
+                    credentials.provider.as_ref(),
+                )?),
+            ),
             (None, _) => return Err(ConfigError::GitHubCredentials),
         };
         let address = GitAddress::parse(address);

@@ -6,10 +6,9 @@
 //! the settings and the private key are checked in [`AppAuth::new`] and the exchange happens
 //! on the first delivery that needs a token.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -18,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::encode::path_segment;
 use crate::error::{Failure, classify, forge_message};
+use crate::token_cache::{ProviderRef, TokenCache};
 use crate::transport::{self, SendError, USER_AGENT};
 use crate::{ConfigError, DeliveryError, ForgeKind, ForgeRequest, Retry, Secret};
 
@@ -61,45 +61,6 @@ enum Installation {
     Owner(String),
 }
 
-/// A token handed out, and when to stop handing it out.
-struct Cached {
-    token: Secret,
-    refresh_at: Instant,
-}
-
-/// One App's token. The async mutex makes concurrent deliveries wait for a single exchange
-/// instead of each starting their own.
-type Slot = tokio::sync::Mutex<Option<Cached>>;
-
-/// Installation tokens of every App in use, keyed by a digest of all the App settings, so
-/// forges configured with the same App share one token. Lives in [`crate::ClientCache`].
-#[derive(Clone, Default)]
-pub(crate) struct TokenCache {
-    slots: Arc<Mutex<HashMap<[u8; 32], Arc<Slot>>>>,
-}
-
-impl TokenCache {
-    fn slot(&self, key: [u8; 32]) -> Arc<Slot> {
-        let mut slots = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Settings no forge uses any more (a rotated key, a deleted Provider) are dropped here
-        // rather than on a timer; the map holds a handful of Apps at most.
-        slots.retain(|k, slot| *k == key || Arc::strong_count(slot) > 1);
-        slots.entry(key).or_default().clone()
-    }
-
-    /// Number of Apps with a slot (tests).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-}
-
 /// A validated App of one forge: signs JWTs and hands out installation tokens.
 pub(crate) struct AppAuth {
     app_id: String,
@@ -107,7 +68,11 @@ pub(crate) struct AppAuth {
     /// Ends with `/`.
     base: String,
     key: EncodingKey,
-    slot: Arc<Slot>,
+    tokens: TokenCache,
+    digest: [u8; 32],
+    slot: Arc<tokio::sync::Mutex<()>>,
+    /// Labels the token-cache events.
+    provider: Option<ProviderRef>,
     /// Hex digest of the settings: identifies the App without revealing anything.
     pub(crate) fingerprint: String,
 }
@@ -165,7 +130,11 @@ struct AccessToken {
 impl AppAuth {
     /// Validates the App settings in Flux's order (installation, then key) and parses the key.
     /// The caller has already checked that the App ID is present.
-    pub(crate) fn new(app: &GitHubApp, cache: &TokenCache) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        app: &GitHubApp,
+        cache: &TokenCache,
+        provider: Option<&ProviderRef>,
+    ) -> Result<Self, ConfigError> {
         let app_id = app.app_id.trim().to_owned();
         let installation = match (
             non_empty(app.installation_id.as_deref()),
@@ -224,7 +193,10 @@ impl AppAuth {
             installation,
             base,
             key,
-            slot: cache.slot(digest),
+            tokens: cache.clone(),
+            digest,
+            slot: cache.exchange_lock(digest),
+            provider: provider.cloned(),
             fingerprint: hex::encode(digest),
         })
     }
@@ -237,22 +209,19 @@ impl AppAuth {
         timeout: Duration,
         stale: Option<&Secret>,
     ) -> Result<Secret, DeliveryError> {
-        let mut slot = self.slot.lock().await;
-        if let Some(cached) = slot.as_ref()
-            && Instant::now() < cached.refresh_at
-            && stale.is_none_or(|s| *s != cached.token)
-        {
-            return Ok(cached.token.clone());
-        }
-        *slot = None;
-        let (token, lifetime) = self.exchange(client, timeout).await?;
-        let refresh_at = Instant::now() + lifetime.saturating_sub(REFRESH_MARGIN);
-        tracing::debug!(app_id = %self.app_id, valid_for = ?lifetime, "github app installation token obtained");
-        *slot = Some(Cached {
-            token: token.clone(),
-            refresh_at,
-        });
-        Ok(token)
+        self.tokens
+            .get_or_fetch(
+                self.digest,
+                &self.slot,
+                stale,
+                self.provider.as_ref(),
+                || async {
+                    let (token, lifetime) = self.exchange(client, timeout).await?;
+                    tracing::debug!(app_id = %self.app_id, valid_for = ?lifetime, "github app installation token obtained");
+                    Ok((token, lifetime.saturating_sub(REFRESH_MARGIN)))
+                },
+            )
+            .await
     }
 
     /// JWT → (installation lookup) → installation token and how long it may be used.
@@ -428,7 +397,7 @@ mod tests {
     fn validation_in_flux_order() {
         let cache = TokenCache::default();
         let pem = key_pem();
-        let err = |a: GitHubApp| AppAuth::new(&a, &cache).unwrap_err().to_string();
+        let err = |a: GitHubApp| AppAuth::new(&a, &cache, None).unwrap_err().to_string();
         assert_eq!(
             err(GitHubApp {
                 installation_id: None,
@@ -475,10 +444,14 @@ mod tests {
                 ..app(&pem)
             },
             &cache,
+            None,
         )
         .unwrap();
         assert_eq!(ok.base, "https://ghe.example.com/api/v3/");
-        assert_eq!(AppAuth::new(&app(&pem), &cache).unwrap().base, DEFAULT_BASE);
+        assert_eq!(
+            AppAuth::new(&app(&pem), &cache, None).unwrap().base,
+            DEFAULT_BASE
+        );
         let text = format!("{ok:?}");
         assert!(!text.contains("PRIVATE"), "{text}");
     }
@@ -487,8 +460,8 @@ mod tests {
     fn same_app_shares_a_slot() {
         let cache = TokenCache::default();
         let pem = key_pem();
-        let a = AppAuth::new(&app(&pem), &cache).unwrap();
-        let b = AppAuth::new(&app(&pem), &cache).unwrap();
+        let a = AppAuth::new(&app(&pem), &cache, None).unwrap();
+        let b = AppAuth::new(&app(&pem), &cache, None).unwrap();
         assert!(Arc::ptr_eq(&a.slot, &b.slot));
         assert_eq!(a.fingerprint, b.fingerprint);
         let other = AppAuth::new(
@@ -497,14 +470,15 @@ mod tests {
                 ..app(&pem)
             },
             &cache,
+            None,
         )
         .unwrap();
         assert!(!Arc::ptr_eq(&a.slot, &other.slot));
-        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.identities(), 2);
         drop((a, b, other));
         // Unused slots go when the next App is registered.
-        let _c = AppAuth::new(&app(&pem), &cache).unwrap();
-        assert_eq!(cache.len(), 1);
+        let _c = AppAuth::new(&app(&pem), &cache, None).unwrap();
+        assert_eq!(cache.identities(), 1);
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! Go flag-package semantics on top of clap (issue 11): `-flag` as well as `--flag`, Go's
+//! boolean spellings, Flux's `--feature-gates` map, and the start-up checks Flux's `main.go`
+//! makes on the flags it binds.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+/// Feature gates Flux's notification-controller v1.9.3 knows, with their defaults.
+pub const CACHE_SECRETS_AND_CONFIG_MAPS: &str = "CacheSecretsAndConfigMaps";
+pub const DISABLE_CONFIG_WATCHERS: &str = "DisableConfigWatchers";
+pub const OBJECT_LEVEL_WORKLOAD_IDENTITY: &str = "ObjectLevelWorkloadIdentity";
+const KNOWN_GATES: [&str; 3] = [
+    CACHE_SECRETS_AND_CONFIG_MAPS,
+    DISABLE_CONFIG_WATCHERS,
+    OBJECT_LEVEL_WORKLOAD_IDENTITY,
+];
+
+/// Rewrites `-name` / `-name=value` to `--name…` when `name` is a long flag of `cmd` or of
+/// one of its subcommands (Go's flag package treats one and two dashes alike; clap would read
+/// `-name` as a cluster of short flags). Everything after `--` is left alone.
+pub fn normalize_argv(
+    cmd: &clap::Command,
+    argv: impl IntoIterator<Item = OsString>,
+) -> Vec<OsString> {
+    // Long flag → whether its value may come as the next argument.
+    let mut longs: std::collections::HashMap<String, bool> =
+        [("help".to_owned(), false), ("version".to_owned(), false)]
+            .into_iter()
+            .collect();
+    let mut collect = |c: &clap::Command| {
+        for a in c.get_arguments() {
+            if let Some(l) = a.get_long() {
+                let separate = a.get_action().takes_values() && !a.is_require_equals_set();
+                longs.insert(l.to_owned(), separate);
+            }
+        }
+    };
+    collect(cmd);
+    for sub in cmd.get_subcommands() {
+        collect(sub);
+    }
+    let mut out = Vec::new();
+    let mut rest = false;
+    let mut value_next = false;
+    for (i, arg) in argv.into_iter().enumerate() {
+        if i == 0 || rest || std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if s == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        // A flag's value, given as the next argument, is never itself a flag (as in Go).
+        let name = s.trim_start_matches('-');
+        let bare = !name.contains('=');
+        let known = longs.get(name.split('=').next().unwrap_or_default());
+        value_next = s.starts_with('-') && bare && known.copied().unwrap_or(false);
+        if known.is_some() && s.starts_with('-') && !s.starts_with("--") {
+            out.push(format!("-{s}").into());
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+/// Go's `strconv.ParseBool`, which Go's (and pflag's) boolean flags use.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!(
+            "invalid boolean value {s:?}: use true or false (Go's 1, t, T, TRUE, True, 0, f, F, FALSE, False work too)"
+        )),
+    }
+}
+
+/// One `--feature-gates` value: comma-separated `Name=bool` pairs, as Kubernetes'
+/// `MapStringBool` flag parses them (with its error texts).
+pub fn parse_feature_gates(s: &str) -> Result<Vec<(String, bool)>, String> {
+    let mut out = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err("malformed pair, expect string=bool".to_owned());
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let b = match v {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+            "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
+            _ => {
+                return Err(format!(
+                    "invalid value of {k}: {v}, err: strconv.ParseBool: parsing {v:?}: invalid syntax"
+                ));
+            }
+        };
+        out.push((k.to_owned(), b));
+    }
+    Ok(out)
+}
+
+/// The feature gates in effect: Flux's defaults (all off) with the command line applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeatureGates {
+    gates: BTreeMap<&'static str, bool>,
+}
+
+impl FeatureGates {
+    /// Repeated `--feature-gates` flags merge (later pairs win), as pflag's map flag does; a
+    /// gate this controller does not know is refused with Flux's wording.
+    pub fn resolve(values: &[Vec<(String, bool)>]) -> Result<Self, String> {
+        let mut gates: BTreeMap<&'static str, bool> =
+            KNOWN_GATES.iter().map(|g| (*g, false)).collect();
+        for (name, on) in values.iter().flatten() {
+            let Some(known) = KNOWN_GATES.iter().find(|g| **g == name.as_str()) else {
+                return Err(format!(
+                    "unable to load feature gates: feature-gate '{name}' not supported"
+                ));
+            };
+            gates.insert(known, *on);
+        }
+        Ok(Self { gates })
+    }
+
+    pub fn enabled(&self, gate: &str) -> bool {
+        self.gates.get(gate).copied().unwrap_or(false)
+    }
+
+    /// The gates switched on, for the start-up log.
+    pub fn on(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.gates.iter().filter(|(_, on)| **on).map(|(g, _)| *g)
+    }
+}
+
+/// Flux's `auth.ErrInconsistentObjectLevelConfiguration`, checked at start.
+pub fn check_default_service_account(
+    gates: &FeatureGates,
+    default_service_account: &str,
+) -> Result<(), String> {
+    if !default_service_account.is_empty() && !gates.enabled(OBJECT_LEVEL_WORKLOAD_IDENTITY) {
+        return Err(format!(
+            "invalid configuration: cannot set default service accounts when the feature gate {OBJECT_LEVEL_WORKLOAD_IDENTITY} is not enabled"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_merge_and_refuse_unknown() {
+        let a =
+            parse_feature_gates("ObjectLevelWorkloadIdentity=true,CacheSecretsAndConfigMaps=true")
+                .unwrap();
+        let b = parse_feature_gates("CacheSecretsAndConfigMaps=false").unwrap();
+        let g = FeatureGates::resolve(&[a, b]).unwrap();
+        assert!(g.enabled(OBJECT_LEVEL_WORKLOAD_IDENTITY));
+        assert!(!g.enabled(CACHE_SECRETS_AND_CONFIG_MAPS));
+        let err = FeatureGates::resolve(&[parse_feature_gates("Nope=true").unwrap()]).unwrap_err();
+        assert_eq!(
+            err,
+            "unable to load feature gates: feature-gate 'Nope' not supported"
+        );
+        assert_eq!(
+            parse_feature_gates("Foo").unwrap_err(),
+            "malformed pair, expect string=bool"
+        );
+        assert!(
+            parse_feature_gates("Foo=yes")
+                .unwrap_err()
+                .starts_with("invalid value of Foo: yes")
+        );
+        assert!(check_default_service_account(&g, "sa").is_ok());
+        let off = FeatureGates::resolve(&[]).unwrap();
+        assert!(check_default_service_account(&off, "sa").unwrap_err().contains(
+            "cannot set default service accounts when the feature gate ObjectLevelWorkloadIdentity is not enabled"
+        ));
+    }
+
+    #[test]
+    fn go_bools() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(parse_go_bool(t), Ok(true));
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(parse_go_bool(f), Ok(false));
+        }
+        assert!(parse_go_bool("yes").is_err());
+    }
+}
