@@ -279,7 +279,15 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
             record.seq
         ));
     }
-    let ev = record.status_event();
+    if superseded_progressing(&shared.outbox, &record) {
+        return end_early(
+            shared,
+            record,
+            Verdict::Skipped,
+            "the commit already has its final state; in-progress not posted again",
+        );
+    }
+    let ev = crate::route::status_event(&record, provider);
     let plan = match forge.plan(&ev, settings.progressing) {
         Ok(Some(plan)) if settings.read_before_write => plan,
         // Writing a state the forge already shows is harmless on every forge (GitHub, Gitea
@@ -541,6 +549,16 @@ fn report(r: &Pending, verdict: Verdict, message: &str) {
     }
 }
 
+/// The reason of events that post the in-progress state.
+const PROGRESSING: &str = "Progressing";
+
+/// A `Progressing` delivery for a (Provider, commit, status name) that already had success or
+/// failure posted: kustomize-controller sends one on every drift correction, and posting it
+/// would turn a finished commit back to pending and spend the forge's per-commit status cap.
+fn superseded_progressing(outbox: &Outbox, record: &Pending) -> bool {
+    record.reason == PROGRESSING && outbox.final_posted(&record.key()).unwrap_or(false)
+}
+
 fn done(
     shared: &Shared,
     r: &Pending,
@@ -578,6 +596,7 @@ fn done(
     shared.outbox.finish(Finish::Done {
         key: r.key(),
         seq: r.seq,
+        final_state: fingerprint.is_some() && r.reason != PROGRESSING,
         fingerprint,
         outcome: Box::new(Outcome {
             id: 0,

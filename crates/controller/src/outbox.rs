@@ -56,6 +56,12 @@ pub fn status_key(provider_uid: &str, sha: &str, status_id: &str) -> String {
     format!("{provider_uid}\u{1f}{sha}\u{1f}{status_id}")
 }
 
+/// Where [`Outbox::final_posted`] is remembered: a key of the posted table no status key can
+/// be (their fields never contain the separator).
+fn final_marker(key: &str) -> String {
+    format!("{key}\u{1f}final")
+}
+
 /// A delivery to make: what is needed to plan it again at send time. It holds no secret:
 /// credentials are looked up in the current configuration when the attempt starts, so a
 /// rotated token is picked up by the next retry.
@@ -125,6 +131,7 @@ impl Pending {
             reason: &self.reason,
             severity: &self.severity,
             metadata: &self.metadata,
+            status_id_from_expr: false,
         }
     }
 
@@ -203,6 +210,9 @@ pub enum Finish {
         key: String,
         seq: u64,
         fingerprint: Option<String>,
+        /// The fingerprint is of a final (success/failure) state: later in-progress states of
+        /// the same key are not posted (issue 11).
+        final_state: bool,
         outcome: Box<Outcome>,
     },
     /// Try again later (if the record is still this one).
@@ -358,6 +368,12 @@ impl Outbox {
         let _ = self
             .tx
             .send(Op::Validate(provider_uid.to_owned(), validator));
+    }
+
+    /// Whether a final (success/failure) state was ever posted under this status key. Kept
+    /// next to the fingerprints, so it shares their bound.
+    pub fn final_posted(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.posted(&final_marker(key))?.is_some())
     }
 
     pub fn posted(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -774,6 +790,7 @@ impl Writer {
                         key,
                         seq,
                         fingerprint,
+                        final_state,
                         mut outcome,
                     }) => {
                         let current = pending
@@ -787,6 +804,11 @@ impl Writer {
                         }
                         if let Some(f) = fingerprint {
                             posted.insert(key.as_str(), f.as_str()).map_err(storage)?;
+                            if final_state {
+                                posted
+                                    .insert(final_marker(&key).as_str(), "")
+                                    .map_err(storage)?;
+                            }
                         }
                         outcome.id = self.seq.fetch_add(1, Ordering::Relaxed);
                         let bytes = serde_json::to_vec(&outcome).map_err(storage)?;

@@ -278,7 +278,11 @@ pub fn route(
             reason: "provider type is not a commit-status type",
         };
     }
-    if !has_commit_key && !commit_status_update && event.severity != "error" {
+    if !has_commit_key
+        && !commit_status_update
+        && event.severity != "error"
+        && !progressing_apply(event, &group, settings.progressing)
+    {
         return Routed::NoCommit { alert: alert_key };
     }
     if spec
@@ -422,7 +426,7 @@ pub fn route(
         description_override: description,
         attempt_log: Vec::new(),
     };
-    match forge.plan(&record.status_event(), settings.progressing) {
+    match forge.plan(&status_event(&record, provider), settings.progressing) {
         Ok(Some(plan)) => {
             record.sha = plan.sha;
             record.state = plan.state;
@@ -440,6 +444,33 @@ pub fn route(
             error: e.to_string(),
         },
     }
+}
+
+/// What the forge plans from: the stored delivery, plus whether its status name came from the
+/// Provider's `spec.commitStatusExpr` (Bitbucket then shows it as the name).
+pub fn status_event<'a>(
+    record: &'a Pending,
+    provider: &crate::catalog::ProviderEntry,
+) -> notify::StatusEvent<'a> {
+    notify::StatusEvent {
+        status_id_from_expr: provider.exprs.status.is_some(),
+        ..record.status_event()
+    }
+}
+
+/// kustomize-controller's change-set event during an apply (issue 11): severity `info`, the
+/// Ready condition's reason `Progressing`, a revision and no `commit_status` key. It posts
+/// the in-progress state unless `--progressing-status skip`; the delivery drops it if the
+/// commit already has its final state (see `delivery::superseded_progressing`).
+fn progressing_apply(event: &Event, group: &str, mode: ProgressingMode) -> bool {
+    mode == ProgressingMode::Pending
+        && event.severity == "info"
+        && event.reason == "Progressing"
+        && event
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get(&format!("{group}/revision")))
+            .is_some_and(|v| !v.trim().is_empty())
 }
 
 /// The Alerts, as `namespace/name`, whose commit-status provider dropped the event.
