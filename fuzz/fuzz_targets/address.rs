@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
         metadata: &METADATA,
         target_url,
         description,
+        status_id_from_expr: false,
     });
 
     for kind in ForgeKind::ALL {

@@ -255,9 +255,10 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
                     &entry.alert.metadata.namespace,
                     &entry.alert.spec.provider_ref.name,
                 );
-                let forge = provider.and_then(|p| p.forge.clone()).and_then(Result::ok);
+                let Some(provider) = provider else { continue };
+                let forge = provider.forge.clone().and_then(Result::ok);
                 let Some(forge) = forge else { continue };
-                let ev = record.status_event();
+                let ev = route::status_event(&record, provider);
                 let Ok(Some(plan)) = forge.plan(&ev, settings.progressing) else {
                     continue;
                 };

@@ -28,8 +28,10 @@ pub enum ConfigError {
     /// Bitbucket Cloud: no `token` in the secret.
     #[error("bitbucket token cannot be empty")]
     BitbucketToken,
-    /// Bitbucket Cloud: the token is not `<user>:<password>`.
-    #[error("invalid token format, expected to be <user>:<password>")]
+    /// Bitbucket Cloud: the token is neither an access token nor `<user>:<secret>`.
+    #[error(
+        "invalid token format, expected an access token (repository, project or workspace; sent as Bearer) or <username or email>:<API token> (sent as Basic)"
+    )]
     BitbucketTokenFormat,
     /// Azure DevOps: no `token`; workload identity is not implemented.
     #[error(

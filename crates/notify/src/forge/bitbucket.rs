@@ -1,4 +1,5 @@
-//! Bitbucket Cloud: `user:app-password` credentials, the fixed API host, build statuses keyed by
+//! Bitbucket Cloud: access tokens (Bearer) or `user:API-token` credentials (Basic), the fixed
+//! API host, build statuses keyed by
 //! the SHA-1 of the status ID, and the "same state and description" duplicate rule.
 
 use http::Method;
@@ -6,7 +7,8 @@ use serde::Deserialize;
 
 use super::encode::{JsonObject, path_segment};
 use super::{
-    Protocol, State, StatusEvent, Wanted, basic_auth, checked_target_url, header_secrets, sha1_hex,
+    Protocol, State, StatusEvent, Wanted, basic_auth, checked_target_url, header_safe,
+    header_secrets, sha1_hex,
 };
 use crate::address::GitAddress;
 use crate::describe::{object_name, truncate_chars};
@@ -28,7 +30,8 @@ pub(crate) struct Bitbucket {
     owner: String,
     repo: String,
     authorization: Secret,
-    /// The app password alone, scrubbed from errors like the whole token.
+    /// The secret part alone (API token, or the access token), scrubbed from errors like the
+    /// whole header.
     password: Secret,
 }
 
@@ -41,8 +44,13 @@ impl Bitbucket {
     ) -> Result<Self, ConfigError> {
         let token = credentials.token().ok_or(ConfigError::BitbucketToken)?;
         let address = GitAddress::parse(address);
-        let (user, password) = match token.split(':').collect::<Vec<_>>()[..] {
-            [user, password] => (user, password),
+        // Repository, project and workspace access tokens have no `:` and go as Bearer; API
+        // tokens (and the retired app passwords) come with the account's email or username.
+        let (authorization, password) = match token.split(':').collect::<Vec<_>>()[..] {
+            [access] => (header_safe(format!("Bearer {access}"))?, access),
+            [user, password] if !user.is_empty() && !password.is_empty() => {
+                (Secret::new(basic_auth(user, password)), password)
+            }
             _ => return Err(ConfigError::BitbucketTokenFormat),
         };
         let (owner, repo) = match address.segments()[..] {
@@ -56,7 +64,7 @@ impl Bitbucket {
             api: api.trim().trim_end_matches('/').to_owned(),
             owner,
             repo,
-            authorization: Secret::new(basic_auth(user, password)),
+            authorization,
             password: Secret::new(password),
         })
     }
@@ -139,7 +147,11 @@ impl Protocol for Bitbucket {
     }
 
     fn write_request(&self, ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
-        let name = truncate_chars(&object_name(ev.kind, ev.name), MAX_NAME_CHARS);
+        let name = if ev.status_id_from_expr {
+            truncate_chars(ev.status_id, MAX_NAME_CHARS)
+        } else {
+            truncate_chars(&object_name(ev.kind, ev.name), MAX_NAME_CHARS)
+        };
         let body = JsonObject::new(true)
             .str("key", &wanted.context)
             .str("url", wanted.target_url.as_deref().unwrap_or(STATUS_URL))

@@ -169,10 +169,14 @@ impl Protocol for BitbucketServer {
         description: String,
     ) -> Result<Wanted, PlanError> {
         let description = truncate_chars(&description, MAX_DESCRIPTION_CHARS);
-        let name = truncate_chars(
-            &format!("{} [{description}]", object_name(ev.kind, ev.name)),
-            MAX_NAME_CHARS,
-        );
+        let name = if ev.status_id_from_expr {
+            truncate_chars(ev.status_id, MAX_NAME_CHARS)
+        } else {
+            truncate_chars(
+                &format!("{} [{description}]", object_name(ev.kind, ev.name)),
+                MAX_NAME_CHARS,
+            )
+        };
         let url = ev.link().unwrap_or(&self.address);
         let target_url =
             checked_target_url(ForgeKind::BitbucketServer, url, false, Some(MAX_URL_CHARS))?;

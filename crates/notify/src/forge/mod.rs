@@ -119,6 +119,10 @@ pub struct StatusEvent<'a> {
     /// Description replacing the one derived from the reason (evaluated by the controller),
     /// still cut to the forge's limit. `None` or empty: the reason-derived one.
     pub description: Option<&'a str>,
+    /// `status_id` is the result of the Provider's `spec.commitStatusExpr`: Bitbucket (Cloud
+    /// and Server) then shows it as the status name instead of `kind/name` (issue 11,
+    /// fluxcd/notification-controller#1268).
+    pub status_id_from_expr: bool,
 }
 
 /// Metadata of a defaulted [`StatusEvent`].
@@ -136,6 +140,7 @@ impl Default for StatusEvent<'_> {
             metadata: &NO_METADATA,
             target_url: None,
             description: None,
+            status_id_from_expr: false,
         }
     }
 }

@@ -320,9 +320,9 @@ fn bitbucket_construction() {
         new_err(
             ForgeKind::Bitbucket,
             "https://bitbucket.org/foo/bar",
-            creds("bar")
+            creds(":bar")
         ),
-        "invalid token format, expected to be <user>:<password>"
+        BITBUCKET_FORMAT
     );
     assert_eq!(
         new_err(
@@ -330,7 +330,7 @@ fn bitbucket_construction() {
             "https://bitbucket.org/foo/bar",
             creds("a:b:c")
         ),
-        "invalid token format, expected to be <user>:<password>"
+        BITBUCKET_FORMAT
     );
     // No `password` fallback for Bitbucket.
     let password = Credentials {
@@ -2875,4 +2875,105 @@ fn github_app_construction() {
         plan(&f, &event(&m)).write.header_value("authorization"),
         Some("Bearer ghp_x")
     );
+}
+
+const BITBUCKET_FORMAT: &str = "invalid token format, expected an access token (repository, project or workspace; sent as Bearer) or <username or email>:<API token> (sent as Basic)";
+
+#[test]
+fn bitbucket_cloud_token_kinds() {
+    let m = revision_meta();
+    let ev = event(&m);
+    let auth = |token: &str| {
+        let p = plan(
+            &forge(ForgeKind::Bitbucket, "https://bitbucket.org/ws/repo", token),
+            &ev,
+        );
+        let h = headers(&p.write);
+        h.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.to_string())
+            .unwrap()
+    };
+    // Repository/project/workspace access tokens have no `:`.
+    assert_eq!(
+        auth("ATCTT3xFfGN0abc_DEF-123="),
+        "Bearer ATCTT3xFfGN0abc_DEF-123="
+    );
+    // API tokens with the account email, and username:secret, stay Basic.
+    use base64::Engine as _;
+    let basic = |s: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    assert_eq!(
+        auth("me@example.com:ATATT3x"),
+        basic("me@example.com:ATATT3x")
+    );
+    assert_eq!(auth("user:secret"), basic("user:secret"));
+    for bad in [":secret", "user:", "a:b:c"] {
+        assert_eq!(
+            new_err(
+                ForgeKind::Bitbucket,
+                "https://bitbucket.org/ws/repo",
+                creds(bad)
+            ),
+            BITBUCKET_FORMAT,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        new_err(
+            ForgeKind::Bitbucket,
+            "https://bitbucket.org/ws/repo",
+            creds("bad\ntoken")
+        ),
+        "credentials contain characters that are not allowed in an HTTP header"
+    );
+}
+
+#[test]
+fn bitbucket_name_is_the_commit_status_expr_result() {
+    let m = revision_meta();
+    let custom = "flux/apps/production";
+    for (kind, address) in [
+        (ForgeKind::Bitbucket, "https://bitbucket.org/ws/repo"),
+        (ForgeKind::BitbucketServer, BBS_ADDRESS),
+    ] {
+        let f = forge(kind, address, "user:secret");
+        let default = plan(&f, &event(&m));
+        let body: serde_json::Value =
+            serde_json::from_slice(default.write.body.as_deref().unwrap()).unwrap();
+        // Without an expression: Flux's names.
+        assert!(
+            body["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("kustomization/flux-system"),
+            "{body}"
+        );
+        let ev = StatusEvent {
+            status_id: custom,
+            status_id_from_expr: true,
+            ..event(&m)
+        };
+        let p = plan(&f, &ev);
+        let body: serde_json::Value =
+            serde_json::from_slice(p.write.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["name"], custom, "{kind:?}");
+        // The key stays the SHA-1 of the status ID (40 characters).
+        assert_eq!(body["key"], super::sha1_hex(custom));
+        assert_eq!(body["key"].as_str().unwrap().len(), 40);
+        // A long result is cut to the 255 characters the API takes.
+        let long = "x".repeat(400);
+        let ev = StatusEvent {
+            status_id: &long,
+            status_id_from_expr: true,
+            ..event(&m)
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(plan(&f, &ev).write.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["name"].as_str().unwrap().chars().count(), 255);
+    }
 }
