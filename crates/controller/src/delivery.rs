@@ -279,7 +279,7 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
             record.seq
         ));
     }
-    if superseded_progressing(&shared.outbox, &record) {
+    if superseded_progressing(&shared.outbox, record) {
         return end_early(
             shared,
             record,
@@ -287,7 +287,7 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
             "the commit already has its final state; in-progress not posted again",
         );
     }
-    let ev = crate::route::status_event(&record, provider);
+    let ev = crate::route::status_event(record, provider);
     let plan = match forge.plan(&ev, settings.progressing) {
         Ok(Some(plan)) if settings.read_before_write => plan,
         // Writing a state the forge already shows is harmless on every forge (GitHub, Gitea

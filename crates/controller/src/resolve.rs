@@ -66,26 +66,32 @@ fn auth_methods(
     let tls = tls_from_secret(secret, ns, name, false)?;
     // The App's own checks (installation ID or owner, key format) are the forge's, with
     // Flux's messages; here the keys are only gathered.
-    let github_app = secret
-        .string("githubAppID")
-        .map(|app_id| notify::GitHubApp {
-            app_id: app_id.trim().to_string(),
-            installation_id: secret
-                .string("githubAppInstallationID")
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty()),
-            installation_owner: secret
-                .string("githubAppInstallationOwner")
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty()),
-            private_key: notify::Secret::new(
-                secret.string("githubAppPrivateKey").unwrap_or_default(),
-            ),
-            base_url: secret
-                .string("githubAppBaseURL")
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty()),
-        });
+    // GitHub takes the App's client ID as the JWT issuer as well as its numeric ID (and
+    // recommends the client ID); `githubAppID` wins when both are set, as before.
+    let app_id = secret.string("githubAppID");
+    let issuer = match app_id {
+        Some(id) if !id.trim().is_empty() => Some(id),
+        id => secret
+            .string("githubAppClientID")
+            .filter(|c| !c.trim().is_empty())
+            .or(id),
+    };
+    let github_app = issuer.map(|app_id| notify::GitHubApp {
+        app_id: app_id.trim().to_string(),
+        installation_id: secret
+            .string("githubAppInstallationID")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        installation_owner: secret
+            .string("githubAppInstallationOwner")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+        private_key: notify::Secret::new(secret.string("githubAppPrivateKey").unwrap_or_default()),
+        base_url: secret
+            .string("githubAppBaseURL")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
+    });
     Ok(AuthMethods {
         token: secret.string("token"),
         basic,
@@ -401,6 +407,43 @@ mod tests {
             err("long"),
             "invalid address in secret: address exceeds maximum length of 2048 bytes"
         );
+    }
+
+    #[test]
+    fn github_app_client_id_as_issuer() {
+        let key = ("githubAppPrivateKey", "pem");
+        let secrets: HashMap<_, _> = [
+            secret(
+                "client",
+                &[
+                    ("githubAppClientID", " Iv23li \n"),
+                    ("githubAppInstallationID", "1"),
+                    key,
+                ],
+            ),
+            secret(
+                "both",
+                &[("githubAppID", "42"), ("githubAppClientID", "Iv23li"), key],
+            ),
+            secret(
+                "empty-id",
+                &[("githubAppID", ""), ("githubAppClientID", "Iv23li"), key],
+            ),
+            secret("none", &[("githubAppInstallationID", "1"), key]),
+        ]
+        .into_iter()
+        .collect();
+        let app = |s: &str| {
+            forge_config(&provider(spec_with(s)), ForgeKind::GitHub, &secrets)
+                .unwrap()
+                .credentials
+                .github_app
+                .map(|a| a.app_id)
+        };
+        assert_eq!(app("client").as_deref(), Some("Iv23li"));
+        assert_eq!(app("both").as_deref(), Some("42"));
+        assert_eq!(app("empty-id").as_deref(), Some("Iv23li"));
+        assert_eq!(app("none"), None);
     }
 
     #[test]

@@ -281,7 +281,7 @@ pub fn route(
     if !has_commit_key
         && !commit_status_update
         && event.severity != "error"
-        && !progressing_apply(event, &group, settings.progressing)
+        && !progressing_apply(event, group, settings.progressing)
     {
         return Routed::NoCommit { alert: alert_key };
     }

@@ -60,6 +60,8 @@ wQIDAQAB
 ";
 
 pub const APP_ID: &str = "4242";
+/// The same App's client ID, which GitHub accepts as the JWT issuer too.
+pub const APP_CLIENT_ID: &str = "Iv23liQk8fZ2sFluxApp";
 
 /// One request to the App API.
 #[derive(Clone, Debug)]
@@ -103,7 +105,7 @@ fn jwt_valid(authorization: Option<&str>) -> bool {
     };
     let key = DecodingKey::from_rsa_pem(APP_PUBLIC_KEY.as_bytes()).unwrap();
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_issuer(&[APP_ID]);
+    validation.set_issuer(&[APP_ID, APP_CLIENT_ID]);
     validation.set_required_spec_claims(&["exp", "iat", "iss"]);
     let Ok(data) = jsonwebtoken::decode::<Claims>(jwt, &key, &validation) else {
         return false;

@@ -10,7 +10,7 @@ use notify::{
 };
 use testkit::{ForgeKind as Stub, ForwardProxy, ProxyOptions, StubForge, StubOptions};
 
-use crate::app_server::{APP_ID, APP_KEY, AppServer};
+use crate::app_server::{APP_CLIENT_ID, APP_ID, APP_KEY, AppServer};
 use crate::support::{assert_contract, assert_secret_free, event, forge_with, metadata, plan};
 
 fn app(server: &AppServer, installation_id: Option<&str>, owner: Option<&str>) -> Credentials {
@@ -258,4 +258,86 @@ async fn app_calls_go_through_the_provider_proxy() {
     );
     assert_eq!(forwarded.len(), 4, "{forwarded:?}");
     assert_contract(&stub);
+}
+
+/// Records what the token cache reports.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<String>>);
+
+impl notify::token_cache::TokenCacheObserver for Seen {
+    fn event(&self, hit: bool, p: &notify::token_cache::ProviderRef) {
+        let kind = if hit { "cache_hit" } else { "cache_miss" };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{kind} {}/{}", p.namespace, p.name));
+    }
+    fn request(&self, ok: bool) {
+        self.0.lock().unwrap().push(format!("request {ok}"));
+    }
+    fn items(&self, n: usize) {
+        self.0.lock().unwrap().push(format!("items {n}"));
+    }
+    fn eviction(&self) {
+        self.0.lock().unwrap().push("eviction".into());
+    }
+}
+
+#[tokio::test]
+async fn client_id_as_issuer_and_a_bounded_observed_cache() {
+    let server = AppServer::start(&[], &[]).await;
+    let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
+    let seen = std::sync::Arc::new(Seen::default());
+    let clients = ClientCache::with_token_cache(
+        notify::token_cache::TokenCacheSettings {
+            max_size: 1,
+            max_duration: Duration::from_secs(3600),
+        },
+        Some(seen.clone()),
+    );
+    let by_client_id = |installation: &str, name: &str| {
+        let mut c = app(&server, Some(installation), None);
+        c.github_app.as_mut().unwrap().app_id = APP_CLIENT_ID.into();
+        c.provider = Some(notify::token_cache::ProviderRef {
+            namespace: "flux-system".into(),
+            name: name.into(),
+        });
+        c
+    };
+    let a = github(&stub, by_client_id("77", "a"), &clients);
+    assert_eq!(deliver(&a, 1).await, Outcome::Posted);
+    assert_eq!(deliver(&a, 2).await, Outcome::Posted);
+    assert!(
+        server.calls().iter().all(|c| c.jwt_valid),
+        "{:?}",
+        server.calls()
+    );
+    assert_eq!(server.tokens_issued(), 1);
+    // A second installation does not fit in a cache of one: the first token is evicted.
+    let b = github(&stub, by_client_id("78", "b"), &clients);
+    assert_eq!(deliver(&b, 3).await, Outcome::Posted);
+    assert_eq!(deliver(&a, 4).await, Outcome::Posted);
+    assert_eq!(server.tokens_issued(), 3);
+    let log = seen.0.lock().unwrap().join("\n");
+    assert_eq!(
+        log,
+        [
+            "cache_miss flux-system/a",
+            "items 1",
+            "request true",
+            "cache_hit flux-system/a",
+            "request true",
+            "cache_miss flux-system/b",
+            "eviction",
+            "items 1",
+            "request true",
+            "cache_miss flux-system/a",
+            "eviction",
+            "items 1",
+            "request true",
+        ]
+        .join("\n")
+    );
+    assert_contract(&stub);
+    assert!(!log.contains("ghs_"), "{log}");
 }
