@@ -33,11 +33,14 @@ pub enum ConfigError {
         "invalid token format, expected an access token (repository, project or workspace; sent as Bearer) or <username or email>:<API token> (sent as Basic)"
     )]
     BitbucketTokenFormat,
-    /// Azure DevOps: no `token`; workload identity is not implemented.
+    /// Azure DevOps: no `token`, and no cluster to get a workload-identity token from.
     #[error(
-        "failed to acquire azure devops token: the secret has no token and workload identity is not supported yet"
+        "failed to acquire azure devops token: the secret has no token, and workload identity needs Kubernetes mode (a ServiceAccount token from the cluster); standalone mode (--manifests) has no cluster"
     )]
     AzureDevOpsToken,
+    /// Azure DevOps workload identity cannot be set up for this Provider (Flux's wording).
+    #[error("failed to acquire azure devops token: {0}")]
+    AzureWorkloadIdentity(String),
     /// GitHub's wording (single quotes): the id is not exactly `owner/repo`.
     #[error("invalid repository id: '{0}'")]
     GitHubRepositoryId(String),

@@ -10,6 +10,7 @@ use reqwest::{Certificate, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::forge::azure_identity::WorkloadIdentity;
 use crate::token_cache::{ProviderRef, TokenCache, TokenCacheObserver, TokenCacheSettings};
 use crate::{ConfigError, ForgeKind, ForgeRequest, GitHubApp, Retry, Secret};
 
@@ -38,8 +39,11 @@ pub struct Credentials {
     /// GitHub App settings (secret keys `githubApp*`); GitHub only, used when there is no
     /// `token`/`password`. Set it when the secret has the key `githubAppID`.
     pub github_app: Option<GitHubApp>,
-    /// The Provider these credentials belong to: labels token-cache metrics only.
+    /// The Provider these credentials belong to: labels token-cache metrics, and names the
+    /// namespace of workload-identity ServiceAccounts.
     pub provider: Option<ProviderRef>,
+    /// Provider `spec.serviceAccountName` (Azure DevOps workload identity).
+    pub service_account_name: Option<String>,
 }
 
 impl Credentials {
@@ -185,6 +189,8 @@ struct ClientKey {
 pub struct ClientCache {
     clients: Arc<Mutex<HashMap<ClientKey, reqwest::Client>>>,
     app_tokens: TokenCache,
+    /// Kubernetes mode's workload identity, set once the cluster is connected.
+    workload_identity: Arc<std::sync::OnceLock<Arc<dyn WorkloadIdentity>>>,
 }
 
 impl ClientCache {
@@ -202,7 +208,18 @@ impl ClientCache {
         Self {
             clients: Arc::default(),
             app_tokens: TokenCache::new(settings, observer),
+            workload_identity: Arc::default(),
         }
+    }
+
+    /// Lets Azure DevOps Providers without a token use workload identity (Kubernetes mode).
+    /// Set once; later calls are ignored.
+    pub fn set_workload_identity(&self, identity: Arc<dyn WorkloadIdentity>) {
+        let _ = self.workload_identity.set(identity);
+    }
+
+    pub(crate) fn workload_identity(&self) -> Option<&Arc<dyn WorkloadIdentity>> {
+        self.workload_identity.get()
     }
 
     /// Number of distinct clients built so far.
@@ -456,6 +473,7 @@ mod tests {
                     ..GitHubApp::default()
                 }),
                 provider: None,
+                service_account_name: None,
             },
             network,
         };

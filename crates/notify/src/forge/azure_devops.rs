@@ -27,12 +27,20 @@ pub(crate) struct AzureDevOps {
     org_url: String,
     project: String,
     repo: String,
-    authorization: Secret,
+    /// `None` with workload identity: the access token is added at execution.
+    authorization: Option<Secret>,
 }
 
 impl AzureDevOps {
-    pub(crate) fn new(address: &str, credentials: &Credentials) -> Result<Self, ConfigError> {
-        let token = credentials.token().ok_or(ConfigError::AzureDevOpsToken)?;
+    pub(crate) fn new(
+        address: &str,
+        credentials: &Credentials,
+        workload_identity: bool,
+    ) -> Result<Self, ConfigError> {
+        let token = credentials.token();
+        if token.is_none() && !workload_identity {
+            return Err(ConfigError::AzureDevOpsToken);
+        }
         let address = GitAddress::parse(address);
         let (collection, project, repo) = split_repository_id(&address)
             .ok_or_else(|| ConfigError::RepositoryId(address.id.clone()))?;
@@ -47,7 +55,7 @@ impl AzureDevOps {
             project,
             repo,
             // A PAT is the password of a user-less basic auth.
-            authorization: Secret::new(basic_auth("", token)),
+            authorization: token.map(|t| Secret::new(basic_auth("", t))),
         })
     }
 
@@ -62,8 +70,12 @@ impl AzureDevOps {
     }
 
     fn request(&self, method: Method, url: String) -> ForgeRequest {
-        ForgeRequest::new(method, url)
-            .header("Authorization", self.authorization.expose())
+        let request = ForgeRequest::new(method, url);
+        let request = match &self.authorization {
+            Some(a) => request.header("Authorization", a.expose()),
+            None => request,
+        };
+        request
             .header(
                 "Accept",
                 format!("application/json;api-version={API_VERSION}"),
@@ -206,7 +218,10 @@ impl Protocol for AzureDevOps {
     }
 
     fn secret_values(&self) -> Vec<String> {
-        header_secrets(&self.authorization)
+        self.authorization
+            .as_ref()
+            .map(header_secrets)
+            .unwrap_or_default()
     }
 
     fn read_context(&self) -> &'static str {

@@ -8,6 +8,7 @@
 //! [`github_app`]).
 
 mod azure_devops;
+pub mod azure_identity;
 mod bitbucket;
 mod bitbucket_server;
 mod encode;
@@ -31,6 +32,7 @@ use crate::{
     ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Retry, Secret,
     address::GitAddress, describe, revision,
 };
+use azure_identity::AzureAuth;
 use github_app::AppAuth;
 
 /// The Git forges Flux can post commit statuses to (Provider `spec.type`).
@@ -413,6 +415,8 @@ struct Inner {
     /// GitHub App: the `Authorization` header is added at execution, with an installation
     /// token from the shared cache.
     app: Option<AppAuth>,
+    /// Azure DevOps workload identity: likewise, with an Entra access token.
+    azure: Option<AzureAuth>,
     /// The rate-limit budget left, as the forge last reported it (`-1`: never reported).
     remaining: std::sync::atomic::AtomicI64,
 }
@@ -447,6 +451,7 @@ impl Forge {
             network,
         } = config;
         let mut app = None;
+        let mut azure = None;
         let protocol: Box<dyn Protocol> = match kind {
             ForgeKind::GitHub => {
                 let (github, app_auth) =
@@ -465,7 +470,30 @@ impl Forge {
                 &credentials,
             )?),
             ForgeKind::AzureDevOps => {
-                Box::new(azure_devops::AzureDevOps::new(&address, &credentials)?)
+                // Without a token, Flux falls back to workload identity.
+                if credentials.token().is_none()
+                    && let Some(wi) = clients.workload_identity()
+                {
+                    let namespace = credentials
+                        .provider
+                        .as_ref()
+                        .map_or("", |p| p.namespace.as_str());
+                    let source = wi
+                        .source(namespace, credentials.service_account_name.as_deref())
+                        .map_err(ConfigError::AzureWorkloadIdentity)?;
+                    azure = Some(AzureAuth::new(
+                        source,
+                        env(azure_identity::AUTHORITY_HOST_ENV),
+                        &network,
+                        clients.app_tokens(),
+                        credentials.provider.as_ref(),
+                    ));
+                }
+                Box::new(azure_devops::AzureDevOps::new(
+                    &address,
+                    &credentials,
+                    azure.is_some(),
+                )?)
             }
         };
         let client = clients.client(&network)?;
@@ -475,6 +503,9 @@ impl Forge {
             // Not a credential, but it tells Apps apart in `credential_fingerprint`.
             secrets.push(app.fingerprint.clone());
         }
+        if let Some(azure) = &azure {
+            secrets.push(azure.fingerprint());
+        }
         Ok(Forge {
             inner: Arc::new(Inner {
                 protocol,
@@ -482,6 +513,7 @@ impl Forge {
                 timeout: network.timeout,
                 secrets,
                 app,
+                azure,
                 remaining: std::sync::atomic::AtomicI64::new(-1),
             }),
         })
@@ -640,13 +672,12 @@ impl Forge {
         token: &mut Option<Secret>,
         exchange: &mut Exchange,
     ) -> Result<transport::Response, DeliveryError> {
-        let Some(app) = &self.inner.app else {
+        if self.inner.app.is_none() && self.inner.azure.is_none() {
             return self.send_as(request, phase, None, exchange).await;
-        };
-        let (client, timeout) = (&self.inner.client, self.inner.timeout);
+        }
         let current = match token.take() {
             Some(current) => current,
-            None => app.token(client, timeout, None).await?,
+            None => self.exchanged_token(None).await?,
         };
         let answer = self
             .send_as(request, phase, Some(&current), exchange)
@@ -655,11 +686,40 @@ impl Forge {
             *token = Some(current);
             return Ok(answer);
         }
-        tracing::debug!(forge = %self.kind(), "installation token refused, getting a new one");
-        let fresh = app.token(client, timeout, Some(&current)).await?;
+        tracing::debug!(forge = %self.kind(), "exchanged token refused, getting a new one");
+        let fresh = self.exchanged_token(Some(&current)).await?;
         let answer = self.send_as(request, phase, Some(&fresh), exchange).await;
         *token = Some(fresh);
         answer
+    }
+
+    /// A GitHub App installation token or an Azure workload-identity access token.
+    async fn exchanged_token(&self, stale: Option<&Secret>) -> Result<Secret, DeliveryError> {
+        let (client, timeout) = (&self.inner.client, self.inner.timeout);
+        match (&self.inner.app, &self.inner.azure) {
+            (Some(app), _) => app.token(client, timeout, stale).await,
+            (None, Some(azure)) => azure.token(client, timeout, stale).await,
+            (None, None) => Err(DeliveryError::new(
+                self.kind(),
+                None,
+                http::Method::POST,
+                String::new(),
+                Failure::Transport {
+                    message: "no token source".to_owned(),
+                    retry: Retry::No,
+                },
+            )),
+        }
+    }
+
+    /// How an exchanged token travels: GitHub wants Bearer; Flux sends the Entra token to
+    /// Azure DevOps the way its SDK sends a PAT (Basic, empty user).
+    fn authorization(&self, token: &Secret) -> String {
+        if self.inner.azure.is_some() {
+            basic_auth("", token.expose())
+        } else {
+            format!("Bearer {}", token.expose())
+        }
     }
 
     async fn send_as(
@@ -674,13 +734,9 @@ impl Forge {
         let request = match token {
             Some(token) => {
                 let mut with_token = request.clone();
-                with_token.headers.insert(
-                    0,
-                    (
-                        "Authorization".to_owned(),
-                        format!("Bearer {}", token.expose()),
-                    ),
-                );
+                with_token
+                    .headers
+                    .insert(0, ("Authorization".to_owned(), self.authorization(token)));
                 authorized = with_token;
                 &authorized
             }
@@ -748,12 +804,13 @@ impl Forge {
         let mut secrets = self.inner.secrets.clone();
         // An installation token is not known at construction; scrub the one this request
         // carried.
-        if self.inner.app.is_some()
-            && let Some(token) = request
-                .header_value("authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
+        if (self.inner.app.is_some() || self.inner.azure.is_some())
+            && let Some(header) = request.header_value("authorization")
         {
-            secrets.push(token.to_owned());
+            secrets.push(header.to_owned());
+            if let Some((_, token)) = header.split_once(' ') {
+                secrets.push(token.to_owned());
+            }
         }
         DeliveryError::new(
             self.kind(),
