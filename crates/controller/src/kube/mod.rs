@@ -63,7 +63,7 @@ pub struct Settings {
 pub struct Cluster {
     pub notices: Arc<dyn Notices>,
     pub labels: Arc<dyn LabelSource>,
-    pub client: Client,
+    pub client: kube::Client,
     /// Whether this replica does the leader-only work now.
     pub leading: tokio::sync::watch::Receiver<bool>,
 }
