@@ -372,18 +372,6 @@ pub fn status_class(status: Option<u16>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_method_label_takes_standard_methods_or_other() {
-        for m in ["GET", "POST", "PATCH", "CONNECT"] {
-            assert_eq!(method_label(&m.parse().unwrap()), m);
-        }
-        for m in ["FOO", "get", "PROPFIND", "BREW"] {
-            assert_eq!(method_label(&m.parse().unwrap()), "other");
-        }
 /// Feeds the token cache's reports into Flux's `gotk_token_*` families.
 pub struct TokenCacheMetrics(pub Arc<Metrics>);
 
@@ -415,5 +403,20 @@ impl notify::token_cache::TokenCacheObserver for TokenCacheMetrics {
     }
     fn eviction(&self) {
         self.0.token_cache_evictions.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_label_takes_standard_methods_or_other() {
+        for m in ["GET", "POST", "PATCH", "CONNECT"] {
+            assert_eq!(method_label(&m.parse().unwrap()), m);
+        }
+        for m in ["FOO", "get", "PROPFIND", "BREW"] {
+            assert_eq!(method_label(&m.parse().unwrap()), "other");
+        }
     }
 }

@@ -54,7 +54,7 @@ fn states(stub: &StubForge, sha: &str) -> Vec<String> {
 }
 
 async fn history(c: &Controller, n: usize) -> Vec<Value> {
-    let url = format!("{}api/v1/deliveries", c.events_url);
+    let url = format!("{}/api/v1/deliveries", c.pages_url);
     let deadline = Instant::now() + WAIT;
     loop {
         let h: Vec<Value> = reqwest::get(&url)
