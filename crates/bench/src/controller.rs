@@ -53,6 +53,9 @@ pub struct Controller {
     child: Child,
     pub pid: u32,
     pub events: SocketAddr,
+    pub health: SocketAddr,
+    pub metrics: SocketAddr,
+    pub pages: SocketAddr,
     stderr: PathBuf,
 }
 
@@ -109,6 +112,9 @@ impl Controller {
             child,
             pid,
             events,
+            health,
+            metrics,
+            pages,
             stderr,
         })
     }

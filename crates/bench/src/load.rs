@@ -38,7 +38,7 @@ pub enum Mix {
 }
 
 impl Mix {
-    fn event(self, seq: u64, sha: &Sha) -> Bytes {
+    pub fn event(self, seq: u64, sha: &Sha) -> Bytes {
         let sha = std::str::from_utf8(sha).expect("hex");
         let namespace = match self {
             Mix::Unwatched { .. } => "elsewhere",
@@ -70,10 +70,10 @@ impl Mix {
 }
 
 /// xorshift64*: plenty for unique SHAs, and no extra dependency.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn seeded(stream: u64) -> Rng {
+    pub fn seeded(stream: u64) -> Rng {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -88,7 +88,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn sha(&mut self) -> Sha {
+    pub fn sha(&mut self) -> Sha {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 40];
         for chunk in out.chunks_mut(16) {
@@ -114,7 +114,7 @@ impl Tally {
         self.by_status.get(&202).copied().unwrap_or(0)
     }
 
-    fn add(&mut self, other: &Tally) {
+    pub fn add(&mut self, other: &Tally) {
         for (k, v) in &other.by_status {
             *self.by_status.entry(*k).or_default() += v;
         }

@@ -7,6 +7,7 @@ mod load;
 mod manifests;
 mod report;
 mod servers;
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ const MIB: f64 = 1024.0;
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// The controller binary [default: $CARGO_TARGET_DIR/release/commit-status-controller,
     /// else target/release/commit-status-controller]
     #[arg(long, value_name = "PATH")]
@@ -74,7 +78,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "memory,ingest,scaling,e2e,latency"
+        default_value = "memory,ingest,scaling,e2e,latency,churn,bodies"
     )]
     only: Vec<Scenario>,
 
@@ -95,6 +99,34 @@ enum Scenario {
     E2e,
     /// POST-to-stub latency at a fixed rate.
     Latency,
+    /// RSS growth over 200,000 sequential short connections spread over the listeners.
+    Churn,
+    /// Peak RSS while 64 clients send 3 MiB bodies of hostile shapes.
+    Bodies,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Connection churn on every listener, 3 MiB hostile bodies and a mixed event stream at
+    /// once; prints RSS at the start, peak and end, and the answers by status code.
+    Soak {
+        /// How long, e.g. 180s or 3m.
+        #[arg(long, default_value = "180s", value_parser = parse_secs)]
+        duration: Duration,
+    },
+}
+
+/// `180s`, `3m` or `180`.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let (n, scale) = match s.strip_suffix('m') {
+        Some(n) => (n, 60.0),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    n.parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .map(|n| Duration::from_secs_f64(n * scale))
+        .ok_or_else(|| format!("invalid duration {s:?}: use e.g. 180s or 3m"))
 }
 
 /// Settings shared by every scenario.
@@ -113,6 +145,8 @@ struct Bench {
     loadavg: String,
     /// Holds every run's manifests and data directories; removed at exit.
     scratch: tempfile::TempDir,
+    /// `--quick`: smaller counts for the churn and body scenarios.
+    quick: bool,
 }
 
 #[tokio::main]
@@ -151,8 +185,13 @@ async fn main() -> anyhow::Result<()> {
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .unwrap_or_else(|_| "unknown".into()),
         scratch: tempfile::Builder::new().prefix("csc-bench-").tempdir()?,
+        quick: args.quick,
     };
 
+    if let Some(Command::Soak { duration }) = args.command {
+        print!("{}", bench.soak(duration).await?);
+        return Ok(());
+    }
     let mut figures = Vec::new();
     for scenario in [
         Scenario::Memory,
@@ -160,6 +199,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Scaling,
         Scenario::E2e,
         Scenario::Latency,
+        Scenario::Churn,
+        Scenario::Bodies,
     ] {
         if !args.only.contains(&scenario) {
             continue;
@@ -171,6 +212,8 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Scaling => bench.scaling().await,
             Scenario::E2e => bench.e2e().await,
             Scenario::Latency => bench.latency().await,
+            Scenario::Churn => bench.churn().await,
+            Scenario::Bodies => bench.bodies().await,
         });
     }
 

@@ -95,11 +95,12 @@ impl BodyBudget {
         }
     }
 
-    /// Reads a whole body within `timeout`, charged to the budget.
+    /// Reads a whole body within `timeout`, charged to the budget. On `TooLarge` and `Busy`
+    /// the rest of `body` is still unread, for [`discard`].
     pub async fn read(
         &self,
         headers: &HeaderMap,
-        mut body: Body,
+        body: &mut Body,
         timeout: Duration,
     ) -> Result<(Vec<u8>, Charge), BodyError> {
         let declared = headers
@@ -150,6 +151,14 @@ impl BodyBudget {
 /// the answer rather than a connection reset. A client waiting for `100 Continue` has sent
 /// nothing yet and gets the answer at once.
 pub async fn discard(headers: &HeaderMap, mut body: Body, timeout: Duration) {
+    // A body far over the cap is not worth reading: the connection is closed instead.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > 2 * MAX_BODY) {
+        return;
+    }
     let expects = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -188,19 +197,19 @@ mod tests {
         let total = budget.available();
         let big = vec![b' '; MAX_BODY];
         let (bytes, held) = budget
-            .read(&headers(Some(MAX_BODY)), Body::from(big.clone()), T)
+            .read(&headers(Some(MAX_BODY)), &mut Body::from(big.clone()), T)
             .await
             .unwrap();
         assert_eq!(bytes.len(), MAX_BODY);
         assert_eq!(budget.available(), total - cost(MAX_BODY));
         // A second large body finds no room…
         let second = budget
-            .read(&headers(Some(MAX_BODY)), Body::from(big.clone()), T)
+            .read(&headers(Some(MAX_BODY)), &mut Body::from(big.clone()), T)
             .await;
         assert_eq!(second.err(), Some(BodyError::Busy));
         // …but a small event still gets through, on the reserve.
         let (small, _c) = budget
-            .read(&headers(Some(2)), Body::from("{}"), T)
+            .read(&headers(Some(2)), &mut Body::from("{}"), T)
             .await
             .unwrap();
         assert_eq!(small, b"{}");
@@ -208,7 +217,7 @@ mod tests {
         assert_eq!(budget.available(), total);
         assert!(
             budget
-                .read(&headers(Some(MAX_BODY)), Body::from(big), T)
+                .read(&headers(Some(MAX_BODY)), &mut Body::from(big), T)
                 .await
                 .is_ok()
         );
@@ -221,19 +230,26 @@ mod tests {
         let over = vec![b'x'; MAX_BODY + 1];
         assert!(
             budget
-                .read(&headers(None), Body::from(exact.clone()), T)
+                .read(&headers(None), &mut Body::from(exact.clone()), T)
                 .await
                 .is_ok()
         );
         assert_eq!(
             budget
-                .read(&headers(Some(MAX_BODY + 1)), Body::from(over.clone()), T)
+                .read(
+                    &headers(Some(MAX_BODY + 1)),
+                    &mut Body::from(over.clone()),
+                    T
+                )
                 .await
                 .err(),
             Some(BodyError::TooLarge)
         );
         assert_eq!(
-            budget.read(&headers(None), Body::from(over), T).await.err(),
+            budget
+                .read(&headers(None), &mut Body::from(over), T)
+                .await
+                .err(),
             Some(BodyError::TooLarge)
         );
         assert_eq!(budget.available(), 64 << 20, "nothing stays charged");

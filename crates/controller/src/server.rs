@@ -160,7 +160,7 @@ fn is_form_type(headers: &header::HeaderMap) -> bool {
 }
 
 async fn handle_event(State(state): State<EventState>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     if is_form_type(&parts.headers) {
         budget::discard(&parts.headers, body, READ_TIMEOUT).await;
         let mut r = plain(
@@ -172,18 +172,22 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
         return r;
     }
     // Held until the answer is sent: the decoded event counts against the budget too.
-    let (bytes, _charge) = match state
+    let read = state
         .body_budget
-        .read(&parts.headers, body, READ_TIMEOUT)
-        .await
-    {
+        .read(&parts.headers, &mut body, READ_TIMEOUT)
+        .await;
+    let (bytes, _charge) = match read {
         Ok(read) => read,
-        Err(BodyError::TooLarge) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
         Err(BodyError::Unreadable) => return StatusCode::BAD_REQUEST.into_response(),
+        Err(BodyError::TooLarge) => {
+            budget::discard(&parts.headers, body, READ_TIMEOUT).await;
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
         Err(BodyError::Busy) => {
             tracing::warn!(
                 "request bodies in flight reached --max-body-bytes-in-flight: asking the sender to retry"
             );
+            budget::discard(&parts.headers, body, READ_TIMEOUT).await;
             let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
