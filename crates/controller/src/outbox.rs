@@ -568,6 +568,16 @@ fn read_db(
     Ok((history, pending))
 }
 
+/// Adds `bytes` to `out` if it is an outcome `filter` lists; `true` once `out` is full.
+fn keep_outcome(out: &mut Vec<Outcome>, bytes: &[u8], filter: &HistoryFilter) -> bool {
+    if let Ok(o) = serde_json::from_slice::<Outcome>(bytes)
+        && filter.matches(&o.provider, &o.repository, &o.commit)
+    {
+        out.push(o);
+    }
+    out.len() >= filter.limit
+}
+
 fn read_history(
     table: &impl ReadableTable<u64, &'static [u8]>,
     filter: &HistoryFilter,
@@ -575,13 +585,8 @@ fn read_history(
     let mut out = Vec::new();
     for entry in table.iter().map_err(storage)?.rev() {
         let (_, v) = entry.map_err(storage)?;
-        if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
-            && filter.matches(&o.provider, &o.repository, &o.commit)
-        {
-            out.push(o);
-            if out.len() >= filter.limit {
-                break;
-            }
+        if keep_outcome(&mut out, v.value(), filter) {
+            break;
         }
     }
     Ok(out)
@@ -602,16 +607,10 @@ fn read_provider_history(
         .rev()
     {
         let (k, _) = entry.map_err(storage)?;
-        let Some(v) = table.get(k.value().1).map_err(storage)? else {
-            continue;
-        };
-        if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
-            && filter.matches(&o.provider, &o.repository, &o.commit)
+        if let Some(v) = table.get(k.value().1).map_err(storage)?
+            && keep_outcome(&mut out, v.value(), filter)
         {
-            out.push(o);
-            if out.len() >= filter.limit {
-                break;
-            }
+            break;
         }
     }
     Ok(out)

@@ -8,29 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use testkit::{ForgeKind, StubForge, StubOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A controller with a GitHub stub that records every request.
-async fn with_stub(args: &[&str]) -> (Controller, StubForge, tempfile::TempDir) {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
-    let c = Controller::start(dir.path(), args, &[]).await;
-    (c, stub, dir)
-}
 
 fn host_port(url: &str) -> String {
     url.trim_start_matches("http://")
@@ -72,7 +53,7 @@ fn post_head(host: &str, content_type: Option<&str>, len: usize) -> String {
 
 #[tokio::test]
 async fn form_content_types_get_415_and_are_neither_dispatched_nor_rate_limited() {
-    let (c, stub, _d) = with_stub(&[]).await;
+    let (c, stub, _d) = with_github_stub(&[]).await;
     let event = serde_json::to_vec(&success_event("apps", SHA)).unwrap();
     for ct in [
         "application/x-www-form-urlencoded",
@@ -121,7 +102,7 @@ async fn form_content_types_get_415_and_are_neither_dispatched_nor_rate_limited(
 
 #[tokio::test]
 async fn the_pages_listener_takes_no_events_and_the_event_listener_serves_no_pages() {
-    let (c, stub, _d) = with_stub(&[]).await;
+    let (c, stub, _d) = with_github_stub(&[]).await;
     let event = serde_json::to_vec(&success_event("apps", SHA)).unwrap();
     let client = reqwest::Client::new();
     for (method, path) in [
@@ -219,12 +200,7 @@ async fn made_up_methods_share_the_method_label_other() {
             .unwrap();
         assert_eq!(r.status(), 202);
     }
-    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     assert!(
         metrics.contains(r#"method="other""#),
         "no method=\"other\" series:\n{metrics}"
@@ -265,12 +241,7 @@ async fn the_duplicate_suppression_map_is_bounded_oldest_first() {
     assert_eq!(c.post(&event("c")).await.status(), 202);
     assert_eq!(c.post(&event("c")).await.status(), 429);
     assert_eq!(c.post(&event("a")).await.status(), 202);
-    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     assert!(
         metrics.contains("commit_status_duplicate_keys_evicted_total 2"),
         "{metrics}"
@@ -279,7 +250,7 @@ async fn the_duplicate_suppression_map_is_bounded_oldest_first() {
 
 #[tokio::test]
 async fn past_the_body_budget_the_event_api_answers_503_with_retry_after() {
-    let (c, stub, _d) = with_stub(&["--max-body-bytes-in-flight=8Mi"]).await;
+    let (c, stub, _d) = with_github_stub(&["--max-body-bytes-in-flight=8Mi"]).await;
     let host = host_port(&c.events_url);
     let big = {
         let mut b = br#"{"message":""#.to_vec();

@@ -277,6 +277,27 @@ pub fn progressing_event(name: &str, sha: &str) -> serde_json::Value {
     )
 }
 
+/// A controller started with `args` on one GitHub Provider (`flux-system/github`, Alert for
+/// every Kustomization) pointing at a fresh stub forge.
+pub async fn with_github_stub(
+    args: &[&str],
+) -> (Controller, testkit::StubForge, tempfile::TempDir) {
+    let stub = testkit::StubForge::start(testkit::ForgeKind::GitHub, Default::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "m.yaml",
+        &forge_manifests(
+            "github",
+            &format!("{}/o/r", stub.base_url()),
+            &[("token", "t")],
+            "",
+        ),
+    );
+    let c = Controller::start(dir.path(), args, &[]).await;
+    (c, stub, dir)
+}
+
 /// Writes a manifest file.
 pub fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
