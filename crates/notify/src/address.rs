@@ -65,6 +65,42 @@ impl GitAddress {
     }
 }
 
+/// The address as it may be shown and stored: `scheme://host[:port]/path`, without user info,
+/// query or fragment (where a token may be written). scp-like addresses read as
+/// `ssh://host/path`; anything else keeps only what follows its last `@`, without a query.
+pub fn redacted(address: &str) -> String {
+    let address = address.trim();
+    if let Ok(url) = Url::parse(address)
+        && (url.host_str().is_some() || url.scheme() == "file")
+    {
+        let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+        if let Some(port) = url.port() {
+            out.push_str(&format!(":{port}"));
+        }
+        out.push_str(url.path());
+        return out;
+    }
+    let address = address.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = match address.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, address),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => match parse_scp(rest) {
+            Some((scheme, host, path)) => {
+                format!("{scheme}://{host}/{}", path.trim_start_matches('/'))
+            }
+            None => rest.to_owned(),
+        },
+    }
+}
+
 fn parse_url(address: &str) -> Option<(String, String, String)> {
     let url = Url::parse(address).ok()?;
     if !TRANSPORT_SCHEMES.contains(&url.scheme()) {
@@ -212,6 +248,31 @@ mod tests {
                 (host.to_owned(), id.to_owned()),
                 "address {address:?}"
             );
+        }
+    }
+
+    #[test]
+    fn redacted_forms() {
+        let cases = [
+            (
+                "https://user:ghp_tok@github.com/o/r?private_token=x#f",
+                "https://github.com/o/r",
+            ),
+            (
+                "https://oauth2:glpat@gitlab.example:8443/g/p.git",
+                "https://gitlab.example:8443/g/p.git",
+            ),
+            ("  https://github.com/o/r \n", "https://github.com/o/r"),
+            ("git@github.com:o/r.git", "ssh://github.com/o/r.git"),
+            ("ssh://git:pw@host:2222/a/b", "ssh://host:2222/a/b"),
+            ("user:tok@host/x", "host/x"),
+            ("https://us er:tok@host/x?y", "https://host/x"),
+            ("/srv/git/repo?token=x", "/srv/git/repo"),
+            ("file:///srv/git/repo", "file:///srv/git/repo"),
+            ("http://[::1]:8080/a", "http://[::1]:8080/a"),
+        ];
+        for (address, want) in cases {
+            assert_eq!(redacted(address), want, "{address:?}");
         }
     }
 

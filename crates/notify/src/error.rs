@@ -333,6 +333,10 @@ const SECONDARY_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// seconds, the IETF `RateLimit-Reset` draft a delay).
 const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 
+/// Values above this in a reset header are epoch milliseconds (a delay or epoch seconds this
+/// large would be more than 30,000 years away).
+const EPOCH_MS_THRESHOLD: u64 = 1_000_000_000_000;
+
 /// Whether an unaccepted answer is worth retrying, and when.
 pub(crate) fn classify(
     forge: ForgeKind,
@@ -382,24 +386,35 @@ fn is_rate_limit_403(headers: &HeaderMap, body: &[u8]) -> bool {
             .contains("secondary rate limit")
 }
 
-/// `Retry-After` as delay-seconds or HTTP-date.
+/// `Retry-After` as delay-seconds or HTTP-date (any of the three formats of RFC 9110).
+/// The value is what the forge asked for; the caller caps it (`--max-retry-delay`).
 fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = header(headers, "retry-after")?;
-    if let Ok(secs) = value.parse::<u64>() {
+    if let Some(secs) = whole_number(value) {
         return Some(Duration::from_secs(secs));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let at = u64::try_from(at.timestamp()).ok()?;
-    until(at, now)
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
 fn reset_delay(headers: &HeaderMap, name: &str, now: SystemTime) -> Option<Duration> {
-    let value = header(headers, name)?.parse::<u64>().ok()?;
-    if value > EPOCH_THRESHOLD {
+    let value = whole_number(header(headers, name)?)?;
+    if value > EPOCH_MS_THRESHOLD {
+        until(value / 1000, now)
+    } else if value > EPOCH_THRESHOLD {
         until(value, now)
     } else {
         Some(Duration::from_secs(value))
     }
+}
+
+/// A string of ASCII digits as a number, saturating instead of failing on overflow: a
+/// 30-digit `Retry-After` still means "a long time", which the caller caps.
+fn whole_number(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 fn until(epoch_secs: u64, now: SystemTime) -> Option<Duration> {
@@ -591,6 +606,72 @@ mod tests {
                 gh,
                 429,
                 headers(&[("x-ratelimit-reset", "1600000000")]),
+                "",
+                Retry::Backoff,
+            ),
+            // Epoch milliseconds are read as such, not as a wait of 50,000 years.
+            (
+                gh,
+                429,
+                headers(&[("x-ratelimit-reset", &((NOW + 90) * 1000).to_string())]),
+                "",
+                Retry::After(Duration::from_secs(90)),
+            ),
+            (
+                ForgeKind::GitLab,
+                429,
+                headers(&[("ratelimit-reset", "1600000000000")]),
+                "",
+                Retry::Backoff,
+            ),
+            // Too many digits for any integer type: still a (long) wait, never a parse panic.
+            (
+                gh,
+                503,
+                headers(&[("retry-after", "99999999999999999999999999")]),
+                "",
+                Retry::After(Duration::from_secs(u64::MAX)),
+            ),
+            (
+                gh,
+                429,
+                headers(&[("x-ratelimit-reset", "99999999999999999999999999")]),
+                "",
+                Retry::After(Duration::from_secs(u64::MAX / 1000 - NOW)),
+            ),
+            // The obsolete HTTP date formats, and values that are no wait at all.
+            (
+                gh,
+                503,
+                headers(&[("retry-after", "Tuesday, 14-Nov-23 22:14:20 GMT")]),
+                "",
+                Retry::After(Duration::from_secs(60)),
+            ),
+            (
+                gh,
+                503,
+                headers(&[("retry-after", "Tue Nov 14 22:14:20 2023")]),
+                "",
+                Retry::After(Duration::from_secs(60)),
+            ),
+            (
+                gh,
+                503,
+                headers(&[("retry-after", "-5")]),
+                "",
+                Retry::Backoff,
+            ),
+            (
+                gh,
+                503,
+                headers(&[("retry-after", "1.5")]),
+                "",
+                Retry::Backoff,
+            ),
+            (
+                gh,
+                503,
+                headers(&[("retry-after", "Tue, 14 Nov 2023 22:00:00 GMT")]),
                 "",
                 Retry::Backoff,
             ),

@@ -23,4 +23,6 @@ pub use forge::github_app::GitHubApp;
 pub use forge::{Forge, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};
 pub use request::ForgeRequest;
 pub use secret::Secret;
-pub use transport::{ClientCache, Credentials, ForgeConfig, NetworkConfig, ProxyConfig, TlsConfig};
+pub use transport::{
+    ClientCache, Credentials, ForgeConfig, NetworkConfig, PROXY_SCHEMES, ProxyConfig, TlsConfig,
+};

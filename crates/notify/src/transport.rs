@@ -24,7 +24,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// (up to 1000 entries of well under 2 KiB each).
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Redirects followed; GitHub answers 301/307 for renamed repositories.
+/// Redirects a read follows; GitHub answers 301 for renamed repositories.
 const MAX_REDIRECTS: usize = 5;
 
 /// Credentials read from the Provider's secret. Which fields a forge uses is the forge's business.
@@ -77,10 +77,15 @@ fn non_empty(secret: Option<&Secret>) -> Option<&str> {
     secret.map(|s| s.expose().trim()).filter(|s| !s.is_empty())
 }
 
+/// Proxy URL schemes taken everywhere a proxy can be set (`socks5h` resolves names through
+/// the proxy, `socks5` locally).
+pub const PROXY_SCHEMES: [&str; 4] = ["http", "https", "socks5", "socks5h"];
+
 /// An HTTP(S) or SOCKS5 proxy for every request of a forge.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ProxyConfig {
-    /// `http://`, `https://`, `socks5://` or `socks5h://` URL.
+    /// `http://`, `https://`, `socks5://` or `socks5h://` URL. Shown ([`fmt::Debug`]) without
+    /// user info.
     pub url: String,
     /// Proxy basic-auth user.
     pub username: Option<String>,
@@ -98,17 +103,9 @@ impl fmt::Debug for ProxyConfig {
     }
 }
 
-/// The URL with any password replaced; an unparsable URL is not printed at all.
+/// The URL without user info, query or fragment.
 fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("redacted"));
-            }
-            url.to_string()
-        }
-        Err(_) => "[unparsable URL]".to_owned(),
-    }
+    crate::address::redacted(raw)
 }
 
 /// TLS material: a CA bundle that *replaces* the system roots, and/or a client certificate.
@@ -273,7 +270,10 @@ fn build_client(
 ) -> Result<reqwest::Client, ConfigError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
-        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
+        // Redirects are followed by `send`, which knows the method; reqwest's policy would
+        // replay a POST answered 302 as a GET and keep forge-specific credential headers
+        // (`PRIVATE-TOKEN`) on a hop to another origin.
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(proxy) = proxy {
         builder = builder.proxy(proxy_from(proxy)?);
     }
@@ -293,10 +293,11 @@ fn build_client(
 fn proxy_from(config: &ProxyConfig) -> Result<reqwest::Proxy, ConfigError> {
     let url =
         url::Url::parse(config.url.trim()).map_err(|e| ConfigError::ProxyUrl(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+    if !PROXY_SCHEMES.contains(&url.scheme()) {
         return Err(ConfigError::ProxyUrl(format!(
-            "scheme {:?} is not one of http, https, socks5",
-            url.scheme()
+            "scheme {:?} is not one of {}",
+            url.scheme(),
+            PROXY_SCHEMES.join(", ")
         )));
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -391,36 +392,32 @@ pub(crate) enum SendError {
     Transport { message: String, retry: Retry },
 }
 
-/// Sends one request; the deadline covers connecting, sending and reading the whole body.
+/// Sends one request; the deadline covers connecting, sending, reading the whole body and
+/// any redirect followed.
+///
+/// Only reads (`GET`) follow redirects, and only to HTTPS URLs of the request's own origin,
+/// where the credentials are already going. Any other 3xx (every redirect of a write, a hop to
+/// another origin or to plain HTTP, one hop too many) is returned as the answer, which the
+/// forge refuses as a failure: no credential ever travels to a host the Provider did not name.
 pub(crate) async fn send(
     client: &reqwest::Client,
     request: &ForgeRequest,
     timeout: Duration,
 ) -> Result<Response, SendError> {
     let exchange = async {
-        let mut builder = client.request(request.method.clone(), &request.url);
-        for (name, value) in &request.headers {
-            builder = builder.header(name.as_str(), value.as_str());
-        }
-        if let Some(body) = &request.body {
-            builder = builder.body(body.clone());
-        }
-        let mut response = builder.send().await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            let room = MAX_RESPONSE_BYTES - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if chunk.len() >= room {
-                break;
+        let mut url = request.url.clone();
+        let mut hops = 0;
+        loop {
+            let response = send_once(client, request, &url).await?;
+            match redirect_target(request, &url, &response) {
+                Some(next) if hops < MAX_REDIRECTS => {
+                    tracing::debug!(method = %request.method, from = %crate::address::redacted(&url), to = %crate::address::redacted(&next), status = response.status, "following a same-origin redirect");
+                    url = next;
+                    hops += 1;
+                }
+                _ => return Ok::<_, reqwest::Error>(response),
             }
         }
-        Ok::<_, reqwest::Error>(Response {
-            status,
-            headers,
-            body,
-        })
     };
     match tokio::time::timeout(timeout, exchange).await {
         Err(_) => Err(SendError::Timeout),
@@ -439,6 +436,66 @@ pub(crate) async fn send(
             })
         }
     }
+}
+
+/// One HTTP exchange of `request`, sent to `url` (the request's own, or a redirect's).
+async fn send_once(
+    client: &reqwest::Client,
+    request: &ForgeRequest,
+    url: &str,
+) -> Result<Response, reqwest::Error> {
+    let mut builder = client.request(request.method.clone(), url);
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if let Some(body) = &request.body {
+        builder = builder.body(body.clone());
+    }
+    let mut response = builder.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_RESPONSE_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() >= room {
+            break;
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Where a redirect answer to `request` (sent to `current`) may be followed, if anywhere:
+/// reads only, to an HTTPS URL with the same origin as the request's own URL. The request is
+/// then sent again unchanged, credentials included, which is safe because the origin is the
+/// one they were meant for; nothing is sent anywhere else.
+pub(crate) fn redirect_target(
+    request: &ForgeRequest,
+    current: &str,
+    response: &Response,
+) -> Option<String> {
+    if !matches!(response.status, 301 | 302 | 303 | 307 | 308)
+        || request.method != http::Method::GET
+    {
+        return None;
+    }
+    let location = response
+        .headers
+        .get(http::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    let origin = url::Url::parse(&request.url).ok()?;
+    let next = url::Url::parse(current).ok()?.join(location).ok()?;
+    let same_origin = next.scheme() == "https"
+        && origin.scheme() == "https"
+        && next.origin() == origin.origin()
+        && next.username().is_empty()
+        && next.password().is_none();
+    same_origin.then(|| next.into())
 }
 
 #[cfg(test)]
@@ -478,7 +535,14 @@ mod tests {
             network,
         };
         let text = format!("{config:?}");
-        for secret in ["proxypass", "PRIVATEKEY", "ghp_tok", "pw_secret", "APPKEY"] {
+        for secret in [
+            "proxypass",
+            "PRIVATEKEY",
+            "ghp_tok",
+            "pw_secret",
+            "APPKEY",
+            "u:",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert_eq!(NetworkConfig::default().timeout, Duration::from_secs(15));
@@ -514,12 +578,22 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        for good in ["http://proxy:3128", "https://proxy", "socks5://proxy:1080"] {
+        for good in [
+            "http://proxy:3128",
+            "https://proxy",
+            "socks5://proxy:1080",
+            "socks5h://user:pass@proxy:1080",
+        ] {
             cache.client(&net(good)).unwrap();
         }
-        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.len(), 4);
         cache.client(&net("http://proxy:3128")).unwrap();
-        assert_eq!(cache.len(), 3, "same settings share a client");
+        assert_eq!(cache.len(), 4, "same settings share a client");
+        let err = cache
+            .client(&net("ftp://user:Pr0xyPass@proxy:21"))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("Pr0xyPass") && !err.contains("user"), "{err}");
     }
 
     #[test]

@@ -782,7 +782,10 @@ impl Forge {
             &answer.body,
             SystemTime::now(),
         );
-        let message = forge_message(answer.status, &answer.body);
+        let mut message = forge_message(answer.status, &answer.body);
+        if matches!(answer.status, 301 | 302 | 303 | 307 | 308) {
+            message = redirect_refused(message, request, answer);
+        }
         self.error(
             request,
             phase,
@@ -840,6 +843,30 @@ fn validator(read: &ForgeRequest, answer: &transport::Response) -> Option<Valida
         etag: etag.to_owned(),
         body: answer.body.clone(),
     })
+}
+
+/// A 3xx answer the transport did not follow, said as such: where it pointed (without user
+/// info or query) and why it was not followed.
+fn redirect_refused(
+    message: String,
+    request: &ForgeRequest,
+    answer: &transport::Response,
+) -> String {
+    let target = answer
+        .headers
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| url::Url::parse(&request.url).ok()?.join(l).ok())
+        .map_or_else(
+            || "no usable Location".to_owned(),
+            |u| crate::address::redacted(u.as_str()),
+        );
+    let why = if request.method == http::Method::GET {
+        "only redirects to HTTPS on the same origin are followed"
+    } else {
+        "a write never follows a redirect"
+    };
+    format!("{message}: redirect to {target} not followed ({why})")
 }
 
 /// serde's wording, except for an empty or cut-off body, which reads as Go's (Flux's error

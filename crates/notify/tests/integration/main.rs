@@ -6,4 +6,5 @@ mod app_server;
 mod bitbucket_server;
 mod gitea;
 mod github_app;
+mod redirects;
 mod support;
