@@ -268,7 +268,11 @@ impl ProviderSpec {
         {
             errors.push(FieldError::new(
                 "spec.proxy",
-                format!("Invalid value: {p:?}: should match '{}'", PROXY.as_str()),
+                format!(
+                    "Invalid value: {:?}: should match '{}'",
+                    without_userinfo(p),
+                    PROXY.as_str()
+                ),
             ));
         }
         for (field, r) in [
@@ -521,6 +525,21 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
+/// A URL as it may be shown: no user info (a proxy password), no query.
+fn without_userinfo(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = rest[..authority_end]
+        .rfind('@')
+        .map_or(rest, |at| &rest[at + 1..]);
+    if scheme.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}
+
 fn quoted_list(items: &[&str]) -> String {
     items
         .iter()
@@ -616,6 +635,16 @@ mod tests {
                 ..ok.clone()
             }),
             ["spec.proxy"]
+        );
+        let mut errors = Vec::new();
+        ProviderSpec {
+            proxy: Some("socks5h://user:Pr0xyPass@proxy:1080/?t=Pr0xyPass".into()),
+            ..ok.clone()
+        }
+        .validate(&mut errors);
+        assert_eq!(
+            errors[0].message,
+            "Invalid value: \"socks5h://proxy:1080/\": should match '^(http|https)://.*$'"
         );
         assert_eq!(
             bad(ProviderSpec {

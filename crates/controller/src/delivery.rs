@@ -331,8 +331,10 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
     crate::pacing::report(&settings.metrics, &shared.pacer, &budget, record);
     if let Gate::WaitUntil(at) = gate {
         // Not an attempt: the delivery waits for its turn on the credential, and a newer
-        // state of the same key replaces it meanwhile (only final states are sent).
-        return Some(at);
+        // state of the same key replaces it meanwhile (only final states are sent). Waiting
+        // never outlives the delivery: it wakes up to expire at its max age.
+        let expires = record.accepted_ms + settings.max_age.as_millis() as i64 + 1;
+        return Some(at.min(expires));
     }
     let host_limit = {
         let mut hosts = shared.hosts.lock().unwrap_or_else(|p| p.into_inner());
@@ -458,6 +460,9 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
                 Retry::No => None,
                 Retry::Backoff => Some(backoff(settings, record.attempts)),
                 Retry::After(d) => {
+                    // The forge's wish, within our own bound: `Retry-After: 86400` must not
+                    // park a status for a day.
+                    let d = d.min(settings.max_retry_delay);
                     if matches!(e.status(), Some(429 | 403)) {
                         // The budget is per credential: everyone using it waits.
                         let now = now_ms();

@@ -179,7 +179,10 @@ fn load_file(file: &Path, text: &str, load: &mut Load, seen: &mut BTreeMap<Strin
             file: file.to_path_buf(),
             document,
         };
-        load_document(&origin, doc, load, seen);
+        // Documents are slices of `text`: their offset gives the line they start on.
+        let start = doc.as_ptr() as usize - text.as_ptr() as usize;
+        let first_line = text[..start].matches('\n').count();
+        load_document(&origin, first_line, doc, load, seen);
     }
 }
 
@@ -205,7 +208,13 @@ fn split_documents(text: &str) -> Vec<&str> {
     docs
 }
 
-fn load_document(origin: &Origin, doc: &str, load: &mut Load, seen: &mut BTreeMap<String, Origin>) {
+fn load_document(
+    origin: &Origin,
+    first_line: usize,
+    doc: &str,
+    load: &mut Load,
+    seen: &mut BTreeMap<String, Origin>,
+) {
     let problem = |object: Option<String>, field: Option<String>, message: String| Problem {
         origin: origin.clone(),
         object,
@@ -221,9 +230,11 @@ fn load_document(origin: &Origin, doc: &str, load: &mut Load, seen: &mut BTreeMa
     let value: Value = match serde_saphyr::from_str(doc) {
         Ok(v) => v,
         Err(e) => {
-            let msg = e.to_string();
-            load.problems
-                .push(problem(None, None, format!("invalid YAML: {}", msg.trim())));
+            load.problems.push(problem(
+                None,
+                None,
+                format!("invalid YAML: {}", yaml_error(&e, first_line)),
+            ));
             return;
         }
     };
@@ -344,7 +355,12 @@ fn load_document(origin: &Origin, doc: &str, load: &mut Load, seen: &mut BTreeMa
             }
             let raw: RawSecret = match typed(&value) {
                 Ok(s) => s,
-                Err(e) => return field_problems(vec![e], load),
+                // serde quotes the offending value ("invalid type: integer `1234`"), which
+                // here is likely a credential.
+                Err(e) => {
+                    let message = "invalid type: expected a string (the value is not shown: this is a Secret)";
+                    return field_problems(vec![FieldError::new(e.field, message)], load);
+                }
             };
             match Secret::from_parts(raw.metadata, raw.type_, &raw.data, &raw.string_data) {
                 Ok(secret) => {
@@ -356,6 +372,57 @@ fn load_document(origin: &Origin, doc: &str, load: &mut Load, seen: &mut BTreeMa
             }
         }
     }
+}
+
+/// A YAML syntax error as line, column (of the file, counting from 1) and the parser's own
+/// words, without any text of the document: serde-saphyr's rendering quotes the lines around
+/// the error and some messages quote the offending scalar, and in a Secret file either can be
+/// a token. Anything quoted in the message is left out.
+pub fn yaml_error(e: &serde_saphyr::Error, first_line: usize) -> String {
+    use serde_saphyr::MessageFormatter as _;
+    let e = e.without_snippet();
+    let message = without_quoted(&serde_saphyr::UserMessageFormatter.format_message(e));
+    match e.location() {
+        Some(at) if at.line() > 0 => format!(
+            "line {}, column {}: {message}",
+            at.line() as usize + first_line,
+            at.column()
+        ),
+        _ => message,
+    }
+}
+
+/// `text` with every quoted part (`"…"`, `'…'`, `` `…` ``) replaced by `…`, except a single
+/// punctuation character (`':'`, which names syntax, not data), and control characters dropped.
+fn without_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<(char, String)> = None;
+    let mut previous = ' ';
+    for c in text.chars() {
+        // An apostrophe inside a word ("can't") opens nothing.
+        let opens = matches!(c, '"' | '`') || (c == '\'' && !previous.is_alphanumeric());
+        previous = c;
+        match &mut open {
+            Some((q, quoted)) if c == *q => {
+                let mut chars = quoted.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(p), None) if p.is_ascii_punctuation() => {
+                        out.extend([c, p, c]);
+                    }
+                    _ => out.push('…'),
+                }
+                open = None;
+            }
+            Some((_, quoted)) => quoted.push(c),
+            None if opens => open = Some((c, String::new())),
+            None if c.is_control() => out.push(' '),
+            None => out.push(c),
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out.trim().to_string()
 }
 
 fn object_name(kind: &str, map: &serde_json::Map<String, Value>) -> String {
@@ -509,6 +576,52 @@ spec:
         );
         assert_eq!(load.warnings.len(), 1);
         assert_eq!(load.warnings[0].field, "spec.eventSources[0].matchLabels");
+    }
+
+    #[test]
+    fn yaml_errors_give_the_position_but_no_source_text() {
+        let secret = "ghp_SourceTextMustNotLeak1234";
+        let broken = [
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData:\n  token: \"{secret}\n"
+            ),
+            format!("apiVersion: v1\nkind: Secret\nstringData:\n  token: {secret}\n   bad: [\n"),
+            format!("apiVersion: v1\nkind: Secret\nstringData:\n  token: {secret}\n\ttab: x\n"),
+            format!("stringData: {{token: {secret}, token: {secret}}}\n"),
+            format!("stringData:\n  token: *{secret}\n"),
+            format!("stringData:\n  token: &{secret} x\n  other: &{secret} y\n  t: *{secret}x\n"),
+            format!("stringData:\n  token: \"{secret}\\q\"\n"),
+            format!("stringData:\n  - {secret}\n  token: x\n"),
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData:\n  token: {{a: {secret}}}\n"
+            ),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  token: 12345678901234\n"
+                .to_string(),
+        ];
+        for (i, text) in broken.iter().enumerate() {
+            let text = format!("apiVersion: v1\nkind: ConfigMap\n---\n{text}");
+            let load = load_text("secrets.yaml", &text);
+            assert_eq!(load.problems.len(), 1, "{i}: {:?}", load.problems);
+            let shown = load.problems[0].to_string();
+            assert!(
+                shown.starts_with("secrets.yaml (document 1): "),
+                "{i}: {shown}"
+            );
+            for leak in [secret, "SourceText", "12345678901234"] {
+                assert!(!shown.contains(leak), "{i}: {shown}");
+            }
+            assert!(!shown.contains('\n'), "{i}: {shown}");
+        }
+        let load = load_text("s.yaml", &format!("a: 1\n---\nb: 2\nc: \"{secret}\n"));
+        let shown = load.problems[0].to_string();
+        assert!(
+            shown.ends_with("(document 1): invalid YAML: line 4, column 4: unclosed quote"),
+            "{shown}"
+        );
+        assert_eq!(
+            without_quoted("can't find 'x' in `y`, \"z\", expected ':' or 'abc"),
+            "can't find … in …, …, expected ':' or …"
+        );
     }
 
     #[test]

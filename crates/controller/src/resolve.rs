@@ -226,7 +226,11 @@ pub fn forge_config(
         if let Some(headers) = secret.string("headers")
             && let Err(e) = serde_saphyr::from_str::<BTreeMap<String, String>>(&headers)
         {
-            return Err(format!("failed to read headers from secret: {e}"));
+            // The headers are credentials more often than not: position only, no source text.
+            return Err(format!(
+                "failed to read headers from secret: {}",
+                crate::manifests::yaml_error(&e, 0)
+            ));
         }
         let spec_username = (kind == ForgeKind::BitbucketServer)
             .then_some(spec.username.as_deref())
@@ -266,11 +270,14 @@ pub fn forge_config(
             ));
         }
         match url::Url::parse(&addr) {
-            Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5") => {}
+            Ok(u) if notify::PROXY_SCHEMES.contains(&u.scheme()) => {}
+            // The address may carry a password: only its redacted form is shown.
             _ => {
                 return Err(format!(
-                    "failed to get proxy URL: secret '{ns}/{}': invalid proxy address {addr:?}: scheme must be http, https or socks5",
-                    proxy_ref.name
+                    "failed to get proxy URL: secret '{ns}/{}': invalid proxy address {:?}: scheme must be one of {}",
+                    proxy_ref.name,
+                    notify::address::redacted(&addr),
+                    notify::PROXY_SCHEMES.join(", ")
                 ));
             }
         }
@@ -475,8 +482,48 @@ mod tests {
         spec.proxy_secret_ref = Some(LocalObjectReference {
             name: "noaddr".into(),
         });
-        let e = forge_config(&provider(spec), ForgeKind::GitHub, &secrets).unwrap_err();
+        let e = forge_config(&provider(spec.clone()), ForgeKind::GitHub, &secrets).unwrap_err();
         assert!(e.starts_with("failed to get proxy URL: "), "{e}");
+
+        // socks5h (DNS through the proxy) is taken like socks5; a refused scheme is shown
+        // without its password.
+        let secrets: HashMap<_, _> = [
+            secret("tok", &[("token", "t")]),
+            secret(
+                "socks",
+                &[("address", "socks5h://u:Pr0xyPass@127.0.0.1:1080")],
+            ),
+            secret(
+                "ftp",
+                &[("address", "ftp://u:Pr0xyPass@127.0.0.1:21/?k=Pr0xyPass")],
+            ),
+            secret(
+                "hdr",
+                &[
+                    ("token", "t"),
+                    ("headers", "Authorization: \"Bearer Hdr5ecret\n"),
+                ],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        spec.proxy_secret_ref = Some(LocalObjectReference {
+            name: "socks".into(),
+        });
+        let cfg = forge_config(&provider(spec.clone()), ForgeKind::GitHub, &secrets).unwrap();
+        assert!(cfg.network.proxy.unwrap().url.starts_with("socks5h://"));
+        spec.proxy_secret_ref = Some(LocalObjectReference { name: "ftp".into() });
+        let e = forge_config(&provider(spec), ForgeKind::GitHub, &secrets).unwrap_err();
+        assert_eq!(
+            e,
+            "failed to get proxy URL: secret 'ns/ftp': invalid proxy address \"ftp://127.0.0.1:21/\": scheme must be one of http, https, socks5, socks5h"
+        );
+        let e = forge_config(&provider(spec_with("hdr")), ForgeKind::GitHub, &secrets).unwrap_err();
+        assert!(
+            e.starts_with("failed to read headers from secret: line 1"),
+            "{e}"
+        );
+        assert!(!e.contains("Hdr5ecret"), "{e}");
     }
 
     #[test]

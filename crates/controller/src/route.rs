@@ -409,7 +409,8 @@ pub fn route(
         provider_uid: provider.provider.metadata.uid.clone(),
         alert: alert_key,
         object: event.object_ref(),
-        repository: provider.address.clone(),
+        // Stored, listed and served: never with the user info or query of the address.
+        repository: notify::address::redacted(&provider.address),
         forge: forge.kind().to_string(),
         // The forge's plan fills these in below.
         sha: String::new(),

@@ -25,7 +25,10 @@ pub fn init(level: &str, encoding: LogEncoding) -> Result<(), String> {
             .with_current_span(false)
             .with_span_list(false)
             .try_init(),
-        LogEncoding::Console => builder.try_init(),
+        // Colours are escape codes in a log file or a pipe: only a terminal gets them.
+        LogEncoding::Console => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     result.map_err(|e| e.to_string())
 }

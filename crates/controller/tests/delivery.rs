@@ -98,7 +98,8 @@ async fn a_burst_of_5xx_is_retried_until_the_status_lands() {
 
 #[tokio::test]
 async fn retry_after_is_honoured() {
-    let (c, stub, _d) = github(&FAST_RETRY).await;
+    // Up to --max-retry-delay (crates/controller/tests/secrets.rs checks the cap).
+    let (c, stub, _d) = github(&["--min-retry-delay=50ms", "--max-retry-delay=5s"]).await;
     stub.push_response(
         Matcher::post(".*"),
         ScriptedResponse::status(429).with_header("retry-after", "1"),
@@ -116,7 +117,7 @@ async fn retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_spent_github_budget_holds_every_delivery_on_that_credential_until_the_reset() {
-    let (c, stub, _d) = github(&FAST_RETRY).await;
+    let (c, stub, _d) = github(&["--min-retry-delay=50ms", "--max-retry-delay=5s"]).await;
     let reset = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
