@@ -355,7 +355,7 @@ async fn start_controller(server: &ApiServer, admin: &Client, data: &Path) -> Co
     let token = service_account_token(admin).await;
     let kubeconfig = server.write_kubeconfig("controller.kubeconfig", &token);
     let kc = kubeconfig.display().to_string();
-    Controller::spawn(
+    let mut c = Controller::spawn(
         &[
             "--enable-leader-election".into(),
             format!("--data-dir={}", data.display()),
@@ -367,7 +367,29 @@ async fn start_controller(server: &ApiServer, admin: &Client, data: &Path) -> Co
             ("POD_NAME", "csc-0"),
         ],
     )
-    .await
+    .await;
+    // The Secrets applied to the cluster: the harness's sweep looks for them in the logs and
+    // pages, `assert_events_secret_free` in the Events.
+    c.add_secret(K8S_TOKEN);
+    c.add_secret(&token);
+    c
+}
+
+/// The forge token of the Secrets these tests apply.
+const K8S_TOKEN: &str = "ghp_k8s_token";
+
+/// No Event in any namespace carries a secret.
+async fn assert_events_secret_free(admin: &Client) {
+    let api: Api<DynamicObject> = Api::all_with(
+        admin.clone(),
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
+    );
+    let events = api.list(&ListParams::default()).await.unwrap();
+    assert!(!events.items.is_empty(), "the tests above produce Events");
+    for e in events.items {
+        let text = e.data.to_string();
+        assert!(!text.contains(K8S_TOKEN), "a token in an Event: {text}");
+    }
 }
 
 #[tokio::test]
@@ -573,6 +595,22 @@ async fn kubernetes_mode_end_to_end() {
         .await
         .unwrap_err();
     assert!(denied.to_string().contains("forbidden"), "{denied}");
+    // Leader election touches its own Lease only.
+    let leases: Api<DynamicObject> = Api::namespaced_with(
+        sa.clone(),
+        "flux-system",
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+        )),
+    );
+    leases
+        .get("commit-status-controller-leader-election")
+        .await
+        .unwrap();
+    let denied = leases.get("someone-elses-lease").await.unwrap_err();
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
     // Flux's own CRDs (v1.8.4, which also serves v1beta2) instead of ours. Deleting a CRD
     // deletes its objects, and a Provider's finalizer is released by the running controller.
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
@@ -632,6 +670,7 @@ async fn kubernetes_mode_end_to_end() {
     )
     .await;
     assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+    assert_events_secret_free(&admin).await;
 }
 
 const KUSTOMIZATION_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1

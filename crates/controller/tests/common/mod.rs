@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod sweep;
+
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,8 @@ pub struct Controller {
     pub pages_url: String,
     pub manifests: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Values that must appear nowhere the controller writes or serves (see [`sweep`]).
+    secrets: BTreeSet<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -40,6 +45,7 @@ impl Controller {
         all.extend(args.iter().map(|a| a.to_string()));
         let mut c = Self::spawn(&all, env).await;
         c.manifests = manifests.to_path_buf();
+        c.secrets = sweep::secret_values(std::slice::from_ref(&c.manifests));
         c
     }
 
@@ -96,6 +102,7 @@ impl Controller {
             pages_url: format!("http://{pages}"),
             manifests: PathBuf::new(),
             logs,
+            secrets: BTreeSet::new(),
             _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -113,6 +120,58 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         c
+    }
+
+    /// The delivery history (`GET /api/v1/deliveries`), newest first.
+    pub async fn history(&self) -> Vec<serde_json::Value> {
+        let url = format!("{}api/v1/deliveries", self.events_url);
+        reqwest::get(url).await.unwrap().json().await.unwrap()
+    }
+
+    /// The history once it holds at least `n` outcomes; fails after `timeout`.
+    pub async fn wait_history(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = self.history().await;
+            if h.len() >= n {
+                return h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} outcomes expected: {h:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One more value the sweep must not find (a Secret applied to a cluster, say).
+    pub fn add_secret(&mut self, value: &str) {
+        self.secrets.insert(value.to_string());
+    }
+
+    /// Undoes [`Controller::add_secret`] (for the sweep's own test).
+    pub fn forget_secret(&mut self, value: &str) {
+        self.secrets.remove(value);
+    }
+
+    /// Fails if a secret of the manifests (at start or now) or one added with
+    /// [`Controller::add_secret`] is in the logs, the history API or a delivery page.
+    /// Runs on drop too.
+    pub fn sweep_secrets(&mut self) {
+        let pages = sweep::served_pages(&self.events_url);
+        self.assert_swept(&pages);
+    }
+
+    fn assert_swept(&mut self, pages: &[(String, String)]) {
+        if !self.manifests.as_os_str().is_empty() {
+            let now = sweep::secret_values(std::slice::from_ref(&self.manifests));
+            self.secrets.extend(now);
+        }
+        sweep::assert_secret_free("the logs", &self.logs(), &self.secrets);
+        for (path, body) in pages {
+            sweep::assert_secret_free(path, body, &self.secrets);
+        }
     }
 
     pub fn keep_dir(mut self, dir: tempfile::TempDir) -> Self {
@@ -218,8 +277,18 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return;
+        }
+        // Read what it serves while it runs, then stop it (so its last log lines are in),
+        // then look.
+        let pages = sweep::served_pages(&self.events_url);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.assert_swept(&pages);
     }
 }
 
