@@ -495,7 +495,7 @@ mod tests {
             ),
             secret(
                 "ftp",
-                &[("address", "ftp://u:Pr0xyPass@127.0.0.1:21/?k=Pr0xyPass")],
+                &[("address", "ftp://u:Pr0xyPass@127.0.0.1:2121/?k=Pr0xyPass")],
             ),
             secret(
                 "hdr",
@@ -516,7 +516,7 @@ mod tests {
         let e = forge_config(&provider(spec), ForgeKind::GitHub, &secrets).unwrap_err();
         assert_eq!(
             e,
-            "failed to get proxy URL: secret 'ns/ftp': invalid proxy address \"ftp://127.0.0.1:21/\": scheme must be one of http, https, socks5, socks5h"
+            "failed to get proxy URL: secret 'ns/ftp': invalid proxy address \"ftp://127.0.0.1:2121/\": scheme must be one of http, https, socks5, socks5h"
         );
         let e = forge_config(&provider(spec_with("hdr")), ForgeKind::GitHub, &secrets).unwrap_err();
         assert!(

@@ -61,7 +61,12 @@ async fn redirects_to_another_origin_never_carry_a_token() {
             &format!("{}/o/r", stub.base_url()),
             &[("token", token)],
             "",
-            &["--min-retry-delay=50ms", "--max-retry-delay=200ms"],
+            // With the duplicate-check read, so that reads meet redirects too.
+            &[
+                "--min-retry-delay=50ms",
+                "--max-retry-delay=200ms",
+                "--read-before-write",
+            ],
         )
         .await;
         let cases = [("GET", 307), ("GET", 302), ("POST", 307), ("POST", 302)];
@@ -119,21 +124,21 @@ async fn every_forge_wait_is_capped_at_max_retry_delay() {
     let ten_years = (now + 10 * 365 * 86_400).to_string();
     let in_ms = ((now + 86_400) * 1000).to_string();
     stub.push_response(
-        Matcher::get(".*"),
+        Matcher::post(".*"),
         ScriptedResponse::status(503).with_header("retry-after", "86400"),
     );
     stub.push_response(
-        Matcher::get(".*"),
+        Matcher::post(".*"),
         ScriptedResponse::status(429).with_header("retry-after", "99999999999999999999999"),
     );
     stub.push_response(
-        Matcher::get(".*"),
+        Matcher::post(".*"),
         ScriptedResponse::status(403)
             .with_header("x-ratelimit-remaining", "0")
             .with_header("x-ratelimit-reset", &ten_years),
     );
     stub.push_response(
-        Matcher::get(".*"),
+        Matcher::post(".*"),
         ScriptedResponse::status(429).with_header("ratelimit-reset", &in_ms),
     );
     let started = Instant::now();
@@ -166,7 +171,7 @@ async fn a_delivery_held_by_a_spent_budget_still_expires_at_its_max_age() {
     )
     .await;
     stub.push_response(
-        Matcher::get(".*"),
+        Matcher::post(".*"),
         ScriptedResponse::status(429).with_header("retry-after", "3600"),
     );
     c.post(&success_event("flux-system", SHA)).await;

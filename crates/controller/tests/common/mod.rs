@@ -122,29 +122,6 @@ impl Controller {
         c
     }
 
-    /// The delivery history (`GET /api/v1/deliveries`), newest first.
-    pub async fn history(&self) -> Vec<serde_json::Value> {
-        let url = format!("{}api/v1/deliveries", self.events_url);
-        reqwest::get(url).await.unwrap().json().await.unwrap()
-    }
-
-    /// The history once it holds at least `n` outcomes; fails after `timeout`.
-    pub async fn wait_history(&self, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let h = self.history().await;
-            if h.len() >= n {
-                return h;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{n} outcomes expected: {h:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// One more value the sweep must not find (a Secret applied to a cluster, say).
     pub fn add_secret(&mut self, value: &str) {
         self.secrets.insert(value.to_string());
