@@ -363,9 +363,16 @@ async fn attempt(shared: &Shared, record: &mut Pending) -> Option<i64> {
     let answered = result
         .as_ref()
         .map_or_else(|e| e.status().is_some(), |_| true);
-    shared
-        .pacer
-        .answered(&budget, exchange.rate_limit, answered, now_ms());
+    // A spent budget makes every delivery on it wait for the reset the forge states: that
+    // wait, like any the forge asks for, is capped at --max-retry-delay (a reset ten years
+    // out, or in milliseconds read as seconds, must not hold statuses for years). A budget
+    // with requests left keeps its real reset, over which they are spread.
+    let mut rate = exchange.rate_limit;
+    if let Some(r) = rate.as_mut().filter(|r| r.remaining == Some(0)) {
+        let cap = now_ms() + settings.max_retry_delay.as_millis() as i64;
+        r.reset_at_ms = r.reset_at_ms.map(|t| t.min(cap));
+    }
+    shared.pacer.answered(&budget, rate, answered, now_ms());
     {
         let m = &settings.metrics;
         crate::pacing::count(m, record, &exchange);

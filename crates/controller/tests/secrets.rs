@@ -248,7 +248,7 @@ async fn proxy_and_address_credentials_are_never_shown() {
     for name in ["direct", "socks", "ftp", "specproxy"] {
         c.post(&success_event(name, SHA)).await;
     }
-    stub.wait_for(2, WAIT).await.unwrap();
+    stub.wait_for(1, WAIT).await.unwrap();
     assert!(c.wait_log("flux-system/ftp", WAIT).await, "{}", c.logs());
     let h = c.wait_history(1, WAIT).await;
     let direct = h.iter().find(|o| o["provider"] == "flux-system/direct");

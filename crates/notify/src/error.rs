@@ -399,18 +399,28 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 
 fn reset_delay(headers: &HeaderMap, name: &str, now: SystemTime) -> Option<Duration> {
     let value = whole_number(header(headers, name)?)?;
-    if value > EPOCH_MS_THRESHOLD {
-        until(value / 1000, now)
-    } else if value > EPOCH_THRESHOLD {
-        until(value, now)
+    if value > EPOCH_THRESHOLD {
+        until(reset_epoch_secs(value, 0), now)
     } else {
         Some(Duration::from_secs(value))
     }
 }
 
+/// A reset header's value as epoch seconds: a delay (added to `now_secs`), epoch seconds, or
+/// epoch milliseconds, told apart by size. Never overflows.
+pub(crate) fn reset_epoch_secs(value: u64, now_secs: u64) -> u64 {
+    if value > EPOCH_MS_THRESHOLD {
+        value / 1000
+    } else if value > EPOCH_THRESHOLD {
+        value
+    } else {
+        now_secs.saturating_add(value)
+    }
+}
+
 /// A string of ASCII digits as a number, saturating instead of failing on overflow: a
 /// 30-digit `Retry-After` still means "a long time", which the caller caps.
-fn whole_number(value: &str) -> Option<u64> {
+pub(crate) fn whole_number(value: &str) -> Option<u64> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

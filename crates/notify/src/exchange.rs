@@ -6,10 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 
-/// Values above this in a reset header are epoch seconds, below it a delay in seconds (GitHub
-/// sends epoch seconds, the IETF `RateLimit-Reset` draft a delay).
-const EPOCH_THRESHOLD: u64 = 1_000_000_000;
-
 /// A read answer larger than this is not kept as validated content (the store stays small);
 /// the next read of it is simply unconditional.
 pub const MAX_VALIDATED_BYTES: usize = 64 * 1024;
@@ -38,17 +34,13 @@ impl RateLimit {
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         };
-        let number = |names: &[&str]| text(names).and_then(|v| v.parse::<u64>().ok());
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let number = |names: &[&str]| text(names).and_then(crate::error::whole_number);
+        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // A delay, epoch seconds or epoch milliseconds, read as the retry classification
+        // reads them, without overflow.
         let reset_at_ms = number(&["x-ratelimit-reset", "ratelimit-reset"]).map(|v| {
-            if v > EPOCH_THRESHOLD {
-                (v as i64).saturating_mul(1000)
-            } else {
-                now_ms.saturating_add((v as i64).saturating_mul(1000))
-            }
+            let secs = crate::error::reset_epoch_secs(v, now_secs);
+            i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
         });
         let rate = RateLimit {
             remaining: number(&["x-ratelimit-remaining", "ratelimit-remaining"]),
@@ -132,5 +124,13 @@ mod tests {
         assert_eq!(RateLimit::from_headers(&headers(&[]), now), None);
         let junk = headers(&[("x-ratelimit-remaining", "lots")]);
         assert_eq!(RateLimit::from_headers(&junk, now), None);
+        // Epoch milliseconds are recognised; a value too large for any integer saturates
+        // instead of wrapping into the past.
+        let ms = headers(&[("x-ratelimit-reset", "1700000020000")]);
+        let r = RateLimit::from_headers(&ms, now).unwrap();
+        assert_eq!(r.reset_at_ms, Some(1_700_000_020_000));
+        let huge = headers(&[("ratelimit-reset", "99999999999999999999999")]);
+        let r = RateLimit::from_headers(&huge, now).unwrap();
+        assert!(r.reset_at_ms.unwrap() > 1_700_000_020_000);
     }
 }
