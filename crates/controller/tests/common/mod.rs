@@ -136,7 +136,7 @@ impl Controller {
     /// [`Controller::add_secret`] is in the logs, the history API or a delivery page.
     /// Runs on drop too.
     pub fn sweep_secrets(&mut self) {
-        let pages = sweep::served_pages(&self.events_url);
+        let pages = sweep::served_pages(&self.pages_url);
         self.assert_swept(&pages);
     }
 
@@ -193,7 +193,7 @@ impl Controller {
 
     /// The delivery history (`/api/v1/deliveries`), newest first.
     pub async fn history(&self) -> Vec<serde_json::Value> {
-        let url = format!("{}api/v1/deliveries?limit=1000", self.events_url);
+        let url = format!("{}/api/v1/deliveries?limit=1000", self.pages_url);
         reqwest::get(url).await.unwrap().json().await.unwrap()
     }
 
@@ -261,7 +261,7 @@ impl Drop for Controller {
         }
         // Read what it serves while it runs, then stop it (so its last log lines are in),
         // then look.
-        let pages = sweep::served_pages(&self.events_url);
+        let pages = sweep::served_pages(&self.pages_url);
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(50));
