@@ -134,6 +134,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }),
                 kube_api_qps,
                 kube_api_burst,
+                workload_identity: crate::kube::workload_identity::WorkloadIdentitySettings {
+                    object_level: gates.enabled(crate::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY),
+                    default_service_account: Some(default_service_account.clone())
+                        .filter(|s| !s.is_empty()),
+                },
             };
             tracing::info!(
                 namespace = settings.namespace.as_deref().unwrap_or("(all)"),
@@ -202,6 +207,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Progressing::Pending => ProgressingMode::Pending,
             Progressing::Skip => ProgressingMode::Skip,
         },
+        object_level_workload_identity: gates
+            .enabled(crate::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY),
     };
     let delivery_shutdown = CancellationToken::new();
     let (scheduler, deliveries) = delivery::start(

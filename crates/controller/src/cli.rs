@@ -215,6 +215,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
             crate::args::Progressing::Pending => ProgressingMode::Pending,
             crate::args::Progressing::Skip => ProgressingMode::Skip,
         },
+        ..RouteSettings::default()
     };
     let _ = writeln!(
         out,

@@ -194,6 +194,10 @@ pub fn forge_config(
             namespace: ns.to_owned(),
             name: provider.metadata.name.clone(),
         }),
+        service_account_name: spec
+            .service_account_name
+            .clone()
+            .filter(|s| !s.trim().is_empty()),
         ..Credentials::default()
     };
     let mut auth_error = None;

@@ -16,6 +16,9 @@ use crate::outbox::Pending;
 pub struct RouteSettings {
     pub no_cross_namespace_refs: bool,
     pub progressing: ProgressingMode,
+    /// `--feature-gates=ObjectLevelWorkloadIdentity=true`: Providers may name a
+    /// `spec.serviceAccountName` (issue 11).
+    pub object_level_workload_identity: bool,
 }
 
 /// Where in Flux's pipeline a failure happened, which decides the words it is reported with.
@@ -285,10 +288,11 @@ pub fn route(
     {
         return Routed::NoCommit { alert: alert_key };
     }
-    if spec
-        .service_account_name
-        .as_deref()
-        .is_some_and(|s| !s.is_empty())
+    if !settings.object_level_workload_identity
+        && spec
+            .service_account_name
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
     {
         return fail(
             Some(provider.key()),

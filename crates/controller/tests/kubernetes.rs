@@ -1013,3 +1013,292 @@ async fn commit_statuses_heal_from_the_objects_state() {
     assert!(stub.statuses("o/r", HEAL_A2).is_empty(), "{}", c.logs());
     assert_eq!(c.count_log("watching the state of selected objects"), 0);
 }
+
+// --- issue 11: Azure DevOps workload identity against the real API server ------------------
+
+/// What the stand-in Entra token endpoint saw: the tenant of the path, the form, and whether
+/// the client assertion was a ServiceAccount token the API server signed.
+#[derive(Clone, Debug)]
+struct EntraCall {
+    tenant: String,
+    form: std::collections::BTreeMap<String, String>,
+    assertion_subject: Result<String, String>,
+}
+
+/// A token endpoint (`/<tenant>/oauth2/v2.0/token`) that verifies each client assertion
+/// against the API server's JWKS (signature, issuer, `api://AzureADTokenExchange` audience)
+/// and answers with numbered access tokens.
+struct EntraStub {
+    url: String,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<EntraCall>>>,
+}
+
+impl EntraStub {
+    async fn start(jwks: jsonwebtoken::jwk::JwkSet) -> EntraStub {
+        use http_body_util::BodyExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let calls: std::sync::Arc<std::sync::Mutex<Vec<EntraCall>>> = Default::default();
+        let seen = calls.clone();
+        let jwks = std::sync::Arc::new(jwks);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, jwks) = (seen.clone(), jwks.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (seen, jwks) = (seen.clone(), jwks.clone());
+                            async move {
+                                let path = req.uri().path().to_owned();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let form: std::collections::BTreeMap<String, String> =
+                                    url::form_urlencoded::parse(&body).into_owned().collect();
+                                let tenant = path
+                                    .strip_suffix("/oauth2/v2.0/token")
+                                    .unwrap_or_default()
+                                    .trim_start_matches('/')
+                                    .to_owned();
+                                let assertion_subject = verify_assertion(
+                                    &jwks,
+                                    form.get("client_assertion")
+                                        .map(String::as_str)
+                                        .unwrap_or_default(),
+                                );
+                                let n = {
+                                    let mut calls = seen.lock().unwrap();
+                                    calls.push(EntraCall {
+                                        tenant,
+                                        form,
+                                        assertion_subject: assertion_subject.clone(),
+                                    });
+                                    calls.len()
+                                };
+                                let (status, body) = match assertion_subject {
+                                    Ok(_) => (
+                                        200,
+                                        json!({"token_type": "Bearer", "expires_in": 3599, "access_token": format!("entra-access-{n}")}),
+                                    ),
+                                    Err(e) => (
+                                        400,
+                                        json!({"error": "invalid_client", "error_description": format!("AADSTS700211: {e}")}),
+                                    ),
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                                            serde_json::to_vec(&body).unwrap(),
+                                        )))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        EntraStub { url, calls }
+    }
+
+    fn calls(&self) -> Vec<EntraCall> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// The `sub` of a ServiceAccount token the API server signed for the Azure audience.
+fn verify_assertion(jwks: &jsonwebtoken::jwk::JwkSet, jwt: &str) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        sub: String,
+    }
+    let header = jsonwebtoken::decode_header(jwt).map_err(|e| e.to_string())?;
+    let kid = header.kid.ok_or("no kid")?;
+    let jwk = jwks.find(&kid).ok_or("unknown kid")?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["api://AzureADTokenExchange"]);
+    validation.set_issuer(&["https://kubernetes.default.svc"]);
+    jsonwebtoken::decode::<Claims>(jwt, &key, &validation)
+        .map(|d| d.claims.sub)
+        .map_err(|e| e.to_string())
+}
+
+async fn api_server_jwks(admin: &Client) -> jsonwebtoken::jwk::JwkSet {
+    let req = http::Request::get("/openid/v1/jwks")
+        .body(Vec::new())
+        .unwrap();
+    serde_json::from_str(&admin.request_text(req).await.unwrap()).unwrap()
+}
+
+fn azure_objects(ns: &str, name: &str, stub: &StubForge, service_account: Option<&str>) -> String {
+    let sa = service_account.map_or(String::new(), |s| format!("  serviceAccountName: {s}\n"));
+    format!(
+        r#"apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Provider
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  type: azuredevops
+  address: {base}/org/proj/_git/{name}
+{sa}---
+apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Alert
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  providerRef: {{name: {name}}}
+  eventSources:
+    - kind: Kustomization
+      name: '*'
+"#,
+        base = stub.base_url()
+    )
+}
+
+async fn annotated_service_account(admin: &Client, ns: &str, name: &str, client_id: &str) {
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let sa = serde_json::from_value(json!({"metadata": {"name": name, "annotations": {
+        "azure.workload.identity/client-id": client_id,
+        "azure.workload.identity/tenant-id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    }}}))
+    .unwrap();
+    let _ = sas.create(&PostParams::default(), &sa).await;
+}
+
+#[tokio::test]
+async fn azure_devops_workload_identity() {
+    let (server, admin) = cluster(KUSTOMIZATION_CRD).await;
+    let entra = EntraStub::start(api_server_jwks(&admin).await).await;
+    let stub = StubForge::start(ForgeKind::AzureDevOps, StubOptions::default()).await;
+    annotated_service_account(
+        &admin,
+        "apps",
+        "ado-writer",
+        "11111111-2222-3333-4444-555555555555",
+    )
+    .await;
+    // The controller's own ServiceAccount, for Providers that name none.
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "flux-system");
+    sas.patch(
+        "commit-status-controller",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            "azure.workload.identity/client-id": "99999999-8888-7777-6666-555555555555",
+            "azure.workload.identity/tenant-id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        }}})),
+    )
+    .await
+    .unwrap();
+    // Two Providers with the same ServiceAccount, one with the controller's identity, and one
+    // naming a ServiceAccount that has no Azure annotations.
+    for (name, sa) in [
+        ("ado-a", Some("ado-writer")),
+        ("ado-b", Some("ado-writer")),
+        ("ado-own", None),
+        ("ado-bare", Some("default-less")),
+    ] {
+        apply_yaml(&admin, &azure_objects("apps", name, &stub, sa), "apps").await;
+    }
+    let sas_apps: Api<ServiceAccount> = Api::namespaced(admin.clone(), "apps");
+    let _ = sas_apps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "default-less"}})).unwrap(),
+        )
+        .await;
+
+    let data = tempfile::tempdir().unwrap();
+    let token = service_account_token(&admin).await;
+    let kubeconfig = server.write_kubeconfig("wi.kubeconfig", &token);
+    let kc = kubeconfig.display().to_string();
+    let c = Controller::spawn(
+        &[
+            format!("--data-dir={}", data.path().display()),
+            "--min-retry-delay=50ms".into(),
+            "--max-retry-delay=200ms".into(),
+            "--feature-gates=ObjectLevelWorkloadIdentity=true".into(),
+        ],
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("RUNTIME_NAMESPACE", "flux-system"),
+            ("AZURE_AUTHORITY_HOST", entra.url.as_str()),
+        ],
+    )
+    .await;
+    c.post(&event_in("apps", "podinfo", SHA, "wi")).await;
+    let logs = || c.logs();
+    until(
+        "three statuses",
+        || async {
+            ["ado-a", "ado-b", "ado-own"]
+                .iter()
+                .all(|r| !stub.statuses(&format!("org/proj/{r}"), SHA).is_empty())
+        },
+        logs,
+    )
+    .await;
+    let posts: Vec<_> = stub
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    use base64::Engine as _;
+    let basic = |t: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!(":{t}"))
+        )
+    };
+    let calls = entra.calls();
+    // One exchange per identity: the two Providers of ado-writer share their token.
+    assert_eq!(calls.len(), 2, "{calls:?}\n{}", c.logs());
+    for call in &calls {
+        assert_eq!(call.tenant, "72f988bf-86f1-41af-91ab-2d7cd011db47");
+        assert_eq!(call.form["grant_type"], "client_credentials");
+        assert_eq!(
+            call.form["scope"],
+            "499b84ac-1321-427f-aa17-267ca6975798/.default"
+        );
+        assert_eq!(
+            call.form["client_assertion_type"],
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        );
+    }
+    let by_client = |id: &str| calls.iter().find(|c| c.form["client_id"] == id).unwrap();
+    assert_eq!(
+        by_client("11111111-2222-3333-4444-555555555555").assertion_subject,
+        Ok("system:serviceaccount:apps:ado-writer".to_owned())
+    );
+    assert_eq!(
+        by_client("99999999-8888-7777-6666-555555555555").assertion_subject,
+        Ok("system:serviceaccount:flux-system:commit-status-controller".to_owned())
+    );
+    for p in &posts {
+        let auth = p.header("authorization").unwrap_or_default();
+        assert!(
+            auth == basic("entra-access-1") || auth == basic("entra-access-2"),
+            "{auth}"
+        );
+    }
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+    // The ServiceAccount without annotations: Flux's words, and no status.
+    until(
+        "the annotation error",
+        || async {
+            c.logs().contains("failed to acquire azure devops token: failed to get token: failed to get provider identity from service account 'apps/default-less' annotations: azure tenant ID is not set in the service account annotation azure.workload.identity/tenant-id")
+        },
+        logs,
+    )
+    .await;
+    assert!(stub.statuses("org/proj/ado-bare", SHA).is_empty());
+    let all = c.logs();
+    for secret in calls.iter().map(|c| c.form["client_assertion"].clone()) {
+        assert!(!all.contains(&secret), "assertion in the logs");
+    }
+    assert!(!all.contains("entra-access-"), "access token in the logs");
+}

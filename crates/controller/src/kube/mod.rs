@@ -10,6 +10,7 @@ mod notices;
 mod sources;
 pub mod state;
 mod throttle;
+pub mod workload_identity;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub struct Settings {
     /// `--kube-api-qps` / `--kube-api-burst`: the client's token bucket.
     pub kube_api_qps: f32,
     pub kube_api_burst: u32,
+    /// Azure DevOps workload identity (issue 11).
+    pub workload_identity: workload_identity::WorkloadIdentitySettings,
 }
 
 /// What the event path gets from the cluster.
@@ -80,6 +83,7 @@ pub async fn start(
 ) -> anyhow::Result<Cluster> {
     const NO_CLUSTER: &str = "cannot connect to Kubernetes (in-cluster configuration or KUBECONFIG); to run without a cluster, pass --manifests PATH";
     let config = kube::Config::infer().await.context(NO_CLUSTER)?;
+    let own_config = config.clone();
     let client = kube::client::ClientBuilder::try_from(config)
         .context(NO_CLUSTER)?
         .with_layer(&throttle::Throttle::new(
@@ -87,6 +91,12 @@ pub async fn start(
             settings.kube_api_burst,
         ))
         .build();
+    // Before the first catalog: Azure DevOps Providers without a token need it.
+    clients.set_workload_identity(Arc::new(workload_identity::KubeWorkloadIdentity::new(
+        client.clone(),
+        &own_config,
+        settings.workload_identity.clone(),
+    )));
     let notices = notices::KubeNotices::start(client.clone(), shutdown.clone(), tasks);
     sources::start(
         client.clone(),

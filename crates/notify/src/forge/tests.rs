@@ -2977,3 +2977,17 @@ fn bitbucket_name_is_the_commit_status_expr_result() {
         assert_eq!(body["name"].as_str().unwrap().chars().count(), 255);
     }
 }
+
+#[test]
+fn azure_devops_without_token_needs_a_cluster() {
+    // Standalone mode: no workload identity to fall back to.
+    let err = new_err(
+        ForgeKind::AzureDevOps,
+        "https://dev.azure.com/o/p/_git/r",
+        Credentials::default(),
+    );
+    assert_eq!(
+        err,
+        "failed to acquire azure devops token: the secret has no token, and workload identity needs Kubernetes mode (a ServiceAccount token from the cluster); standalone mode (--manifests) has no cluster"
+    );
+}
