@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::Value;
-use testkit::{ForgeKind, Matcher, ScriptedResponse, StubForge, StubOptions};
+use testkit::{ForgeKind, Matcher, ScriptedResponse, SocksProxy, StubForge, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 const OTHER_SHA: [&str; 4] = [
@@ -405,4 +405,38 @@ async fn the_sweep_finds_a_secret_in_the_logs_and_on_the_pages() {
         "the sweep missed it: {message:?}"
     );
     c.forget_secret(marker);
+}
+
+#[tokio::test]
+async fn a_socks5h_proxy_resolves_the_forge_name_and_its_password_stays_secret() {
+    let stub = StubForge::start(ForgeKind::GitLab, StubOptions::default()).await;
+    let socks = SocksProxy::start(Some(("socks-user".into(), "S0cksPassw0rd".into()))).await;
+    // A host name the proxy resolves: with socks5h the controller never looks it up itself.
+    let address = format!("http://localhost:{}/g/p", stub.addr().port());
+    let proxy = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: proxy, namespace: flux-system}}\nstringData:\n  address: \"socks5h://127.0.0.1:{}\"\n  username: socks-user\n  password: S0cksPassw0rd\n",
+        socks.addr().port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "m.yaml",
+        &(forge_manifests(
+            "gitlab",
+            &address,
+            &[("token", "glpat-ThroughSocks")],
+            "  proxySecretRef: {name: proxy}",
+        ) + &proxy),
+    );
+    let c = Controller::start(dir.path(), &[], &[]).await;
+    c.post(&success_event("flux-system", SHA)).await;
+    let h = c.wait_history(1, WAIT).await;
+    assert_eq!(h[0]["outcome"], "posted", "{h:?}\n{}", c.logs());
+    assert_eq!(h[0]["repository"], address);
+    assert_eq!(
+        socks.targets(),
+        [format!("localhost:{}", stub.addr().port())],
+        "the name went to the proxy unresolved"
+    );
+    assert_eq!(stub.statuses("g/p", SHA).len(), 1);
 }

@@ -1,12 +1,14 @@
 //! Test doubles that run for real on loopback: contract-validating forge stubs, a forwarding
-//! proxy and TLS material, for the integration tests of the other crates.
+//! proxy, a SOCKS5 proxy and TLS material, for the integration tests of the other crates.
 
 pub mod contract;
 pub mod pki;
 pub mod proxy;
+pub mod socks;
 pub mod stub;
 
 pub use contract::{Contract, Direction, OperationMatch, RecordedRequest, RequestCheck};
 pub use pki::{ServerTls, TestPki};
 pub use proxy::{ForwardProxy, ProxyOptions};
+pub use socks::SocksProxy;
 pub use stub::{ForgeKind, Matcher, ScriptedResponse, StubForge, StubOptions};
