@@ -70,9 +70,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         token_cache_max_size,
         token_cache_max_duration,
         default_service_account,
+        forward_events_to,
+        max_pending_forwards,
+        max_pending_forward_bytes,
         command: _,
         read_before_write,
     } = args;
+    let forward_targets =
+        crate::forward::parse_targets(&forward_events_to).map_err(anyhow::Error::msg)?;
     let gates = crate::goflags::FeatureGates::resolve(
         &feature_gates.into_iter().map(|g| g.0).collect::<Vec<_>>(),
     )
@@ -231,6 +236,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         graceful_shutdown_timeout,
     );
     let deliveries = tokio::spawn(deliveries);
+    let (forwarder, forwards) = if forward_targets.is_empty() {
+        (None, None)
+    } else {
+        tracing::info!(targets = ?forward_targets, "forwarding accepted events");
+        let (forwarder, run) = crate::forward::Forwarder::start(
+            outbox.database().clone(),
+            crate::forward::Settings {
+                targets: forward_targets,
+                min_retry_delay,
+                max_retry_delay,
+                max_age: delivery_max_age,
+                max_in_flight_per_target: max_in_flight_per_host,
+                max_events: max_pending_forwards,
+                max_bytes: max_pending_forward_bytes as u64,
+                metrics: metrics.clone(),
+            },
+            delivery_shutdown.clone(),
+            graceful_shutdown_timeout,
+        )?;
+        (Some(forwarder), Some(tokio::spawn(run)))
+    };
 
     let ready = Arc::new(AtomicBool::new(false));
     let events_listener = server::bind(&events_addr)
@@ -268,6 +294,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_pending,
         notices,
         labels,
+        forwarder,
     };
     if let Some((client, leading)) = cluster_client
         && heal_from_state
@@ -349,6 +376,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     while servers.join_next().await.is_some() {}
     delivery_shutdown.cancel();
     let _ = deliveries.await;
+    if let Some(forwards) = forwards {
+        let _ = forwards.await;
+    }
     tasks.shutdown().await;
     Ok(())
 }

@@ -211,6 +211,22 @@ pub struct Args {
     #[arg(long, default_value = "", value_name = "NAME")]
     pub default_service_account: String,
     // --- end issue 11 ---------------------------------------------------------------------------
+
+    // Issue 13: forwarding to another event receiver.
+    /// Forward every accepted event, unchanged (same body and Content-Type), to this URL, e.g.
+    /// Flux's notification-controller. Repeatable. Forwards are stored and retried like
+    /// deliveries.
+    #[arg(long, value_name = "URL")]
+    pub forward_events_to: Vec<String>,
+
+    /// Events waiting to be forwarded above which the event API answers 503 with Retry-After.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_pending_forwards: usize,
+
+    /// Body bytes of events waiting to be forwarded above which the event API answers 503
+    /// (suffixes Ki, Mi, Gi).
+    #[arg(long, default_value = "256Mi", value_parser = parse_bytes, value_name = "BYTES")]
+    pub max_pending_forward_bytes: usize,
 }
 
 impl Args {

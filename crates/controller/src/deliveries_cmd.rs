@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
+use serde_json::Value;
+
 use crate::args::{DeliveriesArgs, Output};
+use crate::forward::{ForwardOutcome, ListQuery, PendingForward, is_forward};
 use crate::outbox::{self, HistoryFilter, Outcome, Pending};
 
 pub async fn run(args: DeliveriesArgs) -> anyhow::Result<String> {
@@ -25,7 +28,8 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<String> {
         commit,
         limit,
     };
-    let (history, queue): (Vec<Outcome>, Vec<Pending>) = if let Some(server) = server {
+    // Deliveries and forwarded events, as `/api/v1/deliveries` lists them.
+    let entries: Vec<Value> = if let Some(server) = server {
         let mut url = reqwest::Url::parse(&server)
             .with_context(|| format!("--server {server:?} is not a URL"))?
             .join("/api/v1/deliveries")?;
@@ -50,81 +54,133 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<String> {
             .with_context(|| format!("GET {url}"))?;
         let status = response.status();
         anyhow::ensure!(status.is_success(), "GET {url}: {status}");
-        if pending {
-            (
-                Vec::new(),
-                response.json().await.context("unexpected answer")?,
-            )
-        } else {
-            (
-                response.json().await.context("unexpected answer")?,
-                Vec::new(),
-            )
-        }
+        response.json().await.context("unexpected answer")?
     } else {
         let dir = data_dir.expect("clap requires --data-dir without --server");
-        let (mut history, mut queue) = outbox::read_file(&dir, &filter).map_err(|e| {
+        let hint = |e: outbox::StoreError| {
             anyhow::anyhow!("{e} (if the controller is running, use --server URL instead)")
-        })?;
+        };
+        let (mut history, mut queue) = outbox::read_file(&dir, &filter).map_err(hint)?;
         queue.truncate(limit);
         history.truncate(limit);
-        (history, queue)
+        let deliveries = if pending {
+            serde_json::to_value(queue)?
+        } else {
+            serde_json::to_value(history)?
+        };
+        let Value::Array(deliveries) = deliveries else {
+            unreachable!("a list serialises to an array")
+        };
+        ListQuery::default()
+            .merge(
+                &*outbox::open_file(&dir).map_err(hint)?,
+                &filter,
+                pending,
+                deliveries,
+            )
+            .map_err(hint)?
     };
-    Ok(match (output, pending) {
-        (Output::Json, true) => serde_json::to_string_pretty(&queue)? + "\n",
-        (Output::Json, false) => serde_json::to_string_pretty(&history)? + "\n",
-        (Output::Text, true) => {
-            let mut out = String::new();
-            for p in &queue {
-                let _ = writeln!(
-                    out,
-                    "{}  {}  {}  {} {} -> {}  attempts={}{}",
-                    outbox::rfc3339(p.accepted_ms),
-                    p.provider,
-                    p.object,
-                    p.status_id,
-                    short(&p.sha),
-                    p.state,
-                    p.attempts,
-                    p.last_error
-                        .as_deref()
-                        .map(|e| format!("  last error: {e}"))
-                        .unwrap_or_default()
-                );
+    if output == Output::Json {
+        return Ok(serde_json::to_string_pretty(&entries)? + "\n");
+    }
+    let mut out = String::new();
+    for e in &entries {
+        if is_forward(e) {
+            forward_line(&mut out, e, pending);
+        } else if pending {
+            if let Ok(p) = serde_json::from_value::<Pending>(e.clone()) {
+                pending_line(&mut out, &p);
             }
-            if queue.is_empty() {
-                out.push_str("no pending deliveries\n");
-            }
-            out
+        } else if let Ok(o) = serde_json::from_value::<Outcome>(e.clone()) {
+            outcome_line(&mut out, &o);
         }
-        (Output::Text, false) => {
-            let mut out = String::new();
-            for o in &history {
-                let _ = writeln!(
-                    out,
-                    "{}  {:<11}  {}  {}  {} {} -> {}{}{}",
-                    o.time,
-                    format!("{:?}", o.outcome).to_lowercase(),
-                    o.provider,
-                    o.object,
-                    o.status,
-                    short(&o.commit),
-                    o.state,
-                    o.http_status
-                        .map(|s| format!("  HTTP {s}"))
-                        .unwrap_or_default(),
-                    o.message
-                        .as_deref()
-                        .map(|m| format!("  {m}"))
-                        .unwrap_or_default()
-                );
-            }
-            if history.is_empty() {
-                out.push_str("no deliveries recorded\n");
-            }
-            out
-        }
-    })
+    }
+    if entries.is_empty() {
+        out.push_str(if pending {
+            "no pending deliveries\n"
+        } else {
+            "no deliveries recorded\n"
+        });
+    }
+    Ok(out)
+}
+
+/// A forwarded event: no commit status, but the receiver and its last answer.
+fn forward_line(out: &mut String, e: &Value, pending: bool) {
+    let (time, outcome, f, http_status, message) = if pending {
+        let Ok(p) = serde_json::from_value::<PendingForward>(e.clone()) else {
+            return;
+        };
+        let f = p.forward;
+        let http_status = f.attempt_log.last().and_then(|a| a.http_status);
+        let message = f.last_error.clone().map(|e| format!("last error: {e}"));
+        (
+            outbox::rfc3339(f.accepted_ms),
+            "pending",
+            (f.target, f.object, f.event, f.attempts),
+            http_status,
+            message,
+        )
+    } else {
+        let Ok(o) = serde_json::from_value::<ForwardOutcome>(e.clone()) else {
+            return;
+        };
+        (
+            o.time,
+            o.outcome.name(),
+            (o.target, o.object, o.event, o.attempts),
+            o.http_status,
+            o.message,
+        )
+    };
+    let (target, object, event, attempts) = f;
+    let _ = writeln!(
+        out,
+        "{time}  {outcome:<11}  forward -> {target}  {object}  event={event} attempts={attempts}{}{}",
+        http_status
+            .map(|s| format!("  HTTP {s}"))
+            .unwrap_or_default(),
+        message.map(|m| format!("  {m}")).unwrap_or_default()
+    );
+}
+
+fn pending_line(out: &mut String, p: &Pending) {
+    let _ = writeln!(
+        out,
+        "{}  {}  {}  {} {} -> {}  attempts={}{}",
+        outbox::rfc3339(p.accepted_ms),
+        p.provider,
+        p.object,
+        p.status_id,
+        short(&p.sha),
+        p.state,
+        p.attempts,
+        p.last_error
+            .as_deref()
+            .map(|e| format!("  last error: {e}"))
+            .unwrap_or_default()
+    );
+}
+
+fn outcome_line(out: &mut String, o: &Outcome) {
+    let _ = writeln!(
+        out,
+        "{}  {:<11}  {}  {}  {} {} -> {}{}{}",
+        o.time,
+        format!("{:?}", o.outcome).to_lowercase(),
+        o.provider,
+        o.object,
+        o.status,
+        short(&o.commit),
+        o.state,
+        o.http_status
+            .map(|s| format!("  HTTP {s}"))
+            .unwrap_or_default(),
+        o.message
+            .as_deref()
+            .map(|m| format!("  {m}"))
+            .unwrap_or_default()
+    );
 }
 
 fn short(sha: &str) -> &str {

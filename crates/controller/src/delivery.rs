@@ -637,10 +637,13 @@ fn done(
 
 /// Exponential backoff with full jitter: uniform in [0, min(max, min·2^attempts)].
 fn backoff(settings: &Settings, attempts: u32) -> Duration {
-    let cap = settings
-        .min_retry_delay
-        .saturating_mul(1u32 << attempts.min(20))
-        .min(settings.max_retry_delay);
+    backoff_delay(settings.min_retry_delay, settings.max_retry_delay, attempts)
+}
+
+/// The same rule for anything else retried with `--min-retry-delay`/`--max-retry-delay`
+/// (forwarded events).
+pub(crate) fn backoff_delay(min: Duration, max: Duration, attempts: u32) -> Duration {
+    let cap = min.saturating_mul(1u32 << attempts.min(20)).min(max);
     let ms = cap.as_millis().max(1) as u64;
     Duration::from_millis(rand::rng().random_range(ms / 10..=ms).max(1))
 }

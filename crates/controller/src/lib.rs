@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cli;
 pub mod deliveries_cmd;
 pub mod delivery;
+pub mod forward;
 pub mod goflags;
 pub mod hooks;
 pub mod kube;

@@ -93,6 +93,20 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+// Issue 13: forwarding. A receiver is named by its URL without userinfo; receivers come from
+// flags, so the label set stays bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub target: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardAttemptLabels {
+    pub target: String,
+    pub status_class: String,
+}
+
 /// Durations in seconds as go-http-metrics buckets them (Prometheus' default buckets).
 const DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -127,6 +141,11 @@ pub struct Metrics {
     pub token_cache_evictions: Counter,
     /// `--export-http-path-metrics` (issue 11): the handler label is the request path.
     export_http_path: std::sync::atomic::AtomicBool,
+    // Issue 13: forwarding.
+    pub forwards: Family<ForwardLabels, Counter>,
+    pub forward_attempts: Family<ForwardAttemptLabels, Counter>,
+    pub forward_queue_depth: Gauge,
+    pub forward_pending_bytes: Gauge,
 }
 
 impl Metrics {
@@ -158,6 +177,10 @@ impl Metrics {
             token_cached_items: Gauge::default(),
             token_cache_requests: Family::default(),
             token_cache_evictions: Counter::default(),
+            forwards: Family::default(),
+            forward_attempts: Family::default(),
+            forward_queue_depth: Gauge::default(),
+            forward_pending_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -264,6 +287,27 @@ impl Metrics {
             "duplicate_keys_evicted",
             "Duplicate-suppression windows forgotten before their time because --rate-limit-max-keys was reached.",
             m.duplicate_keys_evicted.clone(),
+        );
+        // Issue 13: forwarding.
+        ours.register(
+            "forwards",
+            "Forwarded events finished, by receiver and outcome (forwarded, already_received, failed, expired, skipped).",
+            m.forwards.clone(),
+        );
+        ours.register(
+            "forward_attempts",
+            "Attempts at forwarding an event, by receiver and HTTP status class.",
+            m.forward_attempts.clone(),
+        );
+        ours.register(
+            "forward_queue_depth",
+            "Forwards accepted and not finished (one per event and receiver).",
+            m.forward_queue_depth.clone(),
+        );
+        ours.register(
+            "forward_pending_bytes",
+            "Body bytes stored for events not yet forwarded to every receiver.",
+            m.forward_pending_bytes.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

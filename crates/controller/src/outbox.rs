@@ -340,6 +340,11 @@ impl Outbox {
         Ok(oldest)
     }
 
+    /// The database, for other tables kept beside the deliveries (forwarded events).
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
     /// Deliveries accepted and not yet finished.
     pub fn pending_len(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
@@ -524,24 +529,29 @@ pub fn read_file(
     dir: &Path,
     filter: &HistoryFilter,
 ) -> Result<(Vec<Outcome>, Vec<Pending>), StoreError> {
+    read_db(&*open_file(dir)?, filter)
+}
+
+/// Opens a store file for reading while the controller is stopped.
+pub fn open_file(dir: &Path) -> Result<Box<dyn ReadableDatabase>, StoreError> {
     let path = dir.join("deliveries.redb");
     let open_error = |source| StoreError::Open {
         path: path.display().to_string(),
         source,
     };
     match redb::ReadOnlyDatabase::open(&path) {
-        Ok(db) => read_db(&db, filter),
+        Ok(db) => Ok(Box::new(db)),
         // After an unclean stop the file needs a repair, which only a writer may do; the
         // controller is not running (it would hold the lock), so open it for writing.
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             Err(open_error(redb::DatabaseError::DatabaseAlreadyOpen))
         }
-        Err(_) => read_db(&Database::open(&path).map_err(open_error)?, filter),
+        Err(_) => Ok(Box::new(Database::open(&path).map_err(open_error)?)),
     }
 }
 
 fn read_db(
-    db: &impl ReadableDatabase,
+    db: &(impl ReadableDatabase + ?Sized),
     filter: &HistoryFilter,
 ) -> Result<(Vec<Outcome>, Vec<Pending>), StoreError> {
     let txn = db.begin_read().map_err(storage)?;

@@ -14,20 +14,24 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::forward::{ForwardFilter, ForwardOutcome, PendingForward};
 use crate::outbox::{Attempt, HistoryFilter, Outbox, Outcome, Pending, Verdict, rfc3339};
 
 /// Rows on the index unless `?limit=` says otherwise, and the most it may ask for.
 const DEFAULT_ROWS: usize = 100;
 const MAX_ROWS: usize = 1000;
 
-/// Values of the `outcome` filter, in the order the form offers them.
-const OUTCOMES: [&str; 6] = [
+/// Values of the `outcome` filter, in the order the form offers them (the last two are
+/// forwarded events' only).
+const OUTCOMES: [&str; 8] = [
     "pending",
     "posted",
     "already_set",
     "skipped",
     "failed",
     "expired",
+    "forwarded",
+    "already_received",
 ];
 
 /// `GET /deliveries` and `GET /deliveries/{id}`.
@@ -99,7 +103,8 @@ fn verdict_name(v: Verdict) -> &'static str {
 /// The colour class of an outcome, a forge state (every forge's spelling) or an attempt result.
 fn tone(word: &str) -> &'static str {
     match word.to_ascii_lowercase().as_str() {
-        "posted" | "already_set" | "already set" | "success" | "successful" | "succeeded" => "ok",
+        "posted" | "already_set" | "already set" | "success" | "successful" | "succeeded"
+        | "forwarded" | "already_received" | "already received" => "ok",
         "failed" | "failure" | "error" | "expired" => "bad",
         "pending" | "running" | "inprogress" | "retrying" => "wait",
         _ => "neutral",
@@ -622,6 +627,8 @@ async fn index(
             .clamp(1, MAX_ROWS),
     };
     let outcome = f.outcome.clone();
+    // Forwarded events have no provider, repository or commit: those filters leave them out.
+    let with_forwards = f.provider.is_empty() && f.repository.is_empty() && f.commit.is_empty();
     let read = tokio::task::spawn_blocking(move || {
         let pending = match outcome.as_str() {
             "" | "pending" => outbox.pending(&filter)?,
@@ -632,10 +639,25 @@ async fn index(
             "pending" => Vec::new(),
             o => outbox.history_where(&filter, |x| verdict_name(x.outcome) == o)?,
         };
-        Ok::<_, crate::outbox::StoreError>((pending, history))
+        let mut forwards = (Vec::new(), Vec::new());
+        if with_forwards {
+            let db = &**outbox.database();
+            let ff = ForwardFilter {
+                limit: filter.limit,
+                outcome: Some(outcome.clone()).filter(|o| !o.is_empty()),
+                ..ForwardFilter::default()
+            };
+            if matches!(outcome.as_str(), "" | "pending") {
+                forwards.0 = crate::forward::pending(db, &ff)?;
+            }
+            if outcome != "pending" {
+                forwards.1 = crate::forward::history(db, &ff)?;
+            }
+        }
+        Ok::<_, crate::outbox::StoreError>((pending, history, forwards))
     })
     .await;
-    let (pending, history) = match read {
+    let (pending, history, forwards) = match read {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             return error_page(
@@ -680,12 +702,73 @@ async fn index(
         repository: &o.repository,
         provider: &o.provider,
     }));
-    page(
-        StatusCode::OK,
-        "Deliveries",
-        "deliveries",
-        &render_index(&f, &rows),
-    )
+    let mut body = render_index(&f, &rows);
+    body.push_str(&render_forwards(&forwards.0, &forwards.1));
+    page(StatusCode::OK, "Deliveries", "deliveries", &body)
+}
+
+/// Forwarded events (`--forward-events-to`), pending first: no commit status, but the
+/// receiver, the attempts and the receiver's last answer. Nothing when there are none.
+fn render_forwards(pending: &[PendingForward], history: &[ForwardOutcome]) -> String {
+    if pending.is_empty() && history.is_empty() {
+        return String::new();
+    }
+    let mut b = String::from(
+        "<h2>Forwarded events</h2>\n<table>\n<thead><tr><th>Event</th><th>Time</th><th>Outcome</th><th>Object</th><th>Receiver</th><th>Attempts</th><th>Last answer</th></tr></thead>\n<tbody>\n",
+    );
+    let answer = |status: Option<u16>, message: Option<&str>| {
+        let status = status.map(|s| format!("HTTP {s}"));
+        match (status, message) {
+            (Some(s), Some(m)) if !m.starts_with(&s) => format!("{s} · {m}"),
+            (Some(s), None) => s,
+            (_, Some(m)) => m.to_string(),
+            (None, None) => String::new(),
+        }
+    };
+    let mut row = |event: u64,
+                   time: &str,
+                   outcome: &str,
+                   object: &str,
+                   target: &str,
+                   attempts: u32,
+                   last: String| {
+        let _ = writeln!(
+            b,
+            r#"<tr><td>#{event}</td><td class="nowrap"><time datetime="{time}">{when}</time></td><td>{outcome}</td><td class="wrap">{object}</td><td class="wrap">{target}</td><td>{attempts}</td><td class="wrap">{last}</td></tr>"#,
+            time = esc(time),
+            when = esc(&when(time)),
+            outcome = badge(outcome),
+            object = esc(object),
+            target = esc(target),
+            last = esc(&last),
+        );
+    };
+    for p in pending.iter().rev() {
+        let f = &p.forward;
+        let last = f.attempt_log.last();
+        row(
+            f.event,
+            &rfc3339(f.accepted_ms),
+            "pending",
+            &f.object,
+            &f.target,
+            f.attempts,
+            answer(last.and_then(|a| a.http_status), f.last_error.as_deref()),
+        );
+    }
+    for o in history {
+        row(
+            o.event,
+            &o.time,
+            o.outcome.name(),
+            &o.object,
+            &o.target,
+            o.attempts,
+            answer(o.http_status, o.message.as_deref()),
+        );
+    }
+    b.push_str("</tbody>\n</table>\n");
+    b
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use api::{DecodeError, Event};
 use crate::budget::{self, BodyBudget, BodyError};
 use crate::catalog::Catalog;
 use crate::delivery::Scheduler;
+use crate::forward::Forwarder;
 use crate::hooks::{LabelSource, Notices, reason};
 use crate::outbox::{HistoryFilter, Outbox};
 use crate::ratelimit::{Limiter, event_key, rfc1123_utc};
@@ -44,6 +45,8 @@ pub struct EventState {
     pub notices: Arc<dyn Notices>,
     /// Reads involved objects' labels for `matchLabels`; `None` without a cluster.
     pub labels: Option<Arc<dyn LabelSource>>,
+    /// `--forward-events-to`: where accepted events are sent on; `None` without it.
+    pub forwarder: Option<Forwarder>,
 }
 
 /// The event API: every path and method is an event, as in Flux (a GET has an empty body,
@@ -90,6 +93,8 @@ pub fn pages_router(outbox: Outbox) -> Router {
 
 /// The delivery history, newest first, with `?provider=ns/name&repository=…&commit=…&limit=N`
 /// (at most [`MAX_LIMIT`]); `&pending=true` lists the deliveries still queued instead.
+/// Forwarded events are listed beside deliveries (`"type": "forward"`); `?target=…` or
+/// `?type=forward|delivery` selects.
 async fn list_deliveries(
     State(outbox): State<Outbox>,
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
@@ -105,16 +110,27 @@ async fn list_deliveries(
             .clamp(1, MAX_LIMIT),
     };
     let pending = params.get("pending").is_some_and(|p| p == "true");
+    let query = crate::forward::ListQuery {
+        target: params.get("target").cloned(),
+        type_: params.get("type").cloned(),
+    };
     let result = tokio::task::spawn_blocking(move || {
-        if pending {
-            outbox
-                .pending(&filter)
-                .map(|p| serde_json::to_value(p).unwrap_or_default())
-        } else {
-            outbox
-                .history(&filter)
-                .map(|h| serde_json::to_value(h).unwrap_or_default())
-        }
+        let to_values = |v: serde_json::Value| match v {
+            serde_json::Value::Array(items) => items,
+            _ => Vec::new(),
+        };
+        let deliveries = match (query.deliveries(), pending) {
+            (false, _) => Vec::new(),
+            (true, true) => {
+                to_values(serde_json::to_value(outbox.pending(&filter)?).unwrap_or_default())
+            }
+            (true, false) => {
+                to_values(serde_json::to_value(outbox.history(&filter)?).unwrap_or_default())
+            }
+        };
+        query
+            .merge(&**outbox.database(), &filter, pending, deliveries)
+            .map(serde_json::Value::Array)
     })
     .await;
     match result {
@@ -195,7 +211,18 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
         }
     };
     let decoded = Event::decode_within(&bytes, budget::decode_limit(bytes.len()));
-    drop(bytes);
+    // Kept only to be forwarded as received (still within the charge); otherwise freed now.
+    let content_type = parts.headers.get(header::CONTENT_TYPE);
+    let received = match &state.forwarder {
+        Some(_) => Some((
+            bytes::Bytes::from(bytes),
+            content_type.map(|v| v.as_bytes().to_vec()),
+        )),
+        None => {
+            drop(bytes);
+            None
+        }
+    };
     let mut event = match decoded {
         Ok(e) => e,
         Err(e) => {
@@ -260,9 +287,6 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
     }
     let records =
         deliveries_for(&state, &catalog, &event, labels.as_ref(), Origin::Api).unwrap_or_default();
-    if records.is_empty() {
-        return with_limits(StatusCode::ACCEPTED.into_response());
-    }
     let object = event.object_ref();
     let refuse = |why: &str| {
         // Give the token back: the sender will retry (Flux's recorder retries 5xx) and that
@@ -274,11 +298,79 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
             .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
         with_limits(r)
     };
-    match store(&state, records).await {
-        // Only now is the delivery durable, so only now may the sender forget the event.
+    // The event is accepted: whatever it leads to, it is forwarded as it arrived.
+    let incoming = received.map(|(body, content_type)| Incoming {
+        object: object.clone(),
+        reason: event.reason.clone(),
+        body,
+        content_type,
+    });
+    match store_accepted(&state, records, incoming).await {
+        // Only now are the deliveries and forwards durable, so only now may the sender
+        // forget the event.
         Ok(()) => with_limits(StatusCode::ACCEPTED.into_response()),
         Err(why) => refuse(why),
     }
+}
+
+/// An accepted event as it arrived, for forwarding.
+struct Incoming {
+    object: String,
+    reason: String,
+    body: bytes::Bytes,
+    content_type: Option<Vec<u8>>,
+}
+
+/// Stores an accepted event's deliveries and its forwards (`--forward-events-to`); returns
+/// once both are durable, or why they cannot be taken now.
+async fn store_accepted(
+    state: &EventState,
+    records: Vec<crate::outbox::Pending>,
+    incoming: Option<Incoming>,
+) -> Result<(), &'static str> {
+    let (Some(forwarder), Some(incoming)) = (&state.forwarder, incoming) else {
+        return match records.is_empty() {
+            true => Ok(()),
+            false => store(state, records).await,
+        };
+    };
+    // Refused deliveries must not leave a forward behind (the sender's retry brings it again).
+    if !records.is_empty() && state.outbox.pending_len() + records.len() > state.max_pending {
+        return Err("too many pending deliveries (--max-pending)");
+    }
+    let forwarded = forwarder
+        .accept(
+            incoming.object,
+            incoming.reason,
+            incoming.body,
+            incoming.content_type.as_deref(),
+        )
+        .map_err(|e| match e {
+            crate::forward::Refused::Full => {
+                "too many events waiting to be forwarded (--max-pending-forwards)"
+            }
+            crate::forward::Refused::FullBytes => {
+                "the events waiting to be forwarded use their byte budget (--max-pending-forward-bytes)"
+            }
+            crate::forward::Refused::Store(_) => "the forwarding store is unavailable",
+        })?;
+    let delivered = async {
+        match records.is_empty() {
+            true => Ok(()),
+            false => store(state, records).await,
+        }
+    };
+    let forwarded = async {
+        forwarded
+            .await
+            .unwrap_or(Err(crate::outbox::StoreError::Closed))
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot store the event for forwarding");
+                "the forwarding store is unavailable"
+            })
+    };
+    let (delivered, forwarded) = tokio::join!(delivered, forwarded);
+    delivered.and(forwarded)
 }
 
 /// Where an event came from.

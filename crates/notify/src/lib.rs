@@ -25,4 +25,5 @@ pub use request::ForgeRequest;
 pub use secret::Secret;
 pub use transport::{
     ClientCache, Credentials, ForgeConfig, NetworkConfig, PROXY_SCHEMES, ProxyConfig, TlsConfig,
+    error_chain,
 };

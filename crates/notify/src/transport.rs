@@ -363,7 +363,7 @@ fn identity(tls: &TlsConfig) -> Result<Option<Identity>, ConfigError> {
 }
 
 /// An error and its sources on one line (`a: b: c`).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
