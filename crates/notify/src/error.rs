@@ -1,6 +1,7 @@
 //! Everything that can go wrong, split by when it is found: [`ConfigError`] when a provider is
 //! loaded, [`PlanError`] when an event is turned into a status, [`DeliveryError`] when the forge
-//! is called. Only delivery errors can be retried, and [`DeliveryError::retry`] says how.
+//! is called. Only delivery errors can be retried: [`DeliveryError::class`] says why (transient,
+//! rate limited, permanent) and [`DeliveryError::retry`] how.
 //!
 //! Display strings of the first two follow Flux word for word where Flux has an equivalent, so
 //! that Warning events read the same after a migration.
@@ -176,6 +177,47 @@ pub enum Retry {
     After(Duration),
 }
 
+/// Why an exchange failed, as far as trying again goes. Callers decide from this alone, never
+/// from HTTP status codes, so the forge layer is the one place that knows what an answer means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The same request will fail the same way.
+    Permanent,
+    /// Worth trying again; `after`: the forge said not before this long.
+    Transient {
+        /// The forge's `Retry-After`, if it sent one.
+        after: Option<Duration>,
+    },
+    /// The credential's rate-limit budget is spent; `after`: until it resets, if the forge said.
+    /// Every request on the same credential would be refused until then.
+    RateLimited {
+        /// Until the budget resets (`Retry-After` or a reset header), if the forge said.
+        after: Option<Duration>,
+    },
+}
+
+impl From<Class> for Retry {
+    fn from(class: Class) -> Retry {
+        match class {
+            Class::Permanent => Retry::No,
+            Class::Transient { after: None } | Class::RateLimited { after: None } => Retry::Backoff,
+            Class::Transient { after: Some(d) } | Class::RateLimited { after: Some(d) } => {
+                Retry::After(d)
+            }
+        }
+    }
+}
+
+impl From<Retry> for Class {
+    fn from(retry: Retry) -> Class {
+        match retry {
+            Retry::No => Class::Permanent,
+            Retry::Backoff => Class::Transient { after: None },
+            Retry::After(d) => Class::Transient { after: Some(d) },
+        }
+    }
+}
+
 /// A failed exchange with the forge. `Display` reads like Flux's message, including the forge's
 /// own answer, and never contains a credential.
 #[derive(Clone)]
@@ -196,7 +238,7 @@ pub(crate) enum Failure {
     Status {
         status: u16,
         message: String,
-        retry: Retry,
+        class: Class,
     },
     /// No complete answer within the per-request timeout.
     Timeout { after: Duration },
@@ -257,10 +299,16 @@ impl DeliveryError {
 
     /// How the caller should react.
     pub fn retry(&self) -> Retry {
+        self.class().into()
+    }
+
+    /// Why the exchange failed: transient, rate limited (and until when), or permanent.
+    pub fn class(&self) -> Class {
         match &self.failure {
-            Failure::Status { retry, .. } | Failure::Transport { retry, .. } => *retry,
-            Failure::Timeout { .. } => Retry::Backoff,
-            Failure::Decode { .. } => Retry::No,
+            Failure::Status { class, .. } => *class,
+            Failure::Transport { retry, .. } => (*retry).into(),
+            Failure::Timeout { .. } => Class::Transient { after: None },
+            Failure::Decode { .. } => Class::Permanent,
         }
     }
 
@@ -337,14 +385,14 @@ const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 /// large would be more than 30,000 years away).
 const EPOCH_MS_THRESHOLD: u64 = 1_000_000_000_000;
 
-/// Whether an unaccepted answer is worth retrying, and when.
+/// Whether an unaccepted answer is worth retrying, why, and when.
 pub(crate) fn classify(
     forge: ForgeKind,
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
     now: SystemTime,
-) -> Retry {
+) -> Class {
     let rate_limited = status == 429 || (status == 403 && is_rate_limit_403(headers, body));
     let transient = rate_limited
         || status == 408
@@ -352,23 +400,20 @@ pub(crate) fn classify(
         // GitLab: "Another update to this commit status is in progress" (a per-SHA lock).
         || (status == 409 && forge == ForgeKind::GitLab);
     if !transient {
-        return Retry::No;
+        return Class::Permanent;
     }
-    if let Some(after) = retry_after(headers, now) {
-        return Retry::After(after);
+    let after = retry_after(headers, now);
+    if !rate_limited {
+        return Class::Transient { after };
     }
-    if rate_limited {
-        if let Some(after) = ["x-ratelimit-reset", "ratelimit-reset"]
-            .iter()
-            .find_map(|name| reset_delay(headers, name, now))
-        {
-            return Retry::After(after);
-        }
-        if status == 403 {
-            return Retry::After(SECONDARY_RATE_LIMIT_WAIT);
-        }
-    }
-    Retry::Backoff
+    let after = after
+        .or_else(|| {
+            ["x-ratelimit-reset", "ratelimit-reset"]
+                .iter()
+                .find_map(|name| reset_delay(headers, name, now))
+        })
+        .or((status == 403).then_some(SECONDARY_RATE_LIMIT_WAIT));
+    Class::RateLimited { after }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -687,10 +732,14 @@ mod tests {
             ),
         ];
         for (forge, status, h, body, want) in cases {
+            let class = classify(forge, status, &h, body.as_bytes(), now());
+            assert_eq!(Retry::from(class), want, "{status} {h:?}");
+            // Exactly the answers saying the credential's budget is spent are rate limits.
+            let rate_limited = status == 429 || (status == 403 && want != Retry::No);
             assert_eq!(
-                classify(forge, status, &h, body.as_bytes(), now()),
-                want,
-                "{status} {h:?}"
+                matches!(class, Class::RateLimited { .. }),
+                rate_limited,
+                "{status} {h:?}: {class:?}"
             );
         }
     }
@@ -785,7 +834,7 @@ mod tests {
             Failure::Status {
                 status: 401,
                 message: "Bad credentials: ghp_x".into(),
-                retry: Retry::No,
+                class: Class::Permanent,
             },
         )
         .scrub(&["ghp_x".into(), String::new(), "t".into()]);
@@ -796,5 +845,6 @@ mod tests {
         assert!(!format!("{err:?}").contains("ghp_x"));
         assert_eq!(err.status(), Some(401));
         assert_eq!(err.retry(), Retry::No);
+        assert_eq!(err.class(), Class::Permanent);
     }
 }

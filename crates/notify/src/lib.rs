@@ -17,7 +17,7 @@ mod secret;
 pub mod token_cache;
 mod transport;
 
-pub use error::{ConfigError, DeliveryError, PlanError, Retry};
+pub use error::{Class, ConfigError, DeliveryError, PlanError, Retry};
 pub use exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
 pub use forge::github_app::GitHubApp;
 pub use forge::{Forge, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};

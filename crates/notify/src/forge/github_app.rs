@@ -352,7 +352,7 @@ impl AppAuth {
         let failure = Failure::Status {
             status: answer.status,
             message: forge_message(answer.status, &answer.body),
-            retry: classify(
+            class: classify(
                 ForgeKind::GitHub,
                 answer.status,
                 &answer.headers,

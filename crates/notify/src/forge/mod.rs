@@ -29,7 +29,7 @@ use crate::error::{Failure, classify, forge_message};
 use crate::exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
 use crate::transport::{self, SendError};
 use crate::{
-    ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Retry, Secret,
+    ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Secret,
     address::GitAddress, describe, revision,
 };
 use azure_identity::AzureAuth;
@@ -775,7 +775,7 @@ impl Forge {
         phase: Phase,
         answer: &transport::Response,
     ) -> DeliveryError {
-        let retry: Retry = classify(
+        let class = classify(
             self.kind(),
             answer.status,
             &answer.headers,
@@ -792,7 +792,7 @@ impl Forge {
             Failure::Status {
                 status: answer.status,
                 message,
-                retry,
+                class,
             },
         )
     }
