@@ -63,6 +63,16 @@ impl Controller {
     /// Starts `binary` on the manifests in `manifests`, with its state in `work/data`, and
     /// waits for `/readyz` to answer 200.
     pub async fn start(binary: &Path, manifests: &Path, work: &Path) -> anyhow::Result<Self> {
+        Self::start_with(binary, manifests, work, &[]).await
+    }
+
+    /// [`Controller::start`] with more flags.
+    pub async fn start_with(
+        binary: &Path,
+        manifests: &Path,
+        work: &Path,
+        flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let (events, health, metrics) = (free_addr()?, free_addr()?, free_addr()?);
         let pages = free_addr()?;
         let stderr = work.join("controller.stderr");
@@ -76,6 +86,7 @@ impl Controller {
             .arg(format!("--metrics-addr={metrics}"))
             .arg(format!("--pages-addr={pages}"))
             .arg("--log-level=error")
+            .args(flags)
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
             .env_remove("http_proxy")

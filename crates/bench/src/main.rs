@@ -2,6 +2,7 @@
 //! against a baseline, matching cost, delivery throughput, latency, memory) and reports each
 //! figure against its target.
 
+mod backlog;
 mod controller;
 mod load;
 mod manifests;
@@ -78,7 +79,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "memory,ingest,scaling,e2e,latency,churn,bodies"
+        default_value = "memory,ingest,scaling,e2e,latency,churn,bodies,backlog"
     )]
     only: Vec<Scenario>,
 
@@ -103,6 +104,9 @@ enum Scenario {
     Churn,
     /// Peak RSS while 64 clients send 3 MiB bodies of hostile shapes.
     Bodies,
+    /// RSS with 2,000 pending deliveries of 100 KiB events (forge down), before and after a
+    /// restart, and their delivery once the forge heals (issue 10).
+    Backlog,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -201,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency,
         Scenario::Churn,
         Scenario::Bodies,
+        Scenario::Backlog,
     ] {
         if !args.only.contains(&scenario) {
             continue;
@@ -214,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Latency => bench.latency().await,
             Scenario::Churn => bench.churn().await,
             Scenario::Bodies => bench.bodies().await,
+            Scenario::Backlog => bench.backlog().await,
         });
     }
 

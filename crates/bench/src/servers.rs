@@ -61,6 +61,8 @@ impl Probe {
 
 /// What the stub forge has seen.
 pub struct StubStats {
+    /// While set, every request is answered 503: the forge is down.
+    down: std::sync::atomic::AtomicBool,
     posts: AtomicU64,
     gets: AtomicU64,
     unexpected: AtomicU64,
@@ -78,6 +80,11 @@ impl StubStats {
 
     pub fn unexpected(&self) -> u64 {
         self.unexpected.load(Ordering::Relaxed)
+    }
+
+    /// Takes the forge down (every request answered 503) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
     }
 
     /// Routes receipts of status POSTs to `probe` from now on.
@@ -98,6 +105,7 @@ impl StubForge {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(StubStats {
+            down: std::sync::atomic::AtomicBool::new(false),
             posts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             unexpected: AtomicU64::new(0),
@@ -143,6 +151,10 @@ async fn forge(
     let tail = segments.get(6..).unwrap_or_default();
     let is_repo = segments.len() > 6 && segments[1..4] == ["api", "v3", "repos"];
     let (status, body): (StatusCode, &'static str) = match (&parts.method, tail) {
+        _ if stats.down.load(Ordering::Relaxed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"message":"Service Unavailable"}"#,
+        ),
         (&Method::GET, ["commits", _, "statuses"]) if is_repo => {
             stats.gets.fetch_add(1, Ordering::Relaxed);
             (StatusCode::OK, "[]")

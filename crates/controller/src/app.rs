@@ -52,6 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_connections,
         max_body_bytes_in_flight,
         rate_limit_max_keys,
+        max_pending_per_provider,
         enable_leader_election,
         public_url,
         leader_election_lease_duration,
@@ -196,7 +197,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let (outbox, pending) = Outbox::open(data_dir.as_deref())?;
+    let store_errors = metrics.store_errors.clone();
+    let (outbox, pending) = Outbox::open(
+        data_dir.as_deref(),
+        Arc::new(move |e: &crate::outbox::StoreError| {
+            store_errors
+                .get_or_create(&crate::metrics::StoreErrorLabel {
+                    error: e.name().into(),
+                })
+                .inc();
+        }),
+    )?;
     if data_dir.is_none() {
         tracing::warn!("no --data-dir: accepted deliveries are kept in memory and lost on restart");
     }
@@ -230,6 +241,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             public_url: public_url.clone(),
             metrics: metrics.clone(),
             read_before_write,
+            clock: crate::scheduler::Clock::system(),
         },
         pending,
         delivery_shutdown.clone(),
@@ -241,7 +253,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         tracing::info!(targets = ?forward_targets, "forwarding accepted events");
         let (forwarder, run) = crate::forward::Forwarder::start(
-            outbox.database().clone(),
+            outbox.database()?,
             crate::forward::Settings {
                 targets: forward_targets,
                 min_retry_delay,
@@ -292,6 +304,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         scheduler,
         settings,
         max_pending,
+        max_pending_per_provider: Args::provider_pending_limit(
+            max_pending,
+            max_pending_per_provider,
+        ),
         notices,
         labels,
         forwarder,
@@ -331,7 +347,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     servers.spawn(crate::listener::serve(
         health_listener,
-        server::health_router(ready.clone()),
+        server::health_router(ready.clone(), outbox.clone()),
         limits,
         shutdown.clone(),
         Duration::from_secs(1),

@@ -227,6 +227,13 @@ pub struct Args {
     /// (suffixes Ki, Mi, Gi).
     #[arg(long, default_value = "256Mi", value_parser = parse_bytes, value_name = "BYTES")]
     pub max_pending_forward_bytes: usize,
+
+    // Issue 10: the delivery store and scheduler.
+    /// Pending deliveries of one Provider above which events for it are answered 503, so that
+    /// one Provider whose forge is down cannot fill the whole queue (default: a quarter of
+    /// --max-pending).
+    #[arg(long, value_name = "N")]
+    pub max_pending_per_provider: Option<usize>,
 }
 
 impl Args {
@@ -257,6 +264,16 @@ pub struct GateList(pub Vec<(String, bool)>);
 
 fn parse_gate_list(s: &str) -> Result<GateList, String> {
     parse_feature_gates(s).map(GateList)
+}
+
+/// A Provider's share of `--max-pending` when `--max-pending-per-provider` is not given.
+pub const PROVIDER_SHARE_OF_MAX_PENDING: usize = 4;
+
+impl Args {
+    /// `--max-pending-per-provider`, or its default: a quarter of `--max-pending` (at least 1).
+    pub fn provider_pending_limit(max_pending: usize, given: Option<usize>) -> usize {
+        given.unwrap_or((max_pending / PROVIDER_SHARE_OF_MAX_PENDING).max(1))
+    }
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -412,6 +429,12 @@ mod tests {
         assert!(!a.no_cross_namespace_refs);
         assert_eq!(a.log_encoding, LogEncoding::Json);
         assert_eq!(a.progressing_status, Progressing::Pending);
+        assert_eq!(
+            Args::provider_pending_limit(a.max_pending, a.max_pending_per_provider),
+            2_500
+        );
+        assert_eq!(Args::provider_pending_limit(1, None), 1);
+        assert_eq!(Args::provider_pending_limit(100, Some(100)), 100);
         assert!(Args::parse_from(["x", "--no-cross-namespace-refs"]).no_cross_namespace_refs);
         assert!(Args::parse_from(["x", "--no-cross-namespace-refs=true"]).no_cross_namespace_refs);
         assert!(!Args::parse_from(["x", "--watch-all-namespaces=false"]).watch_all_namespaces);

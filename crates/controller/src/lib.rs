@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod args;
+pub mod attempt;
 pub mod budget;
 pub mod catalog;
 pub mod cli;
@@ -17,9 +18,12 @@ pub mod metrics;
 pub mod outbox;
 pub mod pacing;
 pub mod pages;
+pub mod policy;
 pub mod ratelimit;
+pub mod record;
 pub mod resolve;
 pub mod route;
+pub mod scheduler;
 pub mod server;
 pub mod status_expr;
 pub mod telemetry;

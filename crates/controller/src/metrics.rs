@@ -72,6 +72,21 @@ pub struct PacingLabels {
     pub state: String,
 }
 
+// Issue 10: store and delivery errors, by their fixed names.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Forge type; empty when the forge is not known (a store read failed first).
+    pub forge: String,
+    /// The error's fixed name (`forge_transient`, `plan`, `store`, ...).
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabel {
+    /// The store error's fixed name (`io`, `unavailable`, ...).
+    pub error: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -146,6 +161,9 @@ pub struct Metrics {
     pub forward_attempts: Family<ForwardAttemptLabels, Counter>,
     pub forward_queue_depth: Gauge,
     pub forward_pending_bytes: Gauge,
+    // Issue 10.
+    pub delivery_errors: Family<ErrorLabels, Counter>,
+    pub store_errors: Family<StoreErrorLabel, Counter>,
 }
 
 impl Metrics {
@@ -181,6 +199,8 @@ impl Metrics {
             forward_attempts: Family::default(),
             forward_queue_depth: Gauge::default(),
             forward_pending_bytes: Gauge::default(),
+            delivery_errors: Family::default(),
+            store_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -308,6 +328,17 @@ impl Metrics {
             "forward_pending_bytes",
             "Body bytes stored for events not yet forwarded to every receiver.",
             m.forward_pending_bytes.clone(),
+        );
+        // Issue 10.
+        ours.register(
+            "delivery_errors",
+            "Failed attempts, and deliveries that failed before one, by forge type and error.",
+            m.delivery_errors.clone(),
+        );
+        ours.register(
+            "store_errors",
+            "Failed reads and writes of the delivery store, by error.",
+            m.store_errors.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -3,19 +3,32 @@
 //!
 //! One writer thread owns all writes and group-commits whatever has queued up since its last
 //! commit, so durability costs one fsync per batch, not per event. Pending deliveries are keyed
-//! by (provider UID, commit, status name): a newer desired state replaces a queued older one,
-//! and a finished attempt only removes the record it was started from, so an older state can
-//! never be posted after a newer one, across restarts included.
+//! by (provider UID, commit, status name): a record only replaces a stored one of the same key
+//! with a lower sequence number, and a finished attempt only removes the record it was started
+//! from, so an older state can never be posted after a newer one, across restarts included.
+//!
+//! Honest under faults: counters and callers see a batch only once its commit succeeded (a
+//! failed commit changes nothing, and its callers get the error). After an I/O error redb must
+//! be closed and re-opened: the writer does so itself, with backoff, answering "unavailable"
+//! meanwhile, and probes until a write succeeds again ([`Outbox::writable`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+pub use crate::record::{Attempt, Entry, Outcome, Pending, Verdict, now_ms, rfc3339, status_key};
+
+/// Where [`Outbox::final_posted`] is remembered: a key of the posted table no status key can
+/// be (their fields never contain the separator).
+fn final_marker(key: &str) -> String {
+    format!("{key}\u{1f}final")
+}
 
 /// Pending deliveries: status key → [`Pending`] (JSON).
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending");
@@ -43,166 +56,77 @@ const POSTED_CAP: u64 = 200_000;
 const MAX_BATCH: usize = 4096;
 /// redb's page cache; the store is small and mostly written, so a few MiB suffice.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// First wait after a failed write before the next try; doubled up to [`MAX_HEAL_WAIT`].
+const MIN_HEAL_WAIT: Duration = Duration::from_millis(100);
+/// Longest wait between two tries of a store that cannot write: how soon it is back after the
+/// disk has room again.
+const MAX_HEAL_WAIT: Duration = Duration::from_secs(5);
+/// How long a re-open waits for readers to let go of the broken database.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// `provider UID`, commit and status name, joined by a separator no field can contain.
-pub fn status_key(provider_uid: &str, sha: &str, status_id: &str) -> String {
-    format!("{provider_uid}\u{1f}{sha}\u{1f}{status_id}")
-}
-
-/// Where [`Outbox::final_posted`] is remembered: a key of the posted table no status key can
-/// be (their fields never contain the separator).
-fn final_marker(key: &str) -> String {
-    format!("{key}\u{1f}final")
-}
-
-/// A delivery to make: what is needed to plan it again at send time. It holds no secret:
-/// credentials are looked up in the current configuration when the attempt starts, so a
-/// rotated token is picked up by the next retry.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Pending {
-    pub seq: u64,
-    pub accepted_ms: i64,
-    pub not_before_ms: i64,
-    pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// `namespace/name` of the Provider and its UID.
-    pub provider: String,
-    pub provider_uid: String,
-    pub alert: String,
-    pub object: String,
-    pub repository: String,
-    pub forge: String,
-    pub sha: String,
-    pub status_id: String,
-    pub state: String,
-    pub description: String,
-    /// The event as the forge planned it.
-    pub kind: String,
-    pub name: String,
-    pub reason: String,
-    pub severity: String,
-    pub metadata: BTreeMap<String, String>,
-    /// The full event message, which the forge's description cannot hold.
-    #[serde(default)]
-    pub message: String,
-    /// From the Provider's target-URL template, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_url: Option<String>,
-    /// From the Provider's description template, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description_override: Option<String>,
-    /// Attempts that did not settle the delivery, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub attempt_log: Vec<Attempt>,
-}
-
-/// Attempts kept per delivery for its time line; older ones are dropped.
-const ATTEMPT_LOG_CAP: usize = 50;
-
-/// One attempt at the forge, for the delivery's time line.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Attempt {
-    pub time: String,
-    /// `posted`, `already set`, `retrying` or `failed`.
-    pub result: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-impl Pending {
-    /// What the forge plans the status from.
-    pub fn status_event(&self) -> notify::StatusEvent<'_> {
-        notify::StatusEvent {
-            target_url: self.target_url.as_deref(),
-            description: self.description_override.as_deref(),
-            status_id: &self.status_id,
-            kind: &self.kind,
-            name: &self.name,
-            reason: &self.reason,
-            severity: &self.severity,
-            metadata: &self.metadata,
-            status_id_from_expr: false,
-        }
-    }
-
-    pub fn key(&self) -> String {
-        status_key(&self.provider_uid, &self.sha, &self.status_id)
-    }
-}
-
-/// How a delivery ended.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Posted,
-    AlreadySet,
-    Skipped,
-    Failed,
-    Expired,
-}
-
-/// One entry of the delivery history.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Outcome {
-    pub id: u64,
-    pub time: String,
-    pub outcome: Verdict,
-    pub provider: String,
-    pub alert: String,
-    pub object: String,
-    pub repository: String,
-    pub forge: String,
-    pub commit: String,
-    pub status: String,
-    pub state: String,
-    pub description: String,
-    pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default)]
-    pub event_message: String,
-    pub accepted: String,
-    /// The delivery this outcome ends (its sequence number when accepted).
-    #[serde(default)]
-    pub delivery: u64,
-    /// Every attempt at the forge, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub timeline: Vec<Attempt>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_url: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong in the store. Cheap to clone: one failed commit answers every
+/// caller of its batch.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the delivery store {path}: {source}")]
     Open {
         path: String,
-        source: redb::DatabaseError,
+        #[source]
+        source: Arc<redb::DatabaseError>,
     },
     #[error("delivery store: {0}")]
+    Redb(#[source] Arc<redb::Error>),
+    /// Anything else, in words (the forwarded events' tables, issue 13).
+    #[error("delivery store: {0}")]
     Storage(String),
+    #[error("delivery store: cannot encode a record: {0}")]
+    Encode(#[source] Arc<serde_json::Error>),
+    #[error("the delivery store is recovering from an earlier error and cannot write yet")]
+    Unavailable,
     #[error("the delivery store is shut down")]
     Closed,
 }
 
-fn storage<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Storage(e.to_string())
+impl StoreError {
+    /// A short, fixed name for metric labels and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "open",
+            StoreError::Storage(_) => "storage",
+            StoreError::Redb(e) => match **e {
+                redb::Error::Io(_) | redb::Error::PreviousIo => "io",
+                redb::Error::Corrupted(_) => "corrupted",
+                redb::Error::ValueTooLarge(_) => "value_too_large",
+                _ => "storage",
+            },
+            StoreError::Encode(_) => "encode",
+            StoreError::Unavailable => "unavailable",
+            StoreError::Closed => "closed",
+        }
+    }
+
+    /// Whether the same write may succeed later (the store heals, the disk gets room).
+    pub fn retry(&self) -> bool {
+        !matches!(self, StoreError::Encode(_) | StoreError::Closed)
+            && self.name() != "value_too_large"
+    }
+
+    /// redb asks to be closed and re-opened after an I/O error.
+    fn needs_reopen(&self) -> bool {
+        matches!(self, StoreError::Redb(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
+    }
+}
+
+fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Redb(Arc::new(e.into()))
+}
+
+fn encode(e: serde_json::Error) -> StoreError {
+    StoreError::Encode(Arc::new(e))
 }
 
 /// How a finished attempt changes the store.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Finish {
     /// Done for good: drop the pending record (if it is still this one), remember what was
     /// posted (if anything), record the outcome.
@@ -226,95 +150,144 @@ pub enum Finish {
     },
 }
 
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
 enum Op {
-    Accept(Vec<Pending>, oneshot::Sender<Result<(), StoreError>>),
-    Finish(Finish),
+    Accept(Vec<Pending>, Reply<Vec<Entry>>),
+    Finish(Finish, Reply<()>),
     Flush(oneshot::Sender<()>),
     /// Keep a read's validator (issue 12): provider UID and the validator.
     Validate(String, notify::Validator),
 }
 
-/// Answers once accepted deliveries are durable.
+/// Answers once accepted records are durable (the forwarded events' writer, issue 13).
 pub type Committed = oneshot::Receiver<Result<(), StoreError>>;
+
+/// Called with every store error, for the error counter.
+pub type OnError = Arc<dyn Fn(&StoreError) + Send + Sync>;
+
+/// How the writer gets its database: at start, and again after an I/O error.
+type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send>;
+
+/// Pending deliveries, in all and per Provider, as of the last successful commit.
+#[derive(Debug, Default)]
+struct PendingCounts {
+    total: usize,
+    by_provider: HashMap<String, usize>,
+}
+
+impl PendingCounts {
+    fn add(&mut self, provider: &str, delta: isize) {
+        self.total = self.total.saturating_add_signed(delta);
+        let n = self.by_provider.entry(provider.to_string()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.by_provider.remove(provider);
+        }
+    }
+}
+
+/// What the handles and the writer share.
+struct State {
+    /// `None` while the writer re-opens the database after an I/O error.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Next sequence number, shared by deliveries and outcomes; persisted by the writer.
+    seq: AtomicU64,
+    pending: Mutex<PendingCounts>,
+    /// Whether the last write succeeded.
+    writable: AtomicBool,
+    /// Transactions committed so far.
+    commits: AtomicU64,
+}
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    db: Arc<Database>,
-    tx: mpsc::UnboundedSender<Op>,
-    pending: Arc<AtomicUsize>,
-    /// Next sequence number, shared by deliveries and outcomes; persisted by the writer.
-    seq: Arc<AtomicU64>,
+    state: Arc<State>,
+    tx: mpsc::Sender<Op>,
 }
 
 impl Outbox {
-    /// Opens (or creates) the store in `dir`, or an in-memory one without a directory.
-    pub fn open(dir: Option<&Path>) -> Result<(Outbox, Vec<Pending>), StoreError> {
-        let mut builder = Database::builder();
-        builder.set_cache_size(CACHE_BYTES);
-        let db = match dir {
-            Some(dir) => {
-                let path = dir.join("deliveries.redb");
-                builder.create(&path).map_err(|source| StoreError::Open {
-                    path: path.display().to_string(),
-                    source,
-                })?
-            }
-            None => builder
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .map_err(|source| StoreError::Open {
-                    path: "(memory)".into(),
-                    source,
-                })?,
-        };
-        let db = Arc::new(db);
-        let (pending, counts, next_id) = init(&db)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let gauge = Arc::new(AtomicUsize::new(pending.len()));
-        let seq = Arc::new(AtomicU64::new(next_id));
+    /// Opens (or creates) the store in `dir`, or an in-memory one without a directory. Returns
+    /// what the scheduler needs of every delivery still pending, oldest first.
+    pub fn open(dir: Option<&Path>, on_error: OnError) -> Result<(Outbox, Vec<Entry>), StoreError> {
+        match dir.map(|d| d.join("deliveries.redb")) {
+            Some(path) => Self::open_with(Box::new(move || create(Some(&path))), true, on_error),
+            // Memory cannot be re-opened (and does not fail like a disk).
+            None => Self::open_with(Box::new(|| create(None)), false, on_error),
+        }
+    }
+
+    /// Opens the store with `opener`, which the writer calls again after an I/O error if
+    /// `reopenable`.
+    fn open_with(
+        opener: Opener,
+        reopenable: bool,
+        on_error: OnError,
+    ) -> Result<(Outbox, Vec<Entry>), StoreError> {
+        let db = Arc::new(opener()?);
+        let loaded = init(&db)?;
+        let (tx, rx) = mpsc::channel();
+        let state = Arc::new(State {
+            db: RwLock::new(Some(db.clone())),
+            seq: AtomicU64::new(loaded.next_id),
+            pending: Mutex::new(loaded.pending),
+            writable: AtomicBool::new(true),
+            commits: AtomicU64::new(0),
+        });
         let writer = Writer {
-            db: db.clone(),
-            seq: seq.clone(),
-            counts,
-            pending: gauge.clone(),
+            state: state.clone(),
+            opener,
+            reopenable,
+            db: Some(db),
+            history: loaded.history,
+            on_error,
         };
         std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(storage)?;
-        Ok((
-            Outbox {
-                db,
-                tx,
-                pending: gauge,
-                seq,
-            },
-            pending,
-        ))
+            .map_err(|e| storage(redb::Error::Io(e)))?;
+        Ok((Outbox { state, tx }, loaded.entries))
     }
 
-    /// Numbers the deliveries and hands them to the writer. The returned receiver answers
-    /// once they are durable; the records may be acted on before that (delivery does not
-    /// need to wait for the fsync: only the 202 does).
-    pub fn accept(
-        &self,
-        mut records: Vec<Pending>,
-    ) -> Result<(Vec<Pending>, Committed), StoreError> {
-        for r in &mut records {
-            r.seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        }
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.state
+            .db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Unavailable)
+    }
+
+    /// Numbers the deliveries, bounds their records and stores them. Answers, once they are
+    /// durable, with what the scheduler needs of those stored: a record superseded by a newer
+    /// one of the same key (already stored) is left out.
+    pub async fn accept(&self, records: Vec<Pending>) -> Result<Vec<Entry>, StoreError> {
+        let records = records
+            .into_iter()
+            .map(|mut r| {
+                r.seq = self.state.seq.fetch_add(1, Ordering::Relaxed);
+                r.bound();
+                r
+            })
+            .collect();
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Accept(records.clone(), reply))
+            .send(Op::Accept(records, reply))
             .map_err(|_| StoreError::Closed)?;
-        Ok((records, rx))
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    pub fn finish(&self, finish: Finish) {
-        let _ = self.tx.send(Op::Finish(finish));
+    /// Records how an attempt ended; answers once that is committed.
+    pub async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Finish(finish, reply))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Waits until everything sent so far is committed.
+    /// Waits until everything sent so far is committed (or failed).
     pub async fn flush(&self) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Op::Flush(reply)).is_ok() {
@@ -322,32 +295,66 @@ impl Outbox {
         }
     }
 
+    /// Whether the store can write: false from a failed write until one succeeds again.
+    pub fn writable(&self) -> bool {
+        self.state.writable.load(Ordering::Acquire)
+    }
+
+    /// The full record of a pending delivery and what was last posted for its key.
+    pub fn load(&self, key: &str) -> Result<(Option<Pending>, Option<String>), StoreError> {
+        let txn = self.db()?.begin_read().map_err(storage)?;
+        let pending = txn.open_table(PENDING).map_err(storage)?;
+        let record = match pending.get(key).map_err(storage)? {
+            Some(v) => Some(serde_json::from_slice::<Pending>(v.value()).map_err(encode)?),
+            None => None,
+        };
+        let posted = txn.open_table(POSTED).map_err(storage)?;
+        let fingerprint = posted
+            .get(key)
+            .map_err(storage)?
+            .map(|v| v.value().to_string());
+        Ok((record, fingerprint))
+    }
+
     /// When the oldest unfinished delivery was accepted (ms since the epoch).
     pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let table = txn.open_table(PENDING).map_err(storage)?;
         let mut oldest: Option<i64> = None;
         for entry in table.iter().map_err(storage)? {
             let (_, v) = entry.map_err(storage)?;
-            #[derive(Deserialize)]
-            struct Accepted {
-                accepted_ms: i64,
-            }
-            if let Ok(a) = serde_json::from_slice::<Accepted>(v.value()) {
+            if let Ok(a) = serde_json::from_slice::<Scheduling>(v.value()) {
                 oldest = Some(oldest.map_or(a.accepted_ms, |o| o.min(a.accepted_ms)));
             }
         }
         Ok(oldest)
     }
 
-    /// The database, for other tables kept beside the deliveries (forwarded events).
-    pub fn database(&self) -> &Arc<Database> {
-        &self.db
+    /// The database, for other tables kept beside the deliveries (forwarded events). Whoever
+    /// keeps it keeps the store from re-opening after an I/O error.
+    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db()
     }
 
     /// Deliveries accepted and not yet finished.
     pub fn pending_len(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.state
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .total
+    }
+
+    /// Deliveries of one Provider (`namespace/name`) accepted and not yet finished.
+    pub fn pending_for(&self, provider: &str) -> usize {
+        self.state
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_provider
+            .get(provider)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The validator kept for a read of `url` on behalf of `provider_uid` (issue 12).
@@ -356,7 +363,7 @@ impl Outbox {
         provider_uid: &str,
         url: &str,
     ) -> Result<Option<notify::Validator>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let table = txn
             .open_table(crate::validators::VALIDATORS)
             .map_err(storage)?;
@@ -382,7 +389,7 @@ impl Outbox {
     }
 
     pub fn posted(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let table = txn.open_table(POSTED).map_err(storage)?;
         Ok(table
             .get(key)
@@ -393,7 +400,7 @@ impl Outbox {
     /// What became of one delivery: its outcome, or the pending record while it is queued.
     /// Two index look-ups, whatever the size of the history.
     pub fn delivery(&self, id: u64) -> Result<(Option<Outcome>, Option<Pending>), StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let by_delivery = txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?;
         if let Some(outcome_id) = by_delivery.get(id).map_err(storage)? {
             let history = txn.open_table(HISTORY).map_err(storage)?;
@@ -435,7 +442,7 @@ impl Outbox {
             #[serde(default)]
             delivery: u64,
         }
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
         let history = txn.open_table(HISTORY).map_err(storage)?;
         let mut order = Vec::new();
@@ -492,7 +499,7 @@ impl Outbox {
         filter: &HistoryFilter,
         keep: impl Fn(&Outcome) -> bool,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let table = txn.open_table(HISTORY).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(storage)?.rev() {
@@ -512,12 +519,12 @@ impl Outbox {
 
     /// The newest outcomes first, filtered.
     pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<Outcome>, StoreError> {
-        read_db(&*self.db, filter).map(|(history, _)| history)
+        read_db(&*self.db()?, filter).map(|(history, _)| history)
     }
 
     /// Pending deliveries, oldest first, filtered like the history.
     pub fn pending(&self, filter: &HistoryFilter) -> Result<Vec<Pending>, StoreError> {
-        read_db(&*self.db, filter).map(|(_, mut pending)| {
+        read_db(&*self.db()?, filter).map(|(_, mut pending)| {
             pending.truncate(filter.limit);
             pending
         })
@@ -537,7 +544,7 @@ pub fn open_file(dir: &Path) -> Result<Box<dyn ReadableDatabase>, StoreError> {
     let path = dir.join("deliveries.redb");
     let open_error = |source| StoreError::Open {
         path: path.display().to_string(),
-        source,
+        source: Arc::new(source),
     };
     match redb::ReadOnlyDatabase::open(&path) {
         Ok(db) => Ok(Box::new(db)),
@@ -654,19 +661,63 @@ impl HistoryFilter {
     }
 }
 
-type Init = (Vec<Pending>, HashMap<String, u64>, u64);
+/// Opens the database file (or an in-memory one).
+fn create(path: Option<&Path>) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    let (result, shown) = match path {
+        Some(path) => (builder.create(path), path.display().to_string()),
+        None => (
+            builder.create_with_backend(redb::backends::InMemoryBackend::new()),
+            "(memory)".to_string(),
+        ),
+    };
+    result.map_err(|source| StoreError::Open {
+        path: shown,
+        source: Arc::new(source),
+    })
+}
 
-fn init(db: &Database) -> Result<Init, StoreError> {
+/// The fields of a stored [`Pending`] the scheduler needs; the rest (the message above all) is
+/// skipped without being kept.
+#[derive(Deserialize)]
+struct Scheduling {
+    seq: u64,
+    accepted_ms: i64,
+    not_before_ms: i64,
+    provider: String,
+}
+
+/// What a store holds, as the handles and the writer need it.
+struct Loaded {
+    entries: Vec<Entry>,
+    pending: PendingCounts,
+    /// Outcomes per provider in the history.
+    history: HashMap<String, u64>,
+    next_id: u64,
+}
+
+fn init(db: &Database) -> Result<Loaded, StoreError> {
     let txn = db.begin_write().map_err(storage)?;
-    let mut pending = Vec::new();
-    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut entries = Vec::new();
+    let mut pending = PendingCounts::default();
+    let mut history: HashMap<String, u64> = HashMap::new();
     let next_id;
     {
         let table = txn.open_table(PENDING).map_err(storage)?;
         for entry in table.iter().map_err(storage)? {
-            let (_, v) = entry.map_err(storage)?;
-            match serde_json::from_slice::<Pending>(v.value()) {
-                Ok(p) => pending.push(p),
+            let (k, v) = entry.map_err(storage)?;
+            match serde_json::from_slice::<Scheduling>(v.value()) {
+                Ok(s) => {
+                    pending.add(&s.provider, 1);
+                    entries.push(Entry {
+                        key: k.value().into(),
+                        seq: s.seq,
+                        provider: s.provider.into(),
+                        accepted_ms: s.accepted_ms,
+                        not_before_ms: s.not_before_ms,
+                    });
+                }
                 Err(e) => tracing::error!(error = %e, "unreadable pending delivery skipped"),
             }
         }
@@ -677,19 +728,19 @@ fn init(db: &Database) -> Result<Init, StoreError> {
         let index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
         for entry in index.iter().map_err(storage)? {
             let (k, _) = entry.map_err(storage)?;
-            *counts.entry(k.value().0.to_string()).or_default() += 1;
+            *history.entry(k.value().0.to_string()).or_default() += 1;
         }
         // Stores written before the indexes existed get them once.
         let mut by_seq = txn.open_table(PENDING_BY_SEQ).map_err(storage)?;
         if by_seq.is_empty().map_err(storage)? {
-            for p in &pending {
-                by_seq.insert(p.seq, p.key().as_str()).map_err(storage)?;
+            for e in &entries {
+                by_seq.insert(e.seq, &*e.key).map_err(storage)?;
             }
         }
         let mut by_delivery = txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?;
         if by_delivery.is_empty().map_err(storage)? {
-            let history = txn.open_table(HISTORY).map_err(storage)?;
-            for entry in history.iter().map_err(storage)? {
+            let table = txn.open_table(HISTORY).map_err(storage)?;
+            for entry in table.iter().map_err(storage)? {
                 let (k, v) = entry.map_err(storage)?;
                 let delivery = delivery_of(v.value());
                 if delivery != 0 {
@@ -706,229 +757,508 @@ fn init(db: &Database) -> Result<Init, StoreError> {
             + 1;
     }
     txn.commit().map_err(storage)?;
-    pending.sort_by_key(|p| p.seq);
-    Ok((pending, counts, next_id))
+    entries.sort_by_key(|e| e.seq);
+    Ok(Loaded {
+        entries,
+        pending,
+        history,
+        next_id,
+    })
 }
 
 struct Writer {
-    db: Arc<Database>,
-    seq: Arc<AtomicU64>,
-    counts: HashMap<String, u64>,
-    pending: Arc<AtomicUsize>,
+    state: Arc<State>,
+    opener: Opener,
+    /// False for an in-memory store, which a re-open would empty.
+    reopenable: bool,
+    /// `None` while broken: closed after an I/O error and not re-opened yet.
+    db: Option<Arc<Database>>,
+    /// Outcomes per provider in the history, as of the last commit.
+    history: HashMap<String, u64>,
+    on_error: OnError,
+}
+
+/// What a batch changes outside the database, applied only once its commit succeeded.
+#[derive(Default)]
+struct Applied {
+    accepted: Vec<(Reply<Vec<Entry>>, Vec<Entry>)>,
+    finished: Vec<Reply<()>>,
+    flushes: Vec<oneshot::Sender<()>>,
+    pending: HashMap<String, isize>,
+    history: HashMap<String, i64>,
+}
+
+impl Applied {
+    fn history_count(&self, writer: &HashMap<String, u64>, provider: &str) -> u64 {
+        let base = writer.get(provider).copied().unwrap_or(0) as i64;
+        (base + self.history.get(provider).copied().unwrap_or(0)).max(0) as u64
+    }
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        let mut wait = MIN_HEAL_WAIT;
+        loop {
+            if self.db.is_none() {
+                if let Err(e) = self.reopen() {
+                    self.failed(&e);
+                    if !refuse_for(&rx, wait) {
+                        return;
+                    }
+                    wait = (wait * 2).min(MAX_HEAL_WAIT);
+                    continue;
+                }
+                tracing::info!("delivery store re-opened");
+            }
+            let first = if self.state.writable.load(Ordering::Acquire) {
+                match rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => return,
+                }
+            } else {
+                // Not writable: a write is tried at least every `wait`, with or without work,
+                // so that the store (and `/readyz`) recover once the disk has room again.
+                match rx.recv_timeout(wait) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut batch: Vec<Op> = first.into_iter().collect();
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
-            let mut accepted = Vec::new();
-            let mut flushes = Vec::new();
-            let result = self.apply(batch, &mut accepted, &mut flushes);
-            match result {
-                Ok(()) => {
-                    for reply in accepted {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
+            match self.commit(batch) {
+                Ok(()) => wait = MIN_HEAL_WAIT,
                 Err(e) => {
-                    tracing::error!(error = %e, "delivery store write failed");
-                    for reply in accepted {
-                        let _ = reply.send(Err(StoreError::Storage(e.to_string())));
+                    if e.needs_reopen() {
+                        self.close();
                     }
+                    if !refuse_for(&rx, wait) {
+                        return;
+                    }
+                    wait = (wait * 2).min(MAX_HEAL_WAIT);
                 }
-            }
-            for f in flushes {
-                let _ = f.send(());
             }
         }
     }
 
-    fn apply(
+    fn failed(&self, e: &StoreError) {
+        tracing::error!(error = %e, kind = e.name(), "delivery store write failed");
+        (self.on_error)(e);
+    }
+
+    /// Applies a batch in one transaction; its callers hear of it only now, and only if the
+    /// commit succeeded do the counters change. An empty batch is a probe: it writes too.
+    /// Writability and the error counter are updated before anyone is answered.
+    fn commit(&mut self, batch: Vec<Op>) -> Result<(), StoreError> {
+        let mut applied = Applied::default();
+        let Some(db) = self.db.clone() else {
+            self.state.writable.store(false, Ordering::Release);
+            self.failed(&StoreError::Unavailable);
+            answer(batch, &StoreError::Unavailable);
+            return Err(StoreError::Unavailable);
+        };
+        let durable = batch.is_empty()
+            || batch
+                .iter()
+                .any(|op| matches!(op, Op::Accept(..) | Op::Flush(_)));
+        let result = self
+            .write(&db, batch, durable, &mut applied)
+            .and_then(|txn| txn.commit().map_err(storage));
+        match result {
+            Ok(()) => {
+                // Before anyone hears of the commit, so that what they see next agrees.
+                if !self.state.writable.swap(true, Ordering::AcqRel) {
+                    tracing::info!("delivery store writes again");
+                }
+                self.state.commits.fetch_add(1, Ordering::Relaxed);
+                let mut counts = self.state.pending.lock().unwrap_or_else(|p| p.into_inner());
+                for (provider, delta) in &applied.pending {
+                    counts.add(provider, *delta);
+                }
+                drop(counts);
+                for (provider, delta) in applied.history {
+                    let n = self.history.entry(provider).or_default();
+                    *n = (*n as i64 + delta).max(0) as u64;
+                }
+                for (reply, entries) in applied.accepted {
+                    let _ = reply.send(Ok(entries));
+                }
+                for reply in applied.finished {
+                    let _ = reply.send(Ok(()));
+                }
+                for f in applied.flushes {
+                    let _ = f.send(());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.state.writable.store(false, Ordering::Release);
+                self.failed(&e);
+                for (reply, _) in applied.accepted {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for reply in applied.finished {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for f in applied.flushes {
+                    let _ = f.send(());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the batch into a transaction, collecting its replies and counter changes in
+    /// `applied`; the caller commits. On an error the replies collected so far are in
+    /// `applied`, and the rest of the batch is answered here.
+    fn write(
         &mut self,
+        db: &Database,
         batch: Vec<Op>,
-        accepted: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
-        flushes: &mut Vec<oneshot::Sender<()>>,
-    ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        durable: bool,
+        applied: &mut Applied,
+    ) -> Result<redb::WriteTransaction, StoreError> {
+        let mut ops = batch.into_iter();
+        let result = self.write_ops(db, &mut ops, durable, applied);
+        if let Err(e) = &result {
+            answer(ops.collect(), e);
+        }
+        result
+    }
+
+    fn write_ops(
+        &mut self,
+        db: &Database,
+        ops: &mut std::vec::IntoIter<Op>,
+        durable: bool,
+        applied: &mut Applied,
+    ) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = db.begin_write().map_err(storage)?;
         // Only accepted deliveries must be on disk before anyone is told so. Outcomes alone
         // may be lost in a crash: the delivery is then attempted again and the forge's own
         // state makes that a no-op, so those batches skip the fsync.
-        let durable = batch
-            .iter()
-            .any(|op| matches!(op, Op::Accept(..) | Op::Flush(_)));
         if !durable {
             txn.set_durability(redb::Durability::None)
                 .map_err(storage)?;
         }
         {
-            let mut pending = txn.open_table(PENDING).map_err(storage)?;
-            let mut posted = txn.open_table(POSTED).map_err(storage)?;
-            let mut history = txn.open_table(HISTORY).map_err(storage)?;
-            let mut index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
-            let mut by_delivery = txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?;
-            let mut by_seq = txn.open_table(PENDING_BY_SEQ).map_err(storage)?;
-            for op in batch {
+            let mut tables = Tables {
+                pending: txn.open_table(PENDING).map_err(storage)?,
+                posted: txn.open_table(POSTED).map_err(storage)?,
+                history: txn.open_table(HISTORY).map_err(storage)?,
+                index: txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?,
+                by_delivery: txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?,
+                by_seq: txn.open_table(PENDING_BY_SEQ).map_err(storage)?,
+            };
+            for op in ops.by_ref() {
                 match op {
                     Op::Accept(records, reply) => {
-                        for r in &records {
-                            let bytes = serde_json::to_vec(r).map_err(storage)?;
-                            let key = r.key();
-                            let replaced = pending
-                                .insert(key.as_str(), bytes.as_slice())
-                                .map_err(storage)?
-                                .map(|old| seq_of(old.value()));
-                            match replaced {
-                                None => {
-                                    self.pending.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Some(old) => {
-                                    by_seq.remove(old).map_err(storage)?;
-                                }
-                            }
-                            by_seq.insert(r.seq, key.as_str()).map_err(storage)?;
+                        // The reply goes in first, so that an error below answers it.
+                        applied.accepted.push((reply, Vec::new()));
+                        let stored = tables.accept(records, applied)?;
+                        if let Some((_, entries)) = applied.accepted.last_mut() {
+                            *entries = stored;
                         }
-                        accepted.push(reply);
                     }
-                    Op::Finish(Finish::Done {
-                        key,
-                        seq,
-                        fingerprint,
-                        final_state,
-                        mut outcome,
-                    }) => {
-                        let current = pending
-                            .get(key.as_str())
-                            .map_err(storage)?
-                            .map(|v| seq_of(v.value()));
-                        if current == Some(seq) {
-                            pending.remove(key.as_str()).map_err(storage)?;
-                            by_seq.remove(seq).map_err(storage)?;
-                            self.pending.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        if let Some(f) = fingerprint {
-                            posted.insert(key.as_str(), f.as_str()).map_err(storage)?;
-                            if final_state {
-                                posted
-                                    .insert(final_marker(&key).as_str(), "")
-                                    .map_err(storage)?;
-                            }
-                        }
-                        outcome.id = self.seq.fetch_add(1, Ordering::Relaxed);
-                        let bytes = serde_json::to_vec(&outcome).map_err(storage)?;
-                        history
-                            .insert(outcome.id, bytes.as_slice())
-                            .map_err(storage)?;
-                        index
-                            .insert((outcome.provider.as_str(), outcome.id), ())
-                            .map_err(storage)?;
-                        if outcome.delivery != 0 {
-                            by_delivery
-                                .insert(outcome.delivery, outcome.id)
-                                .map_err(storage)?;
-                        }
-                        let count = self.counts.entry(outcome.provider.clone()).or_default();
-                        *count += 1;
-                        if *count > HISTORY_PER_PROVIDER as u64 {
-                            let oldest = index
-                                .range(
-                                    (outcome.provider.as_str(), 0)
-                                        ..(outcome.provider.as_str(), u64::MAX),
-                                )
-                                .map_err(storage)?
-                                .next()
-                                .transpose()
-                                .map_err(storage)?
-                                .map(|(k, _)| k.value().1);
-                            if let Some(id) = oldest {
-                                index
-                                    .remove((outcome.provider.as_str(), id))
-                                    .map_err(storage)?;
-                                if let Some(old) = history.remove(id).map_err(storage)? {
-                                    unindex(&mut by_delivery, old.value(), id)?;
+                    Op::Finish(finish, reply) => {
+                        applied.finished.push(reply);
+                        match finish {
+                            Finish::Done {
+                                key,
+                                seq,
+                                fingerprint,
+                                final_state,
+                                outcome,
+                            } => {
+                                let id = self.state.seq.fetch_add(1, Ordering::Relaxed);
+                                let provider = outcome.provider.clone();
+                                if final_state && fingerprint.is_some() {
+                                    tables
+                                        .posted
+                                        .insert(final_marker(&key).as_str(), "")
+                                        .map_err(storage)?;
                                 }
-                                *count -= 1;
+                                tables.done(&key, seq, fingerprint, *outcome, id, applied)?;
+                                self.trim_provider(&mut tables, provider, applied)?;
+                            }
+                            Finish::Retry {
+                                key,
+                                seq,
+                                attempts,
+                                not_before_ms,
+                                error,
+                                attempt,
+                            } => {
+                                tables.retry(&key, seq, attempts, not_before_ms, error, attempt)?;
                             }
                         }
                     }
-                    Op::Finish(Finish::Retry {
-                        key,
-                        seq,
-                        attempts,
-                        not_before_ms,
-                        error,
-                        attempt,
-                    }) => {
-                        let current = pending
-                            .get(key.as_str())
-                            .map_err(storage)?
-                            .and_then(|v| serde_json::from_slice::<Pending>(v.value()).ok());
-                        if let Some(mut p) = current.filter(|p| p.seq == seq) {
-                            p.attempts = attempts;
-                            p.not_before_ms = not_before_ms;
-                            p.last_error = Some(error);
-                            p.attempt_log.push(attempt);
-                            if p.attempt_log.len() > ATTEMPT_LOG_CAP {
-                                p.attempt_log.remove(0);
-                            }
-                            let bytes = serde_json::to_vec(&p).map_err(storage)?;
-                            pending
-                                .insert(key.as_str(), bytes.as_slice())
-                                .map_err(storage)?;
-                        }
-                    }
-                    Op::Flush(reply) => flushes.push(reply),
+                    Op::Flush(reply) => applied.flushes.push(reply),
                     Op::Validate(provider_uid, v) => {
                         crate::validators::keep(&txn, &provider_uid, &v).map_err(storage)?;
                     }
                 }
             }
-            if history.len().map_err(storage)? > HISTORY_TOTAL {
-                let drop: Vec<(u64, String)> = history
-                    .iter()
-                    .map_err(storage)?
-                    .take(1024)
-                    .filter_map(|e| e.ok())
-                    .map(|(k, v)| {
-                        let provider = serde_json::from_slice::<Outcome>(v.value())
-                            .map(|o| o.provider)
-                            .unwrap_or_default();
-                        (k.value(), provider)
-                    })
-                    .collect();
-                for (id, provider) in drop {
-                    if let Some(old) = history.remove(id).map_err(storage)? {
-                        unindex(&mut by_delivery, old.value(), id)?;
-                    }
-                    index.remove((provider.as_str(), id)).map_err(storage)?;
-                    if let Some(c) = self.counts.get_mut(&provider) {
-                        *c = c.saturating_sub(1);
-                    }
-                }
-            }
-            if posted.len().map_err(storage)? > POSTED_CAP {
-                // Forgetting costs one read on the forge later, never a wrong status.
-                let keys: Vec<String> = posted
-                    .iter()
-                    .map_err(storage)?
-                    .take(1024)
-                    .filter_map(|e| e.ok())
-                    .map(|(k, _)| k.value().to_string())
-                    .collect();
-                for k in keys {
-                    posted.remove(k.as_str()).map_err(storage)?;
-                }
-            }
+            self.trim(&mut tables, applied)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
-            meta.insert("seq", self.seq.load(Ordering::Relaxed).saturating_sub(1))
+            meta.insert(
+                "seq",
+                self.state.seq.load(Ordering::Relaxed).saturating_sub(1),
+            )
+            .map_err(storage)?;
+        }
+        Ok(txn)
+    }
+
+    /// Keeps at most [`HISTORY_PER_PROVIDER`] outcomes of the provider last written.
+    fn trim_provider(
+        &self,
+        t: &mut Tables<'_>,
+        provider: String,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        if applied.history_count(&self.history, &provider) <= HISTORY_PER_PROVIDER as u64 {
+            return Ok(());
+        }
+        let oldest = t
+            .index
+            .range((provider.as_str(), 0)..(provider.as_str(), u64::MAX))
+            .map_err(storage)?
+            .next()
+            .transpose()
+            .map_err(storage)?
+            .map(|(k, _)| k.value().1);
+        if let Some(id) = oldest {
+            t.index.remove((provider.as_str(), id)).map_err(storage)?;
+            if let Some(old) = t.history.remove(id).map_err(storage)? {
+                unindex(&mut t.by_delivery, old.value(), id)?;
+            }
+            *applied.history.entry(provider).or_default() -= 1;
+        }
+        Ok(())
+    }
+
+    /// Bounds the whole history and the "last posted" memory.
+    fn trim(&self, t: &mut Tables<'_>, applied: &mut Applied) -> Result<(), StoreError> {
+        if t.history.len().map_err(storage)? > HISTORY_TOTAL {
+            let drop: Vec<(u64, String)> = t
+                .history
+                .iter()
+                .map_err(storage)?
+                .take(1024)
+                .filter_map(|e| e.ok())
+                .map(|(k, v)| {
+                    let provider = serde_json::from_slice::<Outcome>(v.value())
+                        .map(|o| o.provider)
+                        .unwrap_or_default();
+                    (k.value(), provider)
+                })
+                .collect();
+            for (id, provider) in drop {
+                if let Some(old) = t.history.remove(id).map_err(storage)? {
+                    unindex(&mut t.by_delivery, old.value(), id)?;
+                }
+                t.index.remove((provider.as_str(), id)).map_err(storage)?;
+                *applied.history.entry(provider).or_default() -= 1;
+            }
+        }
+        if t.posted.len().map_err(storage)? > POSTED_CAP {
+            // Forgetting costs one read on the forge later, never a wrong status.
+            let keys: Vec<String> = t
+                .posted
+                .iter()
+                .map_err(storage)?
+                .take(1024)
+                .filter_map(|e| e.ok())
+                .map(|(k, _)| k.value().to_string())
+                .collect();
+            for k in keys {
+                t.posted.remove(k.as_str()).map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the database after an I/O error, as redb requires; the next loop re-opens it.
+    fn close(&mut self) {
+        if !self.reopenable {
+            return;
+        }
+        let Some(db) = self.db.take() else { return };
+        *self.state.db.write().unwrap_or_else(|p| p.into_inner()) = None;
+        // Readers hold the database only for one read; wait for them to let go, so that the
+        // file lock is free for the re-open.
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while Arc::strong_count(&db) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(db);
+        tracing::warn!("delivery store closed after an I/O error; re-opening");
+    }
+
+    /// Re-opens the database file and re-reads the counters from it.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        let db = Arc::new((self.opener)()?);
+        let loaded = init(&db)?;
+        self.state.seq.fetch_max(loaded.next_id, Ordering::Relaxed);
+        *self.state.pending.lock().unwrap_or_else(|p| p.into_inner()) = loaded.pending;
+        self.history = loaded.history;
+        *self.state.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db.clone());
+        self.db = Some(db);
+        Ok(())
+    }
+}
+
+/// Answers every operation with `error` (flushes are simply released).
+fn answer(ops: Vec<Op>, error: &StoreError) {
+    for op in ops {
+        match op {
+            Op::Accept(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Op::Finish(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Op::Flush(reply) => {
+                let _ = reply.send(());
+            }
+            // Losing a validator costs an unconditional read later.
+            Op::Validate(..) => {}
+        }
+    }
+}
+
+/// Answers everything that arrives within `wait` with [`StoreError::Unavailable`]: while the
+/// store heals, callers get a quick "no" (the event API a 503) instead of waiting. False once
+/// every handle is gone.
+fn refuse_for(rx: &mpsc::Receiver<Op>, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        match rx.recv_timeout(left) {
+            Ok(op) => answer(vec![op], &StoreError::Unavailable),
+            Err(mpsc::RecvTimeoutError::Timeout) => return true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
+/// The tables one write transaction changes.
+struct Tables<'txn> {
+    pending: redb::Table<'txn, &'static str, &'static [u8]>,
+    posted: redb::Table<'txn, &'static str, &'static str>,
+    history: redb::Table<'txn, u64, &'static [u8]>,
+    index: redb::Table<'txn, (&'static str, u64), ()>,
+    by_delivery: redb::Table<'txn, u64, u64>,
+    by_seq: redb::Table<'txn, u64, &'static str>,
+}
+
+impl Tables<'_> {
+    /// Stores the records that are newer than what is stored under their key; returns what the
+    /// scheduler needs of those.
+    fn accept(
+        &mut self,
+        records: Vec<Pending>,
+        applied: &mut Applied,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut stored = Vec::with_capacity(records.len());
+        for r in records {
+            let key = r.key();
+            let current = self
+                .pending
+                .get(key.as_str())
+                .map_err(storage)?
+                .map(|v| seq_of(v.value()));
+            match current {
+                // A newer state of the same status is stored already (its event was numbered
+                // later but committed first): this one is superseded, never stored.
+                Some(seq) if seq > r.seq => continue,
+                Some(old) => {
+                    self.by_seq.remove(old).map_err(storage)?;
+                }
+                None => *applied.pending.entry(r.provider.clone()).or_default() += 1,
+            }
+            let bytes = serde_json::to_vec(&r).map_err(encode)?;
+            self.pending
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(storage)?;
+            self.by_seq.insert(r.seq, key.as_str()).map_err(storage)?;
+            stored.push(r.entry());
+        }
+        Ok(stored)
+    }
+
+    fn done(
+        &mut self,
+        key: &str,
+        seq: u64,
+        fingerprint: Option<String>,
+        mut outcome: Outcome,
+        id: u64,
+        applied: &mut Applied,
+    ) -> Result<(), StoreError> {
+        let current = self
+            .pending
+            .get(key)
+            .map_err(storage)?
+            .map(|v| seq_of(v.value()));
+        if current == Some(seq) {
+            self.pending.remove(key).map_err(storage)?;
+            self.by_seq.remove(seq).map_err(storage)?;
+            *applied.pending.entry(outcome.provider.clone()).or_default() -= 1;
+        }
+        if let Some(f) = fingerprint {
+            self.posted.insert(key, f.as_str()).map_err(storage)?;
+        }
+        outcome.id = id;
+        let bytes = serde_json::to_vec(&outcome).map_err(encode)?;
+        self.history
+            .insert(outcome.id, bytes.as_slice())
+            .map_err(storage)?;
+        self.index
+            .insert((outcome.provider.as_str(), outcome.id), ())
+            .map_err(storage)?;
+        if outcome.delivery != 0 {
+            self.by_delivery
+                .insert(outcome.delivery, outcome.id)
                 .map_err(storage)?;
         }
-        txn.commit().map_err(storage)
+        *applied.history.entry(outcome.provider.clone()).or_default() += 1;
+        Ok(())
+    }
+
+    fn retry(
+        &mut self,
+        key: &str,
+        seq: u64,
+        attempts: u32,
+        not_before_ms: i64,
+        error: String,
+        attempt: Attempt,
+    ) -> Result<(), StoreError> {
+        let current = match self.pending.get(key).map_err(storage)? {
+            Some(v) => serde_json::from_slice::<Pending>(v.value()).ok(),
+            None => None,
+        };
+        if let Some(mut p) = current.filter(|p| p.seq == seq) {
+            p.attempts = attempts;
+            p.not_before_ms = not_before_ms;
+            p.last_error = Some(error);
+            p.log(attempt);
+            let bytes = serde_json::to_vec(&p).map_err(encode)?;
+            self.pending
+                .insert(key, bytes.as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
     }
 }
 
@@ -971,9 +1301,363 @@ fn seq_of(bytes: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 in UTC, for outcome times.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    fn quiet() -> OnError {
+        Arc::new(|_| {})
+    }
+
+    /// A store in `dir` that is opened again until the previous writer let go of the file.
+    fn open_dir(dir: &Path) -> (Outbox, Vec<Entry>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Outbox::open(Some(dir), quiet()) {
+                Ok(opened) => return opened,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn outcome(p: &Pending) -> Box<Outcome> {
+        Box::new(Outcome {
+            id: 0,
+            time: rfc3339(0),
+            outcome: Verdict::Posted,
+            provider: p.provider.clone(),
+            alert: p.alert.clone(),
+            object: p.object.clone(),
+            repository: p.repository.clone(),
+            forge: p.forge.clone(),
+            commit: p.sha.clone(),
+            status: p.status_id.clone(),
+            state: p.state.clone(),
+            description: p.description.clone(),
+            attempts: 1,
+            http_status: None,
+            message: None,
+            event_message: p.message.clone(),
+            accepted: rfc3339(p.accepted_ms),
+            delivery: p.seq,
+            timeline: Vec::new(),
+            target_url: None,
+        })
+    }
+
+    /// Sends an already numbered batch, as `accept` does after numbering.
+    fn send_numbered(
+        outbox: &Outbox,
+        records: Vec<Pending>,
+    ) -> oneshot::Receiver<Result<Vec<Entry>, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        outbox.tx.send(Op::Accept(records, reply)).unwrap();
+        rx
+    }
+
+    #[tokio::test]
+    async fn accepted_deliveries_survive_a_reopen_with_only_their_scheduling_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, initial) = open_dir(dir.path());
+        assert!(initial.is_empty());
+        let big = Pending {
+            message: "x".repeat(100 * 1024),
+            ..Pending::test("a", "s")
+        };
+        let stored = outbox
+            .accept(vec![big, Pending::test("b", "s").of("ns/q")])
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(outbox.pending_len(), 2);
+        assert_eq!(outbox.pending_for("ns/p"), 1);
+        assert_eq!(outbox.pending_for("ns/q"), 1);
+        let (record, posted) = outbox.load(&stored[0].key).unwrap();
+        let record = record.unwrap();
+        assert!(record.message_cut && record.message.len() <= crate::record::MAX_MESSAGE_BYTES);
+        assert_eq!(posted, None);
+        drop(outbox);
+
+        let (outbox, initial) = open_dir(dir.path());
+        assert_eq!(initial, stored, "the same entries, oldest first");
+        assert_eq!(outbox.pending_len(), 2);
+        assert_eq!(outbox.pending_for("ns/q"), 1);
+        // Numbering goes on after the restart.
+        let next = outbox.accept(vec![Pending::test("c", "s")]).await.unwrap();
+        assert!(next[0].seq > stored[1].seq);
+    }
+
+    #[tokio::test]
+    async fn a_record_only_replaces_a_stored_one_with_a_lower_sequence_number() {
+        let (outbox, _) = Outbox::open(None, quiet()).unwrap();
+        let newer = Pending {
+            seq: 6,
+            ..Pending::test("a", "s").in_state("failure")
+        };
+        let older = Pending {
+            seq: 5,
+            ..Pending::test("a", "s").in_state("pending")
+        };
+        // The newer one commits first (it was numbered later but won the race to the writer).
+        let first = send_numbered(&outbox, vec![newer]).await.unwrap().unwrap();
+        let second = send_numbered(&outbox, vec![older]).await.unwrap().unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(
+            second.is_empty(),
+            "the older state is superseded, not stored"
+        );
+        let (stored, _) = outbox.load(&first[0].key).unwrap();
+        assert_eq!(stored.unwrap().state, "failure");
+        assert_eq!(outbox.pending_len(), 1);
+        // A finished attempt of the older one would not remove the newer one either.
+        let older = Pending {
+            seq: 5,
+            ..Pending::test("a", "s")
+        };
+        outbox
+            .finish(Finish::Done {
+                key: older.key(),
+                seq: 5,
+                fingerprint: None,
+                final_state: true,
+                outcome: outcome(&older),
+            })
+            .await
+            .unwrap();
+        assert_eq!(outbox.pending_len(), 1);
+        assert!(outbox.load(&first[0].key).unwrap().0.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_events_for_one_status_leave_the_newest_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = open_dir(dir.path());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let outbox = outbox.clone();
+            tasks.spawn(async move {
+                let state = if i % 2 == 0 { "success" } else { "failure" };
+                outbox
+                    .accept(vec![Pending::test("a", "s").in_state(state)])
+                    .await
+                    .unwrap()
+            });
+        }
+        let mut stored = Vec::new();
+        while let Some(entries) = tasks.join_next().await {
+            stored.extend(entries.unwrap());
+        }
+        let newest = outbox.state.seq.load(Ordering::Relaxed) - 1;
+        assert!(stored.iter().any(|e| e.seq == newest));
+        let key = Pending::test("a", "s").key();
+        assert_eq!(outbox.load(&key).unwrap().0.unwrap().seq, newest);
+        assert_eq!(outbox.pending_len(), 1);
+        drop(outbox);
+        let (_, initial) = open_dir(dir.path());
+        assert_eq!(initial.len(), 1);
+        assert_eq!(initial[0].seq, newest);
+    }
+
+    #[tokio::test]
+    async fn what_queues_up_during_a_commit_is_committed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = open_dir(dir.path());
+        let before = outbox.state.commits.load(Ordering::Relaxed);
+        let replies: Vec<_> = (0..200)
+            .map(|i| {
+                let r = Pending {
+                    seq: 10 + i,
+                    ..Pending::test(&format!("{i:040x}"), "s")
+                };
+                send_numbered(&outbox, vec![r])
+            })
+            .collect();
+        for reply in replies {
+            assert_eq!(reply.await.unwrap().unwrap().len(), 1);
+        }
+        let commits = outbox.state.commits.load(Ordering::Relaxed) - before;
+        assert!(commits < 20, "{commits} commits for 200 deliveries");
+        assert_eq!(outbox.pending_len(), 200);
+    }
+
+    #[tokio::test]
+    async fn history_and_last_posted_are_recorded_when_a_delivery_ends() {
+        let (outbox, _) = Outbox::open(None, quiet()).unwrap();
+        let entries = outbox.accept(vec![Pending::test("a", "s")]).await.unwrap();
+        let (record, _) = outbox.load(&entries[0].key).unwrap();
+        let record = record.unwrap();
+        outbox
+            .finish(Finish::Retry {
+                key: record.key(),
+                seq: record.seq,
+                attempts: 1,
+                not_before_ms: 42,
+                error: "503".into(),
+                attempt: Attempt {
+                    time: rfc3339(0),
+                    result: "retrying".into(),
+                    http_status: Some(503),
+                    message: None,
+                },
+            })
+            .await
+            .unwrap();
+        let (retried, _) = outbox.load(&record.key()).unwrap();
+        let retried = retried.unwrap();
+        assert_eq!((retried.attempts, retried.not_before_ms), (1, 42));
+        assert_eq!(retried.attempt_log.len(), 1);
+        outbox
+            .finish(Finish::Done {
+                key: record.key(),
+                seq: record.seq,
+                fingerprint: Some("fp".into()),
+                outcome: outcome(&record),
+            })
+            .await
+            .unwrap();
+        assert_eq!(outbox.pending_len(), 0);
+        assert_eq!(outbox.pending_for("ns/p"), 0);
+        let (gone, posted) = outbox.load(&record.key()).unwrap();
+        assert!(gone.is_none());
+        assert_eq!(posted.as_deref(), Some("fp"));
+        let history = outbox.history(&HistoryFilter::default()).unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].delivery, record.seq);
+    }
+
+    /// Memory that fails every write while `full` is set, like a disk without room; shared, so
+    /// that a re-open sees what was committed before.
+    #[derive(Debug, Clone, Default)]
+    struct Disk {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Disk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Disk {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.bytes.lock().unwrap().len() as u64)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            let bytes = self.bytes.lock().unwrap();
+            let start = offset as usize;
+            let src = bytes
+                .get(start..start + out.len())
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+            out.copy_from_slice(src);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            let mut bytes = self.bytes.lock().unwrap();
+            if len as usize > bytes.len() {
+                self.check()?;
+            }
+            bytes.resize(len as usize, 0);
+            Ok(())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            let mut bytes = self.bytes.lock().unwrap();
+            let end = offset as usize + data.len();
+            if end > bytes.len() {
+                bytes.resize(end, 0);
+            }
+            bytes[offset as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn on_disk(disk: &Disk, errors: Arc<Mutex<Vec<&'static str>>>) -> (Outbox, Vec<Entry>) {
+        let backend = disk.clone();
+        let opener: Opener = Box::new(move || {
+            let mut builder = Database::builder();
+            builder.set_cache_size(CACHE_BYTES);
+            builder
+                .create_with_backend(backend.clone())
+                .map_err(|source| StoreError::Open {
+                    path: "(test disk)".into(),
+                    source: Arc::new(source),
+                })
+        });
+        let on_error: OnError = Arc::new(move |e| errors.lock().unwrap().push(e.name()));
+        Outbox::open_with(opener, true, on_error).unwrap()
+    }
+
+    async fn wait_until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_changes_nothing_and_the_store_heals_once_writes_work() {
+        let disk = Disk::default();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (outbox, _) = on_disk(&disk, errors.clone());
+        let kept = outbox.accept(vec![Pending::test("a", "s")]).await.unwrap();
+
+        disk.full.store(true, Ordering::SeqCst);
+        let many: Vec<Pending> = (0..50)
+            .map(|i| Pending {
+                message: "x".repeat(8 * 1024),
+                ..Pending::test(&format!("{i:040x}"), "s")
+            })
+            .collect();
+        let refused = outbox.accept(many.clone()).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(!outbox.writable());
+        assert_eq!(
+            outbox.pending_len(),
+            1,
+            "a failed commit changes no counter"
+        );
+        assert_eq!(outbox.pending_for("ns/p"), 1);
+        assert!(errors.lock().unwrap().contains(&"io"), "{errors:?}");
+        // While it heals, callers get a quick answer.
+        let started = Instant::now();
+        assert!(outbox.accept(vec![Pending::test("b", "s")]).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        disk.full.store(false, Ordering::SeqCst);
+        // Without any traffic, the writer re-opens the database and probes it.
+        wait_until("the store writes again", || outbox.writable()).await;
+        let stored = outbox.accept(many).await.unwrap();
+        assert_eq!(stored.len(), 50);
+        assert_eq!(outbox.pending_len(), 51);
+        let (record, _) = outbox.load(&kept[0].key).unwrap();
+        assert!(
+            record.is_some(),
+            "what was committed before the fault is still there"
+        );
+        // Reads work again too.
+        assert_eq!(
+            outbox
+                .pending(&HistoryFilter {
+                    limit: 100,
+                    ..HistoryFilter::default()
+                })
+                .unwrap()
+                .len(),
+            51
+        );
+    }
 }

@@ -235,6 +235,14 @@ impl Pacer {
         });
     }
 
+    /// Until when `budget` is spent, if it is at `now` (nothing is counted: the scheduler asks
+    /// this before it starts an attempt).
+    pub fn blocked_until(&self, budget: &str, now: i64) -> Option<i64> {
+        self.with(budget, now, |b| {
+            (b.blocked_until > now).then_some(b.blocked_until)
+        })
+    }
+
     /// A forge said the budget is spent until `until_ms` (a 429, or GitHub's 403).
     pub fn spend(&self, budget: &str, until_ms: i64, now: i64) {
         self.with(budget, now, |b| {

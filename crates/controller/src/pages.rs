@@ -641,7 +641,8 @@ async fn index(
         };
         let mut forwards = (Vec::new(), Vec::new());
         if with_forwards {
-            let db = &**outbox.database();
+            let db = &outbox.database()?;
+            let db = &**db;
             let ff = ForwardFilter {
                 limit: filter.limit,
                 outcome: Some(outcome.clone()).filter(|o| !o.is_empty()),

@@ -427,6 +427,7 @@ pub fn route(
         severity: event.severity.clone(),
         metadata,
         message: event.message.clone(),
+        message_cut: false,
         target_url,
         description_override: description,
         attempt_log: Vec::new(),

@@ -42,6 +42,8 @@ pub struct EventState {
     pub settings: RouteSettings,
     /// Pending deliveries above which new events are refused with 503.
     pub max_pending: usize,
+    /// Pending deliveries of one Provider above which its events are refused with 503.
+    pub max_pending_per_provider: usize,
     pub notices: Arc<dyn Notices>,
     /// Reads involved objects' labels for `matchLabels`; `None` without a cluster.
     pub labels: Option<Arc<dyn LabelSource>>,
@@ -129,7 +131,7 @@ async fn list_deliveries(
             }
         };
         query
-            .merge(&**outbox.database(), &filter, pending, deliveries)
+            .merge(&*outbox.database()?, &filter, pending, deliveries)
             .map(serde_json::Value::Array)
     })
     .await;
@@ -454,31 +456,37 @@ pub async fn store(
     if state.outbox.pending_len() + records.len() > state.max_pending {
         return Err("too many pending deliveries (--max-pending)");
     }
-    let committed = match state.outbox.accept(records) {
-        Ok((records, committed)) => {
-            state.scheduler.accepted(records);
-            committed
-                .await
-                .unwrap_or(Err(crate::outbox::StoreError::Closed))
-        }
-        Err(e) => Err(e),
-    };
-    committed.map_err(|e| {
-        tracing::error!(error = %e, "cannot store deliveries");
+    let mut per_provider = std::collections::BTreeMap::<&str, usize>::new();
+    for r in &records {
+        *per_provider.entry(&r.provider).or_default() += 1;
+    }
+    if per_provider
+        .iter()
+        .any(|(p, n)| state.outbox.pending_for(p) + n > state.max_pending_per_provider)
+    {
+        return Err("too many pending deliveries for one Provider (--max-pending-per-provider)");
+    }
+    // Only once the deliveries are durable are they scheduled (and may the sender forget the
+    // event).
+    let entries = state.outbox.accept(records).await.map_err(|e| {
+        tracing::error!(error = %e, kind = e.name(), "cannot store deliveries");
         "the delivery store is unavailable"
-    })
+    })?;
+    state.scheduler.accepted(entries);
+    Ok(())
 }
 
-/// Health probes: `/healthz` always answers; `/readyz` once `ready` is set.
-pub fn health_router(ready: Arc<AtomicBool>) -> Router {
+/// Health probes: `/healthz` always answers; `/readyz` once `ready` is set, and while the
+/// delivery store can write (it heals itself after a disk fault).
+pub fn health_router(ready: Arc<AtomicBool>, store: Outbox) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.clone();
+                let (ready, store) = (ready.clone(), store.clone());
                 async move {
-                    if ready.load(Ordering::Acquire) {
+                    if ready.load(Ordering::Acquire) && store.writable() {
                         (StatusCode::OK, "ok")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

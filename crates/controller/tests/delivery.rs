@@ -248,7 +248,9 @@ async fn a_full_queue_answers_503_and_the_retry_is_not_a_duplicate() {
 
 #[tokio::test]
 async fn newer_states_replace_queued_older_ones() {
-    let (c, stub, _d) = github(&["--min-retry-delay=1s", "--max-retry-delay=1s"]).await;
+    // The first retry waits at least a tenth of the cap: long enough, on a busy machine, for
+    // the newer state to be accepted before the older one is retried.
+    let (c, stub, _d) = github(&["--min-retry-delay=3s", "--max-retry-delay=3s"]).await;
     stub.push_response(Matcher::post(".*"), ScriptedResponse::status(503));
     let progressing = kustomization_event(
         "flux-system",

@@ -246,7 +246,7 @@ impl AzureAuth {
                     (code, d) => code.or(d),
                 })
                 .unwrap_or_else(|| forge_message(answer.status, &answer.body));
-            let retry = classify(
+            let class = classify(
                 ForgeKind::AzureDevOps,
                 answer.status,
                 &answer.headers,
@@ -256,7 +256,7 @@ impl AzureAuth {
             return Err(fail(Failure::Status {
                 status: answer.status,
                 message,
-                retry,
+                class,
             }));
         }
         let token: TokenAnswer = serde_json::from_slice(&answer.body)

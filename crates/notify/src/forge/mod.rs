@@ -29,7 +29,7 @@ use crate::error::{Failure, classify, forge_message};
 use crate::exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
 use crate::transport::{self, SendError};
 use crate::{
-    ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Secret,
+    ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Retry, Secret,
     address::GitAddress, describe, revision,
 };
 use azure_identity::AzureAuth;

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::{Credentials, NetworkConfig, ProxyConfig, Retry, Secret, TlsConfig};
+use crate::{Credentials, NetworkConfig, ProxyConfig, Secret, TlsConfig};
 
 const SHA: &str = "5394cb7f48332b2de7c17dd8b8384bbc84b7e738";
 const ID: &str = "kustomization/flux-system/0c9c2e41";
