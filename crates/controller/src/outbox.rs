@@ -1517,6 +1517,7 @@ mod tests {
                 key: record.key(),
                 seq: record.seq,
                 fingerprint: Some("fp".into()),
+                final_state: true,
                 outcome: outcome(&record),
             })
             .await
@@ -1526,6 +1527,7 @@ mod tests {
         let (gone, posted) = outbox.load(&record.key()).unwrap();
         assert!(gone.is_none());
         assert_eq!(posted.as_deref(), Some("fp"));
+        assert!(outbox.final_posted(&record.key()).unwrap());
         let history = outbox.history(&HistoryFilter::default()).unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].delivery, record.seq);
