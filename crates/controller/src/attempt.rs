@@ -192,8 +192,12 @@ impl Deliverer {
             self.now(),
             jitter,
         );
-        if let Decision::WaitBudget(until) = decision {
-            // The budget is per credential: everyone using it waits.
+        // A spent budget holds every delivery on the credential, even when this one expires.
+        if let Err(e) = &result
+            && let notify::Class::RateLimited { after } = e.class()
+        {
+            let wait = policy.wait(after, record.attempts, jitter);
+            let until = self.now() + wait.as_millis() as i64;
             budgets.spend(&target.budget, until, self.now());
             crate::pacing::report(&self.settings.metrics, budgets, &target.budget, &record);
         }

@@ -97,7 +97,7 @@ impl Policy {
     }
 
     /// What the forge asked for, else our backoff; capped at `max_retry_delay` either way.
-    fn wait(&self, asked: Option<Duration>, attempts: u32, jitter: f64) -> Duration {
+    pub fn wait(&self, asked: Option<Duration>, attempts: u32, jitter: f64) -> Duration {
         asked
             .unwrap_or_else(|| self.backoff(attempts, jitter))
             .min(self.max_retry_delay)
