@@ -90,8 +90,9 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_go_duration, value_name = "DURATION")]
     pub graceful_shutdown_timeout: Duration,
 
-    /// This controller's public address (e.g. https://csc.example.com): every status links to
-    /// its delivery page, URL/deliveries/<id>, unless the Provider has a link template.
+    /// This controller's public address (e.g. https://csc.example.com), where the
+    /// --pages-addr listener is reachable: every status links to its delivery page,
+    /// URL/deliveries/<id>, unless the Provider has a link template.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
 
