@@ -395,7 +395,13 @@ async fn assert_events_secret_free(admin: &Client) {
 #[tokio::test]
 async fn kubernetes_mode_end_to_end() {
     // A stand-in Kustomization CRD, so that matchLabels has an object to read.
-    let (server, admin) = cluster(KUSTOMIZATION_CRD).await;
+    let (server, admin) = cluster(&stand_in_crd(
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    ))
+    .await;
 
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     apply_yaml(
@@ -673,22 +679,28 @@ async fn kubernetes_mode_end_to_end() {
     assert_events_secret_free(&admin).await;
 }
 
-const KUSTOMIZATION_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+/// A CRD for a Flux kind that keeps whatever it is given (status included, no subresource).
+fn stand_in_crd(group: &str, version: &str, kind: &str, plural: &str) -> String {
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: kustomizations.kustomize.toolkit.fluxcd.io}
+metadata: {{name: {plural}.{group}}}
 spec:
-  group: kustomize.toolkit.fluxcd.io
-  names: {kind: Kustomization, listKind: KustomizationList, plural: kustomizations, singular: kustomization}
+  group: {group}
+  names: {{kind: {kind}, listKind: {kind}List, plural: {plural}, singular: {singular}}}
   scope: Namespaced
   versions:
-    - name: v1
+    - name: {version}
       served: true
       storage: true
       schema:
         openAPIV3Schema:
           type: object
           x-kubernetes-preserve-unknown-fields: true
-"#;
+"#,
+        singular = kind.to_lowercase()
+    )
+}
 
 // === Commit statuses healed from the objects' state (no event sent unless said) ===
 
@@ -697,6 +709,7 @@ const HEAL_B: &str = "bd88a9156325322a124e55a369b59063470310eb";
 const HEAL_D: &str = "8a9156325322a124e55a369b59063470310ebbd8";
 const HEAL_L: &str = "0c8a9156325322a124e55a369b59063470310ebb";
 const HEAL_X: &str = "ffd88a9156325322a124e55a369b59063470310e";
+const HEAL_W: &str = "9156325322a124e55a369b59063470310ebbd88a";
 const HEAL_A2: &str = "2a1afe267b54f38b46b487f6e938a6fd508278c0";
 
 fn kustomizations_api(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -932,11 +945,72 @@ async fn commit_statuses_heal_from_the_objects_state() {
     .await;
     assert_eq!(stub.requests().len(), before, "{}", c.logs());
 
+    // Only the leader heals: a second replica serves events but watches nothing.
+    let token = service_account_token(&admin).await;
+    let kc = server.write_kubeconfig("second.kubeconfig", &token);
+    let kc = kc.display().to_string();
+    let second = Controller::spawn(
+        &["--enable-leader-election".into()],
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("RUNTIME_NAMESPACE", "flux-system"),
+            ("POD_NAME", "csc-heal-2"),
+        ],
+    )
+    .await;
+
+    // Any Flux kind: a HelmRelease's chart version is no commit and is skipped, as its events
+    // are (no warning either); one carrying `event.toolkit.fluxcd.io/commit` gets its status.
+    apply_yaml(
+        &admin,
+        &stand_in_crd(
+            "helm.toolkit.fluxcd.io",
+            "v2",
+            "HelmRelease",
+            "helmreleases",
+        ),
+        "flux-system",
+    )
+    .await;
+    apply_yaml(
+        &admin,
+        &stand_in_crd(
+            "source.toolkit.fluxcd.io",
+            "v1",
+            "GitRepository",
+            "gitrepositories",
+        ),
+        "flux-system",
+    )
+    .await;
+    wait_crds(
+        &admin,
+        &[
+            "helmreleases.helm.toolkit.fluxcd.io",
+            "gitrepositories.source.toolkit.fluxcd.io",
+        ],
+    )
+    .await;
+    let released = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {{name: {name}, annotations: {{{annotations}}}}}\nspec: {{}}\nstatus: {{conditions: [{{type: Ready, status: 'True', reason: UpgradeSucceeded, message: Helm upgrade succeeded}}], lastAttemptedRevision: 6.5.0}}\n"
+        )
+    };
+    apply_yaml(&admin, &released("chart", ""), "apps").await;
+    apply_yaml(
+        &admin,
+        &released(
+            "annotated",
+            &format!("event.toolkit.fluxcd.io/commit: {HEAL_W}"),
+        ),
+        "apps",
+    )
+    .await;
     // A kind the controller may not list: logged once, and its statuses follow events.
     let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(admin.clone());
     let mut role = roles.get("commit-status-controller").await.unwrap();
     for rule in role.rules.iter_mut().flatten() {
-        if rule.api_groups.as_deref() == Some(&["helm.toolkit.fluxcd.io".to_string()][..]) {
+        if rule.api_groups.as_deref() == Some(&["source.toolkit.fluxcd.io".to_string()][..]) {
             rule.verbs = vec!["get".into()];
         }
     }
@@ -944,17 +1018,6 @@ async fn commit_statuses_heal_from_the_objects_state() {
         .replace("commit-status-controller", &PostParams::default(), &role)
         .await
         .unwrap();
-    apply_yaml(
-        &admin,
-        &KUSTOMIZATION_CRD
-            .replace("kustomizations.kustomize", "helmreleases.helm")
-            .replace("group: kustomize", "group: helm")
-            .replace("Kustomization", "HelmRelease")
-            .replace("kustomization", "helmrelease"),
-        "flux-system",
-    )
-    .await;
-    wait_crds(&admin, &["helmreleases.helm.toolkit.fluxcd.io"]).await;
     let alerts = notification_api(&admin, "apps", "Alert");
     alerts
         .patch(
@@ -963,32 +1026,38 @@ async fn commit_statuses_heal_from_the_objects_state() {
             &Patch::Merge(json!({"spec": {"eventSources": [
                 {"kind": "Kustomization", "name": "podinfo"},
                 {"kind": "HelmRelease", "name": "*"},
+                {"kind": "GitRepository", "name": "*"},
             ]}})),
         )
         .await
         .unwrap();
+    until_status(&stub, HEAL_W, "the annotated HelmRelease's status", &c).await;
+    let w = stub.statuses("o/r", HEAL_W);
+    assert_eq!(
+        w[0]["context"].as_str().unwrap().split('/').next(),
+        Some("helmrelease")
+    );
+    assert_eq!(w[0]["description"], "upgrade succeeded");
     until(
         "the refused list reported",
         || async { c.count_log("its commit statuses follow events only") > 0 },
         || c.logs(),
     )
     .await;
-    let mut hr = kustomization_event(
-        "web",
+    let mut git = kustomization_event(
+        "podinfo",
         "info",
-        "UpgradeSucceeded",
-        "Helm upgrade succeeded",
-        json!({
-            "helm.toolkit.fluxcd.io/revision": "6.5.0",
-            "event.toolkit.fluxcd.io/commit": HEAL_X,
-        }),
+        "Succeeded",
+        "stored artifact for commit",
+        json!({"event.toolkit.fluxcd.io/commit": HEAL_X}),
     );
-    hr["involvedObject"]["namespace"] = json!("apps");
-    hr["involvedObject"]["kind"] = json!("HelmRelease");
-    hr["involvedObject"]["apiVersion"] = json!("helm.toolkit.fluxcd.io/v2");
-    assert_eq!(c.post(&hr).await.status(), 202);
-    until_status(&stub, HEAL_X, "the HelmRelease event's status", &c).await;
-    // Several resyncs later, still reported once.
+    git["involvedObject"]["namespace"] = json!("apps");
+    git["involvedObject"]["kind"] = json!("GitRepository");
+    git["involvedObject"]["apiVersion"] = json!("source.toolkit.fluxcd.io/v1");
+    assert_eq!(c.post(&git).await.status(), 202);
+    until_status(&stub, HEAL_X, "the GitRepository event's status", &c).await;
+    // Several resyncs later: still reported once, the chart version never posted nor warned
+    // about, and the second replica never healed anything.
     let seen = c.count_log("looked at the state of objects");
     until(
         "two more resyncs",
@@ -1002,6 +1071,25 @@ async fn commit_statuses_heal_from_the_objects_state() {
         "{}",
         c.logs()
     );
+    assert!(
+        events_on(&admin, "apps", "Alert", "github")
+            .await
+            .is_empty(),
+        "{:?}",
+        events_on(&admin, "apps", "Alert", "github").await
+    );
+    assert_eq!(
+        metric(&c, "commit_status_watched_objects{kind=\"HelmRelease\"}").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        second.count_log("healing commit statuses"),
+        0,
+        "{}",
+        second.logs()
+    );
+    assert_eq!(second.count_log("watching the state"), 0);
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
 
     // Turned off: events only, as Flux.
     let mut c = c;
