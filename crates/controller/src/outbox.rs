@@ -245,7 +245,14 @@ pub struct Outbox {
     pending: Arc<AtomicUsize>,
     /// Next sequence number, shared by deliveries and outcomes; persisted by the writer.
     seq: Arc<AtomicU64>,
+    /// "Last posted" fingerprints handed to the writer and not committed yet, so that the next
+    /// attempt for the same status (an event and a state change that agree) sees them.
+    unwritten: Unwritten,
 }
+
+type Unwritten = Arc<std::sync::Mutex<HashMap<String, String>>>;
+/// Fingerprints the overlay holds at most (only while the store cannot commit).
+const UNWRITTEN_CAP: usize = 10_000;
 
 impl Outbox {
     /// Opens (or creates) the store in `dir`, or an in-memory one without a directory.
@@ -272,11 +279,13 @@ impl Outbox {
         let (tx, rx) = mpsc::unbounded_channel();
         let gauge = Arc::new(AtomicUsize::new(pending.len()));
         let seq = Arc::new(AtomicU64::new(next_id));
+        let unwritten = Unwritten::default();
         let writer = Writer {
             db: db.clone(),
             seq: seq.clone(),
             counts,
             pending: gauge.clone(),
+            unwritten: unwritten.clone(),
         };
         std::thread::Builder::new()
             .name("outbox-writer".into())
@@ -288,6 +297,7 @@ impl Outbox {
                 tx,
                 pending: gauge,
                 seq,
+                unwritten,
             },
             pending,
         ))
@@ -311,6 +321,18 @@ impl Outbox {
     }
 
     pub fn finish(&self, finish: Finish) {
+        if let Finish::Done {
+            key,
+            fingerprint: Some(f),
+            ..
+        } = &finish
+        {
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+            if unwritten.len() >= UNWRITTEN_CAP {
+                unwritten.clear();
+            }
+            unwritten.insert(key.clone(), f.clone());
+        }
         let _ = self.tx.send(Op::Finish(finish));
     }
 
@@ -382,6 +404,14 @@ impl Outbox {
     }
 
     pub fn posted(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if let Some(f) = self
+            .unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(Some(f.clone()));
+        }
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(POSTED).map_err(storage)?;
         Ok(table
@@ -715,6 +745,7 @@ struct Writer {
     seq: Arc<AtomicU64>,
     counts: HashMap<String, u64>,
     pending: Arc<AtomicUsize>,
+    unwritten: Unwritten,
 }
 
 impl Writer {
@@ -729,9 +760,28 @@ impl Writer {
             }
             let mut accepted = Vec::new();
             let mut flushes = Vec::new();
+            let written: Vec<(String, String)> = batch
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Finish(Finish::Done {
+                        key,
+                        fingerprint: Some(f),
+                        ..
+                    }) => Some((key.clone(), f.clone())),
+                    _ => None,
+                })
+                .collect();
             let result = self.apply(batch, &mut accepted, &mut flushes);
             match result {
                 Ok(()) => {
+                    let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+                    for (key, f) in written {
+                        // A newer fingerprint for the key stays until its own batch commits.
+                        if unwritten.get(&key) == Some(&f) {
+                            unwritten.remove(&key);
+                        }
+                    }
+                    drop(unwritten);
                     for reply in accepted {
                         let _ = reply.send(Ok(()));
                     }
@@ -976,4 +1026,52 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(key: &str, fingerprint: &str) -> Finish {
+        let outcome: Outcome = serde_json::from_value(serde_json::json!({
+            "id": 0, "time": "", "outcome": "posted", "provider": "ns/p", "alert": "ns/a",
+            "object": "Kustomization/ns/x", "repository": "", "forge": "github", "commit": "",
+            "status": "", "state": "success", "description": "", "attempts": 1, "accepted": "",
+        }))
+        .unwrap();
+        Finish::Done {
+            key: key.into(),
+            seq: 1,
+            fingerprint: Some(fingerprint.into()),
+            outcome: Box::new(outcome),
+        }
+    }
+
+    /// The next attempt for a status may start before the writer committed the last one's
+    /// outcome: it must still see what was posted, or post it a second time.
+    #[test]
+    fn a_posted_fingerprint_is_seen_before_it_is_committed() {
+        let (outbox, _) = Outbox::open(None).unwrap();
+        for (i, f) in ["f1", "f2"].iter().enumerate() {
+            outbox.finish(done("k", f));
+            assert_eq!(
+                outbox.posted("k").unwrap().as_deref(),
+                Some(*f),
+                "round {i}"
+            );
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(outbox.flush());
+        assert_eq!(outbox.posted("k").unwrap().as_deref(), Some("f2"));
+        assert!(
+            outbox
+                .unwritten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty(),
+            "committed fingerprints leave the overlay"
+        );
+    }
 }
