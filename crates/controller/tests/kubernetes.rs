@@ -710,6 +710,8 @@ const HEAL_D: &str = "8a9156325322a124e55a369b59063470310ebbd8";
 const HEAL_L: &str = "0c8a9156325322a124e55a369b59063470310ebb";
 const HEAL_X: &str = "ffd88a9156325322a124e55a369b59063470310e";
 const HEAL_W: &str = "9156325322a124e55a369b59063470310ebbd88a";
+const HEAL_E1: &str = "e1a9156325322a124e55a369b59063470310ebbd";
+const HEAL_E2: &str = "e2a9156325322a124e55a369b59063470310ebbd";
 const HEAL_A2: &str = "2a1afe267b54f38b46b487f6e938a6fd508278c0";
 
 fn kustomizations_api(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -885,21 +887,36 @@ async fn commit_statuses_heal_from_the_objects_state() {
     assert_eq!(b[0]["description"], "health check failed");
     assert_eq!(b[0]["context"], context.as_str());
 
-    // An event and a state change that agree: one request.
-    set_applied(&ks, "podinfo", HEAL_D).await;
-    let mut e = success_event("podinfo", HEAL_D);
-    e["involvedObject"]["namespace"] = json!("apps");
-    assert_eq!(c.post(&e).await.status(), 202);
-    until_status(&stub, HEAL_D, "success on D", &c).await;
-    // Both have been looked at by now; a second request would come within this time.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        posts_for(&stub, HEAL_D),
-        1,
-        "{:?}",
-        stub.statuses("o/r", HEAL_D)
-    );
-    assert_eq!(stub.statuses("o/r", HEAL_D).len(), 1);
+    // An event and a state change that agree make one request: at once, the event first,
+    // or the state first.
+    for (sha, order) in [
+        (HEAL_D, "together"),
+        (HEAL_E1, "event first"),
+        (HEAL_E2, "state first"),
+    ] {
+        let mut e = success_event("podinfo", sha);
+        e["involvedObject"]["namespace"] = json!("apps");
+        if order != "event first" {
+            set_applied(&ks, "podinfo", sha).await;
+        }
+        if order == "state first" {
+            until_status(&stub, sha, "the state's status", &c).await;
+        }
+        assert_eq!(c.post(&e).await.status(), 202);
+        if order == "event first" {
+            until_status(&stub, sha, "the event's status", &c).await;
+            set_applied(&ks, "podinfo", sha).await;
+        }
+        until_status(&stub, sha, "success", &c).await;
+        // Both have been looked at by now; a second request would come within this time.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            posts_for(&stub, sha),
+            1,
+            "{order}: {:?}",
+            stub.statuses("o/r", sha)
+        );
+    }
 
     // The unselected object got nothing; no request broke the contract.
     assert!(stub.statuses("o/r", HEAL_X).is_empty());
