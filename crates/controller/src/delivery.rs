@@ -567,7 +567,7 @@ const PROGRESSING: &str = "Progressing";
 /// A `Progressing` delivery for a (Provider, commit, status name) that already had success or
 /// failure posted: kustomize-controller sends one on every drift correction, and posting it
 /// would turn a finished commit back to pending and spend the forge's per-commit status cap.
-fn superseded_progressing(outbox: &Outbox, record: &Pending) -> bool {
+pub fn superseded_progressing(outbox: &Outbox, record: &Pending) -> bool {
     record.reason == PROGRESSING && outbox.final_posted(&record.key()).unwrap_or(false)
 }
 

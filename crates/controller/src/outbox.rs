@@ -251,6 +251,25 @@ pub struct Outbox {
 }
 
 type Unwritten = Arc<std::sync::Mutex<HashMap<String, String>>>;
+
+/// What a finish adds to the posted table: the fingerprint, and the final-state marker.
+fn overlay(finish: &Finish) -> Vec<(String, String)> {
+    match finish {
+        Finish::Done {
+            key,
+            fingerprint: Some(f),
+            final_state,
+            ..
+        } => {
+            let mut entries = vec![(key.clone(), f.clone())];
+            if *final_state {
+                entries.push((final_marker(key), String::new()));
+            }
+            entries
+        }
+        _ => Vec::new(),
+    }
+}
 /// Fingerprints the overlay holds at most (only while the store cannot commit).
 const UNWRITTEN_CAP: usize = 10_000;
 
@@ -321,17 +340,13 @@ impl Outbox {
     }
 
     pub fn finish(&self, finish: Finish) {
-        if let Finish::Done {
-            key,
-            fingerprint: Some(f),
-            ..
-        } = &finish
-        {
+        let entries = overlay(&finish);
+        if !entries.is_empty() {
             let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
             if unwritten.len() >= UNWRITTEN_CAP {
                 unwritten.clear();
             }
-            unwritten.insert(key.clone(), f.clone());
+            unwritten.extend(entries);
         }
         let _ = self.tx.send(Op::Finish(finish));
     }
@@ -762,13 +777,9 @@ impl Writer {
             let mut flushes = Vec::new();
             let written: Vec<(String, String)> = batch
                 .iter()
-                .filter_map(|op| match op {
-                    Op::Finish(Finish::Done {
-                        key,
-                        fingerprint: Some(f),
-                        ..
-                    }) => Some((key.clone(), f.clone())),
-                    _ => None,
+                .flat_map(|op| match op {
+                    Op::Finish(f) => overlay(f),
+                    _ => Vec::new(),
                 })
                 .collect();
             let result = self.apply(batch, &mut accepted, &mut flushes);
@@ -1043,6 +1054,7 @@ mod tests {
             key: key.into(),
             seq: 1,
             fingerprint: Some(fingerprint.into()),
+            final_state: true,
             outcome: Box::new(outcome),
         }
     }
@@ -1059,12 +1071,14 @@ mod tests {
                 Some(*f),
                 "round {i}"
             );
+            assert!(outbox.final_posted("k").unwrap());
         }
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(outbox.flush());
         assert_eq!(outbox.posted("k").unwrap().as_deref(), Some("f2"));
+        assert!(outbox.final_posted("k").unwrap());
         assert!(
             outbox
                 .unwritten

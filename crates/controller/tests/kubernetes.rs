@@ -712,6 +712,7 @@ const HEAL_X: &str = "ffd88a9156325322a124e55a369b59063470310e";
 const HEAL_W: &str = "9156325322a124e55a369b59063470310ebbd88a";
 const HEAL_E1: &str = "e1a9156325322a124e55a369b59063470310ebbd";
 const HEAL_E2: &str = "e2a9156325322a124e55a369b59063470310ebbd";
+const HEAL_C: &str = "c0a9156325322a124e55a369b59063470310ebbd";
 const HEAL_A2: &str = "2a1afe267b54f38b46b487f6e938a6fd508278c0";
 
 fn kustomizations_api(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -806,6 +807,13 @@ async fn until_status(stub: &StubForge, sha: &str, what: &str, c: &Controller) {
     .await;
 }
 
+fn states(stub: &StubForge, sha: &str) -> Vec<String> {
+    stub.statuses("o/r", sha)
+        .iter()
+        .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 fn posts_for(stub: &StubForge, sha: &str) -> usize {
     stub.requests()
         .iter()
@@ -886,6 +894,60 @@ async fn commit_statuses_heal_from_the_objects_state() {
     assert_eq!(b[0]["state"], "failure", "{b:?}");
     assert_eq!(b[0]["description"], "health check failed");
     assert_eq!(b[0]["context"], context.as_str());
+
+    // Ready=Unknown/Progressing: the in-progress state, only for a revision not applied yet
+    // and without a final state. Retrying B, which failed, posts nothing; a new C is pending
+    // until it is applied.
+    let progressing = |attempted| {
+        set_ready(
+            &ks,
+            "podinfo",
+            "Unknown",
+            "Progressing",
+            "Reconciliation in progress",
+            Some(HEAL_A),
+            attempted,
+        )
+    };
+    let matched = c.count_log("matches the statuses last posted");
+    progressing(HEAL_B).await;
+    until(
+        "the retry of B looked at",
+        || async { c.count_log("matches the statuses last posted") > matched },
+        || c.logs(),
+    )
+    .await;
+    progressing(HEAL_C).await;
+    until_status(&stub, HEAL_C, "pending on C from the state", &c).await;
+    assert_eq!(states(&stub, HEAL_C), ["pending"]);
+    assert_eq!(
+        states(&stub, HEAL_B),
+        ["failure"],
+        "B keeps its final state"
+    );
+    set_applied(&ks, "podinfo", HEAL_C).await;
+    until(
+        "success on C",
+        || async { states(&stub, HEAL_C).len() == 2 },
+        || c.logs(),
+    )
+    .await;
+    assert_eq!(states(&stub, HEAL_C), ["pending", "success"]);
+
+    // Changes to other fields are not looked at.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let looked = c.count_log("looked at the state of objects");
+    ks.patch(
+        "podinfo",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"unrelated": "x"}}, "spec": {"interval": "5m"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.count_log("looked at the state of objects"), looked);
 
     // An event and a state change that agree make one request: at once, the event first,
     // or the state first.
