@@ -1339,7 +1339,13 @@ async fn annotated_service_account(admin: &Client, ns: &str, name: &str, client_
 
 #[tokio::test]
 async fn azure_devops_workload_identity() {
-    let (server, admin) = cluster(KUSTOMIZATION_CRD).await;
+    let (server, admin) = cluster(&stand_in_crd(
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    ))
+    .await;
     let entra = EntraStub::start(api_server_jwks(&admin).await).await;
     let stub = StubForge::start(ForgeKind::AzureDevOps, StubOptions::default()).await;
     annotated_service_account(
