@@ -136,14 +136,14 @@ impl Tally {
     }
 }
 
-struct Conn {
+pub(crate) struct Conn {
     addr: SocketAddr,
     host: String,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
+    pub(crate) fn new(addr: SocketAddr) -> Conn {
         Conn {
             addr,
             host: addr.to_string(),
@@ -152,7 +152,7 @@ impl Conn {
     }
 
     /// POSTs one event to `/` and returns the status, reconnecting if the connection broke.
-    async fn post(&mut self, body: Bytes) -> anyhow::Result<u16> {
+    pub(crate) async fn post(&mut self, body: Bytes) -> anyhow::Result<u16> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             self.sender = Some(connect(self.addr).await?);
         }

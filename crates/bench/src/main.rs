@@ -6,6 +6,7 @@ mod controller;
 mod load;
 mod manifests;
 mod report;
+mod requests;
 mod servers;
 mod soak;
 
@@ -78,7 +79,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "memory,ingest,scaling,e2e,latency,churn,bodies"
+        default_value = "memory,ingest,scaling,e2e,latency,churn,bodies,requests"
     )]
     only: Vec<Scenario>,
 
@@ -103,6 +104,8 @@ enum Scenario {
     Churn,
     /// Peak RSS while 64 clients send 3 MiB bodies of hostile shapes.
     Bodies,
+    /// Forge requests per new status and per repeat, on every forge (issue 12).
+    Requests,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -201,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency,
         Scenario::Churn,
         Scenario::Bodies,
+        Scenario::Requests,
     ] {
         if !args.only.contains(&scenario) {
             continue;
@@ -214,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Latency => bench.latency().await,
             Scenario::Churn => bench.churn().await,
             Scenario::Bodies => bench.bodies().await,
+            Scenario::Requests => bench.requests().await,
         });
     }
 
