@@ -113,14 +113,14 @@ fn event(sha: usize, message: &str) -> Bytes {
     ))
 }
 
-/// Outcomes in the controller's delivery history.
-async fn outcomes(events: SocketAddr) -> anyhow::Result<usize> {
-    let stream = tokio::net::TcpStream::connect(events).await?;
+/// Outcomes in the controller's delivery history (on its pages listener).
+async fn outcomes(pages: SocketAddr) -> anyhow::Result<usize> {
+    let stream = tokio::net::TcpStream::connect(pages).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = hyper::Request::get("/api/v1/deliveries?limit=1000")
-        .header(hyper::header::HOST, events.to_string())
+        .header(hyper::header::HOST, pages.to_string())
         .body(Full::new(Bytes::new()))?;
     let body = sender
         .send_request(req)
@@ -132,9 +132,9 @@ async fn outcomes(events: SocketAddr) -> anyhow::Result<usize> {
     Ok(list.as_array().map_or(0, Vec::len))
 }
 
-async fn wait_outcomes(events: SocketAddr, n: usize) -> anyhow::Result<()> {
+async fn wait_outcomes(pages: SocketAddr, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + DRAIN;
-    while outcomes(events).await? < n {
+    while outcomes(pages).await? < n {
         if Instant::now() > deadline {
             bail!("fewer than {n} deliveries finished within {DRAIN:?}");
         }
@@ -199,7 +199,7 @@ impl Bench {
         let mut conn = Conn::new(c.events);
         let message = "Reconciliation finished in 2.1s, next run in 10m0s";
         post_all(&mut conn, (0..NEW).map(|i| event(i, message))).await?;
-        wait_outcomes(c.events, NEW)
+        wait_outcomes(c.pages, NEW)
             .await
             .with_context(|| c.errors())?;
         let after_new = stub.requests().len();
@@ -207,7 +207,7 @@ impl Bench {
         // filter, as a later reconciliation of the same commit is.
         let again = "Reconciliation finished in 1.9s, next run in 10m0s";
         post_all(&mut conn, (0..REPEATS).map(|i| event(i, again))).await?;
-        wait_outcomes(c.events, NEW + REPEATS)
+        wait_outcomes(c.pages, NEW + REPEATS)
             .await
             .with_context(|| c.errors())?;
         let after_repeats = stub.requests().len();
