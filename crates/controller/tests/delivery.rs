@@ -122,7 +122,7 @@ async fn a_spent_github_budget_holds_every_delivery_on_that_credential_until_the
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 2)
+        + 4)
     .to_string();
     stub.push_response(
         Matcher::post(".*"),
@@ -165,7 +165,7 @@ async fn a_spent_github_budget_holds_every_delivery_on_that_credential_until_the
         c.logs()
     );
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
+        started.elapsed() >= Duration::from_millis(2900),
         "{:?}",
         started.elapsed()
     );
@@ -248,7 +248,7 @@ async fn a_full_queue_answers_503_and_the_retry_is_not_a_duplicate() {
 
 #[tokio::test]
 async fn newer_states_replace_queued_older_ones() {
-    let (c, stub, _d) = github(&["--min-retry-delay=1s", "--max-retry-delay=1s"]).await;
+    let (c, stub, _d) = github(&["--min-retry-delay=30s", "--max-retry-delay=30s"]).await;
     stub.push_response(Matcher::post(".*"), ScriptedResponse::status(503));
     let progressing = kustomization_event(
         "flux-system",
