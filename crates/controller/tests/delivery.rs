@@ -327,3 +327,30 @@ async fn history_api_filters() {
         .await;
     assert_eq!(r.status(), 202);
 }
+
+#[tokio::test]
+async fn with_public_url_a_repeated_state_costs_no_request() {
+    // The link to our delivery page differs per delivery; it must not hide a repeat.
+    let (c, stub, _d) = github(&["--public-url=https://csc.example.com"]).await;
+    for message in ["Applied revision (first)", "Applied revision (second)"] {
+        let ev = kustomization_event(
+            "flux-system",
+            "info",
+            "ReconciliationSucceeded",
+            message,
+            json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
+        );
+        c.post(&ev).await;
+        stub.wait_for(1, WAIT).await.unwrap();
+    }
+    let h = wait_history(&c, 2).await;
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(states(&stub, SHA), ["success"], "one request for one state");
+    let linked = stub.statuses("o/r", SHA)[0]["target_url"].clone();
+    assert!(
+        linked
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://csc.example.com/deliveries/")),
+        "{linked}"
+    );
+}
