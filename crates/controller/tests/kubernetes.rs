@@ -17,7 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use serde_json::{Value, json};
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{EventReceiver, ForgeKind, StubForge, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -680,6 +680,152 @@ async fn kubernetes_mode_end_to_end() {
 }
 
 /// A CRD for a Flux kind that keeps whatever it is given (status included, no subresource).
+/// Beside Flux (issue 13): Flux's CRDs and ours installed together, chat Providers left to
+/// Flux's controller, git Providers in our group; we watch only ours and forward every event.
+#[tokio::test]
+async fn beside_flux_our_group_only_and_every_event_forwarded() {
+    let (server, admin) = cluster(&stand_in_crd(
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    ))
+    .await;
+    wait_crds(
+        &admin,
+        &[
+            "providers.notification.commit-status-controller.dev",
+            "alerts.notification.commit-status-controller.dev",
+        ],
+    )
+    .await;
+    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    // Left in Flux's group: a github Provider we must ignore, and a Slack one that is Flux's.
+    apply_yaml(
+        &admin,
+        &objects("apps", &stub, "flux-left", "v1beta3", K8S_TOKEN),
+        "apps",
+    )
+    .await;
+    apply_yaml(
+        &admin,
+        r#"apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Provider
+metadata: {name: slack, namespace: apps}
+spec: {type: slack, address: "https://hooks.slack.com/services/x"}
+---
+apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Alert
+metadata: {name: slack, namespace: apps}
+spec:
+  providerRef: {name: slack}
+  eventSources: [{kind: Kustomization, name: '*'}]
+"#,
+        "apps",
+    )
+    .await;
+    // Ours: the git Provider and its Alert, converted with the README's one-line sed.
+    apply_yaml(
+        &admin,
+        // (Without the Secret: the one applied above serves both.)
+        &objects("apps", &stub, "ours", "v1beta3", K8S_TOKEN)
+            .split_once("---\n")
+            .unwrap()
+            .1
+            .replace(
+                "notification.toolkit.fluxcd.io/",
+                "notification.commit-status-controller.dev/",
+            ),
+        "apps",
+    )
+    .await;
+    let receiver = EventReceiver::start().await;
+    let token = service_account_token(&admin).await;
+    let kubeconfig = server.write_kubeconfig("beside.kubeconfig", &token);
+    let kc = kubeconfig.display().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let mut c = Controller::spawn(
+        &[
+            format!("--data-dir={}", data.path().display()),
+            "--min-retry-delay=50ms".into(),
+            "--api-group=own".into(),
+            format!("--forward-events-to={}", receiver.url()),
+        ],
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("RUNTIME_NAMESPACE", "flux-system"),
+            ("POD_NAME", "csc-beside"),
+        ],
+    )
+    .await;
+    c.add_secret(K8S_TOKEN);
+    c.add_secret(&token);
+
+    let event = event_in("apps", "podinfo", SHA, "beside flux");
+    let sent = serde_json::to_vec(&event).unwrap();
+    let answer = c.post_raw("POST", "/", sent.clone()).await;
+    assert_eq!(answer.status(), 202);
+    let logs = || c.logs();
+    until(
+        "the status from our group's Provider",
+        || async { !stub.statuses("o/ours", SHA).is_empty() },
+        logs,
+    )
+    .await;
+    assert!(
+        receiver
+            .wait_for(Duration::from_secs(20), |r| !r.is_empty())
+            .await,
+        "the event reaches Flux's controller: {}",
+        c.logs()
+    );
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].body, sent, "forwarded unchanged");
+    // Our group's Provider gets the finalizer too.
+    let ours: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        "apps",
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "notification.commit-status-controller.dev",
+            "v1beta3",
+            "Provider",
+        )),
+    );
+    until(
+        "the finalizer on our group's Provider",
+        || async {
+            ours.get("github").await.is_ok_and(|p| {
+                p.metadata
+                    .finalizers
+                    .unwrap_or_default()
+                    .contains(&"finalizers.fluxcd.io".to_string())
+            })
+        },
+        logs,
+    )
+    .await;
+    // Flux's group is not ours to serve: its github Provider posts nothing, its Providers get
+    // no finalizer from us.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stub.statuses("o/ours", SHA).len(), 1);
+    assert!(stub.statuses("o/flux-left", SHA).is_empty());
+    let flux_provider = notification_api(&admin, "apps", "Provider")
+        .get("github")
+        .await
+        .unwrap();
+    assert!(
+        flux_provider
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .is_empty(),
+        "Flux's objects are left to Flux"
+    );
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+    drop(c);
+}
+
 fn stand_in_crd(group: &str, version: &str, kind: &str, plural: &str) -> String {
     format!(
         r#"apiVersion: apiextensions.k8s.io/v1
