@@ -8,8 +8,8 @@ use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
 use crate::manifest::{
-    Alert, AlertResource, EVENT_SOURCE_KINDS, ObjectMeta, PROVIDER_TYPES, Provider,
-    ProviderResource,
+    Alert, AlertResource, EVENT_SOURCE_KINDS, ObjectMeta, OwnAlertResource, OwnProviderResource,
+    PROVIDER_TYPES, Provider, ProviderResource,
 };
 
 const COMMIT_STATUS_RULE: &str = "self.type == 'github' || self.type == 'gitlab' || self.type == 'gitea' || self.type == 'bitbucketserver' || self.type == 'bitbucket' || self.type == 'azuredevops' || !has(self.commitStatusExpr)";
@@ -17,7 +17,26 @@ const COMMIT_STATUS_MESSAGE: &str = "spec.commitStatusExpr is only supported for
 
 /// The Provider CRD.
 pub fn provider_crd() -> CustomResourceDefinition {
-    shape(ProviderResource::crd(), "Provider", |spec| {
+    shape(ProviderResource::crd(), "Provider", refine_provider)
+}
+
+/// The Provider CRD of our own group ([`crate::OWN_GROUP`]): the same schema and validation.
+pub fn own_provider_crd() -> CustomResourceDefinition {
+    shape(OwnProviderResource::crd(), "Provider", refine_provider)
+}
+
+/// The Alert CRD.
+pub fn alert_crd() -> CustomResourceDefinition {
+    shape(AlertResource::crd(), "Alert", refine_alert)
+}
+
+/// The Alert CRD of our own group.
+pub fn own_alert_crd() -> CustomResourceDefinition {
+    shape(OwnAlertResource::crd(), "Alert", refine_alert)
+}
+
+fn refine_provider(spec: &mut Value) {
+    {
         let p = &mut spec["properties"];
         p["type"] = json!({"type": "string", "enum": PROVIDER_TYPES});
         for f in ["channel", "username", "address"] {
@@ -36,12 +55,11 @@ pub fn provider_crd() -> CustomResourceDefinition {
         spec["required"] = json!(["type"]);
         spec["x-kubernetes-validations"] =
             json!([{"message": COMMIT_STATUS_MESSAGE, "rule": COMMIT_STATUS_RULE}]);
-    })
+    }
 }
 
-/// The Alert CRD.
-pub fn alert_crd() -> CustomResourceDefinition {
-    shape(AlertResource::crd(), "Alert", |spec| {
+fn refine_alert(spec: &mut Value) {
+    {
         let p = &mut spec["properties"];
         p["providerRef"] = local_ref();
         p["eventSeverity"] =
@@ -67,7 +85,7 @@ pub fn alert_crd() -> CustomResourceDefinition {
         p["summary"] = json!({"type": "string", "maxLength": 255});
         p["suspend"] = json!({"type": "boolean"});
         spec["required"] = json!(["eventSources", "providerRef"]);
-    })
+    }
 }
 
 fn local_ref() -> Value {
@@ -91,6 +109,8 @@ fn shape(
     refine(spec);
     // The derive marks `spec` required; Flux's CRDs do too for Alert and Provider.
     schema["required"] = json!(["spec"]);
+    // One title whatever the Rust type's name, so both groups' schemas are the same.
+    schema["title"] = json!(format!("{kind}Resource"));
     version["additionalPrinterColumns"] =
         json!([{"jsonPath": ".metadata.creationTimestamp", "name": "Age", "type": "date"}]);
     version["subresources"] = json!({});
@@ -149,6 +169,28 @@ impl From<ProviderResource> for Provider {
     }
 }
 
+impl From<OwnProviderResource> for Provider {
+    fn from(r: OwnProviderResource) -> Provider {
+        Provider {
+            api_version: format!("{}/v1beta3", crate::OWN_GROUP),
+            kind: "Provider".into(),
+            metadata: meta(r.metadata),
+            spec: r.spec.0,
+        }
+    }
+}
+
+impl From<OwnAlertResource> for Alert {
+    fn from(r: OwnAlertResource) -> Alert {
+        Alert {
+            api_version: format!("{}/v1beta3", crate::OWN_GROUP),
+            kind: "Alert".into(),
+            metadata: meta(r.metadata),
+            spec: r.spec.0,
+        }
+    }
+}
+
 impl From<AlertResource> for Alert {
     fn from(r: AlertResource) -> Alert {
         Alert {
@@ -163,6 +205,27 @@ impl From<AlertResource> for Alert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_group_has_the_same_schema_and_validation() {
+        for (flux, ours) in [
+            (provider_crd(), own_provider_crd()),
+            (alert_crd(), own_alert_crd()),
+        ] {
+            assert_eq!(ours.spec.group, crate::OWN_GROUP);
+            assert_eq!(
+                ours.metadata.name.as_deref(),
+                Some(format!("{}.{}", flux.spec.names.plural, crate::OWN_GROUP).as_str())
+            );
+            assert_eq!(ours.spec.names.kind, flux.spec.names.kind);
+            assert_eq!(ours.spec.scope, flux.spec.scope);
+            let (f, o) = (
+                serde_json::to_value(&flux.spec.versions).unwrap(),
+                serde_json::to_value(&ours.spec.versions).unwrap(),
+            );
+            assert_eq!(o, f, "versions, schemas and CEL rules are identical");
+        }
+    }
 
     #[test]
     fn versions_and_printer_columns() {

@@ -752,3 +752,37 @@ mod tests {
         assert_eq!(err[0].field, "data[token]");
     }
 }
+
+/// The Provider spec served under our own API group, [`crate::OWN_GROUP`]: the same fields and
+/// validation as Flux's; only the group differs, so Flux's notification-controller never sees
+/// these objects.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "notification.commit-status-controller.dev",
+    version = "v1beta3",
+    kind = "Provider",
+    root = "OwnProviderResource",
+    namespaced,
+    category = "all",
+    category = "commit-status"
+)]
+#[serde(transparent)]
+pub struct OwnProviderSpec(pub ProviderSpec);
+
+/// The Alert spec under our own API group.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, CustomResource,
+)]
+#[kube(
+    group = "notification.commit-status-controller.dev",
+    version = "v1beta3",
+    kind = "Alert",
+    root = "OwnAlertResource",
+    namespaced,
+    category = "all",
+    category = "commit-status"
+)]
+#[serde(transparent)]
+pub struct OwnAlertSpec(pub AlertSpec);

@@ -98,7 +98,7 @@ impl Bench {
         };
         layout.write(&manifests, stub.addr)?;
         let flags = ["--max-retry-delay=5s"];
-        let c = Controller::start_with(&self.binary, &manifests, &dir, &flags).await?;
+        let c = Controller::start_with(&self.binary, &manifests, &dir, &flags, &[]).await?;
         let started = Instant::now();
         let accepted = send_all(&c).await?;
         let ingest = started.elapsed();
@@ -106,7 +106,7 @@ impl Bench {
         let before = c.memory()?;
         c.stop().await;
 
-        let c = Controller::start_with(&self.binary, &manifests, &dir, &flags).await?;
+        let c = Controller::start_with(&self.binary, &manifests, &dir, &flags, &[]).await?;
         // Long enough for every delivery to be attempted (and refused) once after the restart.
         tokio::time::sleep(self.settle * 3).await;
         let after = c.memory()?;

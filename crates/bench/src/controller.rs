@@ -63,15 +63,17 @@ impl Controller {
     /// Starts `binary` on the manifests in `manifests`, with its state in `work/data`, and
     /// waits for `/readyz` to answer 200.
     pub async fn start(binary: &Path, manifests: &Path, work: &Path) -> anyhow::Result<Self> {
-        Self::start_with(binary, manifests, work, &[]).await
+        Self::start_with(binary, manifests, work, &[], &[]).await
     }
 
-    /// [`Controller::start`] with more flags.
+    /// [`Controller::start`] with more flags and environment variables
+    /// (`BITBUCKET_API_BASE_URL`).
     pub async fn start_with(
         binary: &Path,
         manifests: &Path,
         work: &Path,
         flags: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let (events, health, metrics) = (free_addr()?, free_addr()?, free_addr()?);
         let pages = free_addr()?;
@@ -93,6 +95,7 @@ impl Controller {
             .env_remove("https_proxy")
             .env_remove("ALL_PROXY")
             .env_remove("all_proxy")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr)?)

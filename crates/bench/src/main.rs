@@ -7,6 +7,7 @@ mod controller;
 mod load;
 mod manifests;
 mod report;
+mod requests;
 mod servers;
 mod soak;
 
@@ -79,7 +80,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "memory,ingest,scaling,e2e,latency,churn,bodies,backlog"
+        default_value = "memory,ingest,scaling,e2e,latency,churn,bodies,requests,backlog"
     )]
     only: Vec<Scenario>,
 
@@ -104,6 +105,8 @@ enum Scenario {
     Churn,
     /// Peak RSS while 64 clients send 3 MiB bodies of hostile shapes.
     Bodies,
+    /// Forge requests per new status and per repeat, on every forge (issue 12).
+    Requests,
     /// RSS with 2,000 pending deliveries of 100 KiB events (forge down), before and after a
     /// restart, and their delivery once the forge heals (issue 10).
     Backlog,
@@ -205,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency,
         Scenario::Churn,
         Scenario::Bodies,
+        Scenario::Requests,
         Scenario::Backlog,
     ] {
         if !args.only.contains(&scenario) {
@@ -219,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Latency => bench.latency().await,
             Scenario::Churn => bench.churn().await,
             Scenario::Bodies => bench.bodies().await,
+            Scenario::Requests => bench.requests().await,
             Scenario::Backlog => bench.backlog().await,
         });
     }

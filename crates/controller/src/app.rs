@@ -74,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         forward_events_to,
         max_pending_forwards,
         max_pending_forward_bytes,
+        api_group,
         command: _,
         read_before_write,
     } = args;
@@ -145,6 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     default_service_account: Some(default_service_account.clone())
                         .filter(|s| !s.is_empty()),
                 },
+                groups: api_group,
             };
             tracing::info!(
                 namespace = settings.namespace.as_deref().unwrap_or("(all)"),

@@ -90,8 +90,9 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_go_duration, value_name = "DURATION")]
     pub graceful_shutdown_timeout: Duration,
 
-    /// This controller's public address (e.g. https://csc.example.com): every status links to
-    /// its delivery page, URL/deliveries/<id>, unless the Provider has a link template.
+    /// This controller's public address (e.g. https://csc.example.com), where the
+    /// --pages-addr listener is reachable: every status links to its delivery page,
+    /// URL/deliveries/<id>, unless the Provider has a link template.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
 
@@ -234,6 +235,13 @@ pub struct Args {
     /// --max-pending).
     #[arg(long, value_name = "N")]
     pub max_pending_per_provider: Option<usize>,
+
+    // Issue 13: which API group(s) Kubernetes mode watches.
+    /// Kubernetes mode: watch Providers and Alerts of Flux's group (notification.toolkit.fluxcd.io,
+    /// the drop-in), of ours (notification.commit-status-controller.dev, to run beside Flux's
+    /// notification-controller), or both.
+    #[arg(long, value_enum, default_value_t = ApiGroup::Flux)]
+    pub api_group: ApiGroup,
 }
 
 impl Args {
@@ -281,8 +289,9 @@ pub enum Command {
     /// Lists recent delivery outcomes (or pending deliveries) from a data directory, or from a
     /// running controller with --server.
     Deliveries(DeliveriesArgs),
-    /// Prints the Provider and Alert CustomResourceDefinitions (YAML).
-    Crd,
+    /// Prints the Provider and Alert CustomResourceDefinitions (YAML), of Flux's API group and
+    /// of ours (--api-group).
+    Crd(CrdArgs),
     /// Checks manifests as the controller would load them; exits non-zero on any problem.
     Validate(crate::cli::ValidateArgs),
     /// Shows what one event would do: which Alerts match (or why not), the commit, and the
@@ -290,6 +299,34 @@ pub enum Command {
     Explain(crate::cli::ExplainArgs),
     /// Posts a Flux-shaped event to a running controller, for trying it out.
     SendEvent(crate::cli::SendEventArgs),
+}
+
+// Issue 13: our own API group.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CrdArgs {
+    /// Whose CRDs: Flux's group, ours (notification.commit-status-controller.dev), or both.
+    #[arg(long, value_enum, default_value_t = ApiGroup::Both)]
+    pub api_group: ApiGroup,
+}
+
+/// Which API group(s) of `Provider` and `Alert` are watched (and whose CRDs are printed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApiGroup {
+    /// notification.toolkit.fluxcd.io: the drop-in for Flux's notification-controller.
+    Flux,
+    /// notification.commit-status-controller.dev: beside Flux's notification-controller.
+    Own,
+    Both,
+}
+
+impl ApiGroup {
+    pub fn flux(self) -> bool {
+        matches!(self, ApiGroup::Flux | ApiGroup::Both)
+    }
+
+    pub fn own(self) -> bool {
+        matches!(self, ApiGroup::Own | ApiGroup::Both)
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]

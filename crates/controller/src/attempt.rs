@@ -28,7 +28,7 @@ const RECORD_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(1
 const RECORD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The reason of events that post the in-progress state.
-const PROGRESSING: &str = "Progressing";
+pub(crate) const PROGRESSING: &str = "Progressing";
 
 /// A pending record as an attempt reads it: the record, what was last posted for its key, and
 /// whether a final state was ever posted for it.
@@ -133,7 +133,7 @@ impl Deliverer {
             Ok(None) => return Next::Done,
             Err(e) => return self.store_failed(&entry, e),
         };
-        self.link(&mut record);
+        let own_link = self.link(&mut record);
         if final_posted && record.reason == PROGRESSING {
             // kustomize-controller sends one on every drift correction; posting it would turn a
             // finished commit back to pending and spend the forge's per-commit status cap.
@@ -154,7 +154,13 @@ impl Deliverer {
             }
             Err(e) => return self.end_early(record, End::Failed(e.into())).await,
         };
-        let fingerprint = plan.fingerprint();
+        // Our delivery page's link names this delivery, so it differs between deliveries of the
+        // same state; left in the fingerprint, no repeat (an event and a healed state that
+        // agree, a resync) would ever be recognised as already posted.
+        let fingerprint = match own_link {
+            Some(link) => plan.fingerprint_without(&link),
+            None => plan.fingerprint(),
+        };
         if posted.as_deref() == Some(fingerprint.as_str()) {
             tracing::debug!(provider = %record.provider, object = %record.object, commit = %record.sha, status = %record.status_id, state = %record.state, "commit status already posted, skipping");
             let end = End::Landed {
@@ -298,16 +304,17 @@ impl Deliverer {
     }
 
     /// `--public-url`: link the status to its delivery page unless the Provider has a link.
-    fn link(&self, record: &mut Pending) {
-        if record.target_url.is_none()
-            && let Some(base) = &self.settings.public_url
-        {
-            record.target_url = Some(format!(
-                "{}/deliveries/{}",
-                base.trim_end_matches('/'),
-                record.seq
-            ));
+    /// Returns our link when the status carries it.
+    fn link(&self, record: &mut Pending) -> Option<String> {
+        let own = self
+            .settings
+            .public_url
+            .as_ref()
+            .map(|base| format!("{}/deliveries/{}", base.trim_end_matches('/'), record.seq))?;
+        if record.target_url.is_none() {
+            record.target_url = Some(own.clone());
         }
+        (record.target_url.as_deref() == Some(own.as_str())).then_some(own)
     }
 
     /// Sends the plan and counts the attempt.

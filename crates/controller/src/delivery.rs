@@ -187,6 +187,15 @@ pub fn start(
     })
 }
 
+/// A `Progressing` delivery for a (Provider, commit, status name) that already had success or
+/// failure posted: kustomize-controller sends one on every drift correction, and posting it
+/// would turn a finished commit back to pending and spend the forge's per-commit status cap.
+/// (The attempt checks the same on the record it loads; healing asks before storing one.)
+pub fn superseded_progressing(outbox: &Outbox, record: &crate::outbox::Pending) -> bool {
+    record.reason == crate::attempt::PROGRESSING
+        && outbox.final_posted(&record.key()).unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,8 @@ use controller::args::{Args, Command};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse_go();
-    if let Some(Command::Crd) = args.command {
-        return match controller::kube::crd_yaml() {
+    if let Some(Command::Crd(crd)) = &args.command {
+        return match controller::kube::crd_yaml(crd.api_group) {
             Ok(text) => {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS

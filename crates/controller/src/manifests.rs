@@ -251,7 +251,8 @@ fn load_document(
         .unwrap_or_default();
     let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
     let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
-    let is_notification = group == api::NOTIFICATION_GROUP;
+    // Flux's group, or ours (the same kinds and schema, for running beside Flux).
+    let is_notification = api::GROUPS.contains(&group);
     match (kind, api_version) {
         ("Provider" | "Alert", _) if is_notification => {
             let version = api_version.rsplit('/').next().unwrap_or_default();
@@ -261,8 +262,7 @@ fn load_document(
                     Some(name),
                     Some("apiVersion".into()),
                     format!(
-                        "unsupported version {api_version:?}: use {}/v1beta3 (or v1beta2)",
-                        api::NOTIFICATION_GROUP
+                        "unsupported version {api_version:?}: use {group}/v1beta3 (or v1beta2)"
                     ),
                 ));
                 return;

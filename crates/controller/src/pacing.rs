@@ -104,7 +104,7 @@ impl Budget {
     /// Forgets a window whose reset has passed.
     fn roll(&mut self, now: i64) {
         if let Some(reset) = self.reset_at_ms
-            && now >= reset + RESET_SLACK_MS
+            && now >= reset.saturating_add(RESET_SLACK_MS)
         {
             self.remaining = None;
             self.reset_at_ms = None;
@@ -166,7 +166,7 @@ impl Pacer {
             }
             if let Some(sustain) = b.sustain_ms {
                 let slot = b.next_ms.max(now);
-                b.next_ms = slot + sustain * n as i64;
+                b.next_ms = slot.saturating_add(sustain.saturating_mul(n as i64));
                 return reserve(b, key, slot, now);
             }
             match (b.remaining, b.reset_at_ms) {
@@ -180,15 +180,17 @@ impl Pacer {
                     let usable = left.saturating_sub(RESERVE);
                     if usable < n {
                         // Nothing left to spread in this window: wait for the reset.
-                        return Gate::WaitUntil(reset + RESET_SLACK_MS);
+                        return Gate::WaitUntil(reset.saturating_add(RESET_SLACK_MS));
                     }
                     let slot = b.next_ms.max(now);
-                    let spacing = (reset - slot).max(0) / usable as i64;
-                    b.next_ms = slot + spacing * n as i64;
+                    let spacing = reset.saturating_sub(slot).max(0) / usable as i64;
+                    b.next_ms = slot.saturating_add(spacing.saturating_mul(n as i64));
                     b.remaining = Some(left - n);
                     reserve(b, key, slot, now)
                 }
-                (Some(0), _) => Gate::WaitUntil(b.reset_at_ms.unwrap_or(now) + RESET_SLACK_MS),
+                (Some(0), _) => {
+                    Gate::WaitUntil(b.reset_at_ms.unwrap_or(now).saturating_add(RESET_SLACK_MS))
+                }
                 (Some(left), _) => {
                     b.remaining = Some(left.saturating_sub(n));
                     Gate::Go
@@ -229,7 +231,7 @@ impl Pacer {
                 if left == 0
                     && let Some(reset) = rate.reset_at_ms
                 {
-                    b.blocked_until = b.blocked_until.max(reset + RESET_SLACK_MS);
+                    b.blocked_until = b.blocked_until.max(reset.saturating_add(RESET_SLACK_MS));
                 }
             }
         });
@@ -449,6 +451,67 @@ mod tests {
             T0,
         );
         assert_eq!(p.pace(B, T0 + 20_000), Pace::Unpaced);
+    }
+
+    #[test]
+    fn a_thousand_concurrent_deliveries_share_a_low_budget() {
+        let p = std::sync::Arc::new(Pacer::default());
+        p.answered(B, github(50, 10), true, T0);
+        let gates: Vec<Gate> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..1000)
+                .map(|k| {
+                    let p = p.clone();
+                    s.spawn(move || p.admit(B, &format!("key-{k}"), 1, T0))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let go = gates.iter().filter(|g| **g == Gate::Go).count();
+        let mut slots: Vec<i64> = gates
+            .iter()
+            .filter_map(|g| match g {
+                Gate::WaitUntil(at) if *at < T0 + 10_000 => Some(*at),
+                _ => None,
+            })
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        // 49 usable (one in reserve): one now, 48 distinct slots before the reset, the rest
+        // after it.
+        assert_eq!(go, 1);
+        assert_eq!(slots.len(), 48);
+        let after = gates
+            .iter()
+            .filter(|g| **g == Gate::WaitUntil(T0 + 10_000 + RESET_SLACK_MS))
+            .count();
+        assert_eq!(after, 1000 - 49);
+    }
+
+    #[test]
+    fn absurd_headers_do_not_break_the_arithmetic() {
+        let p = Pacer::default();
+        let absurd = Some(RateLimit {
+            remaining: Some(u64::MAX),
+            limit: Some(u64::MAX),
+            reset_at_ms: Some(i64::MAX),
+            near_limit: false,
+        });
+        p.answered(B, absurd, true, T0);
+        assert_eq!(p.admit(B, "a", 1, T0), Gate::Go);
+        let past = Some(RateLimit {
+            remaining: Some(3),
+            reset_at_ms: Some(-5),
+            ..RateLimit::default()
+        });
+        p.answered(B, past, true, T0);
+        assert_eq!(p.admit(B, "b", 1, T0), Gate::Go);
+        let zero_limit = Some(RateLimit {
+            limit: Some(0),
+            near_limit: true,
+            ..RateLimit::default()
+        });
+        p.answered(B, zero_limit, true, T0);
+        assert_eq!(p.admit(B, "c", 1, T0), Gate::Go);
     }
 
     #[test]

@@ -513,3 +513,55 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     }
     TcpListener::bind(addr).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[test]
+    fn form_types_are_recognised_in_any_case_with_parameters() {
+        let of = |v: &str| {
+            let mut h = header::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            is_form_type(&h)
+        };
+        assert!(of("application/x-www-form-urlencoded"));
+        assert!(of("Multipart/Form-Data; boundary=x"));
+        assert!(of(" text/plain ;charset=utf-8"));
+        assert!(!of("application/json"));
+        assert!(!of("application/json; charset=utf-8"));
+        assert!(!of("text/plainx"));
+        assert!(!is_form_type(&header::HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn the_pages_router_takes_no_events_and_clamps_limit() {
+        let (outbox, _) = Outbox::open(
+            None,
+            std::sync::Arc::new(|_: &crate::outbox::StoreError| {}),
+        )
+        .unwrap();
+        let pages = pages_router(outbox);
+        let send = |method: &str, uri: &str| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(axum::body::Body::from("{}"))
+                .unwrap()
+        };
+        let r = pages.clone().oneshot(send("POST", "/")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = pages
+            .clone()
+            .oneshot(send("POST", "/deliveries"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        for limit in ["0", "99999999999", "x"] {
+            let uri = format!("/api/v1/deliveries?limit={limit}");
+            let r = pages.clone().oneshot(send("GET", &uri)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{uri}");
+        }
+    }
+}

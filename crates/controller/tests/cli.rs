@@ -61,6 +61,37 @@ fn validate_reports_every_problem_and_fails() {
     assert_eq!(code, 0, "{out}");
 }
 
+#[test]
+fn validate_takes_our_api_group_as_it_takes_fluxs() {
+    // The README's one-line conversion to our group, then the same checks as Flux's group.
+    let ours = |text: &str| {
+        text.replace(
+            "notification.toolkit.fluxcd.io/",
+            "notification.commit-status-controller.dev/",
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let good = forge_manifests("github", "https://github.com/o/r", &[("token", "t")], "");
+    assert!(good.contains("notification.toolkit.fluxcd.io/"), "{good}");
+    write(dir.path(), "good.yaml", &ours(&good));
+    let d = dir.path().to_str().unwrap();
+    let (code, out, _) = run(&["validate", "--manifests", d]);
+    assert_eq!(code, 0, "{out}");
+    write(
+        dir.path(),
+        "bad.yaml",
+        &ours(
+            "apiVersion: notification.toolkit.fluxcd.io/v1beta3\nkind: Alert\nmetadata: {name: a}\nspec:\n  providerRef: {name: p}\n  eventSources: [{kind: Pod, name: x}]\n",
+        ),
+    );
+    let (code, out, _) = run(&["validate", "--manifests", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("bad.yaml (document 0): Alert/default/a: spec.eventSources[0].kind"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn explain_dry_run_then_send() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;

@@ -68,3 +68,27 @@ fn committed_crds_are_current() {
         "config/crd/crds.yaml is stale: run `cargo run -- crd > config/crd/crds.yaml`"
     );
 }
+
+#[test]
+fn committed_beside_flux_crds_are_ours_and_current() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_commit-status-controller"))
+        .args(["crd", "--api-group", "own"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        generated.contains("notification.commit-status-controller.dev")
+            && !generated.contains("notification.toolkit.fluxcd.io"),
+        "the beside-Flux overlay must not replace Flux's own CRDs"
+    );
+    let committed = std::fs::read_to_string(format!(
+        "{}/../../config/beside-flux/crds.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert_eq!(
+        generated, committed,
+        "config/beside-flux/crds.yaml is stale: run `cargo run -- crd --api-group own > config/beside-flux/crds.yaml`"
+    );
+}

@@ -122,7 +122,7 @@ async fn a_spent_github_budget_holds_every_delivery_on_that_credential_until_the
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 2)
+        + 4)
     .to_string();
     stub.push_response(
         Matcher::post(".*"),
@@ -165,7 +165,7 @@ async fn a_spent_github_budget_holds_every_delivery_on_that_credential_until_the
         c.logs()
     );
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
+        started.elapsed() >= Duration::from_millis(2900),
         "{:?}",
         started.elapsed()
     );
@@ -248,9 +248,7 @@ async fn a_full_queue_answers_503_and_the_retry_is_not_a_duplicate() {
 
 #[tokio::test]
 async fn newer_states_replace_queued_older_ones() {
-    // The first retry waits at least a tenth of the cap: long enough, on a busy machine, for
-    // the newer state to be accepted before the older one is retried.
-    let (c, stub, _d) = github(&["--min-retry-delay=3s", "--max-retry-delay=3s"]).await;
+    let (c, stub, _d) = github(&["--min-retry-delay=30s", "--max-retry-delay=30s"]).await;
     stub.push_response(Matcher::post(".*"), ScriptedResponse::status(503));
     let progressing = kustomization_event(
         "flux-system",
@@ -328,4 +326,31 @@ async fn history_api_filters() {
         .post_raw("GET", "/api/v1/deliveries", b"{}".to_vec())
         .await;
     assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn with_public_url_a_repeated_state_costs_no_request() {
+    // The link to our delivery page differs per delivery; it must not hide a repeat.
+    let (c, stub, _d) = github(&["--public-url=https://csc.example.com"]).await;
+    for message in ["Applied revision (first)", "Applied revision (second)"] {
+        let ev = kustomization_event(
+            "flux-system",
+            "info",
+            "ReconciliationSucceeded",
+            message,
+            json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
+        );
+        c.post(&ev).await;
+        stub.wait_for(1, WAIT).await.unwrap();
+    }
+    let h = wait_history(&c, 2).await;
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(states(&stub, SHA), ["success"], "one request for one state");
+    let linked = stub.statuses("o/r", SHA)[0]["target_url"].clone();
+    assert!(
+        linked
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://csc.example.com/deliveries/")),
+        "{linked}"
+    );
 }

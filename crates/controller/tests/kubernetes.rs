@@ -17,7 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use serde_json::{Value, json};
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{EventReceiver, ForgeKind, StubForge, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -395,7 +395,13 @@ async fn assert_events_secret_free(admin: &Client) {
 #[tokio::test]
 async fn kubernetes_mode_end_to_end() {
     // A stand-in Kustomization CRD, so that matchLabels has an object to read.
-    let (server, admin) = cluster(KUSTOMIZATION_CRD).await;
+    let (server, admin) = cluster(&stand_in_crd(
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    ))
+    .await;
 
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     apply_yaml(
@@ -673,22 +679,174 @@ async fn kubernetes_mode_end_to_end() {
     assert_events_secret_free(&admin).await;
 }
 
-const KUSTOMIZATION_CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: kustomizations.kustomize.toolkit.fluxcd.io}
+/// A CRD for a Flux kind that keeps whatever it is given (status included, no subresource).
+/// Beside Flux (issue 13): Flux's CRDs and ours installed together, chat Providers left to
+/// Flux's controller, git Providers in our group; we watch only ours and forward every event.
+#[tokio::test]
+async fn beside_flux_our_group_only_and_every_event_forwarded() {
+    let (server, admin) = cluster(&stand_in_crd(
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    ))
+    .await;
+    wait_crds(
+        &admin,
+        &[
+            "providers.notification.commit-status-controller.dev",
+            "alerts.notification.commit-status-controller.dev",
+        ],
+    )
+    .await;
+    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    // Left in Flux's group: a github Provider we must ignore, and a Slack one that is Flux's.
+    apply_yaml(
+        &admin,
+        &objects("apps", &stub, "flux-left", "v1beta3", K8S_TOKEN),
+        "apps",
+    )
+    .await;
+    apply_yaml(
+        &admin,
+        r#"apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Provider
+metadata: {name: slack, namespace: apps}
+spec: {type: slack, address: "https://hooks.slack.com/services/x"}
+---
+apiVersion: notification.toolkit.fluxcd.io/v1beta3
+kind: Alert
+metadata: {name: slack, namespace: apps}
 spec:
-  group: kustomize.toolkit.fluxcd.io
-  names: {kind: Kustomization, listKind: KustomizationList, plural: kustomizations, singular: kustomization}
+  providerRef: {name: slack}
+  eventSources: [{kind: Kustomization, name: '*'}]
+"#,
+        "apps",
+    )
+    .await;
+    // Ours: the git Provider and its Alert, converted with the README's one-line sed.
+    apply_yaml(
+        &admin,
+        // (Without the Secret: the one applied above serves both.)
+        &objects("apps", &stub, "ours", "v1beta3", K8S_TOKEN)
+            .split_once("---\n")
+            .unwrap()
+            .1
+            .replace(
+                "notification.toolkit.fluxcd.io/",
+                "notification.commit-status-controller.dev/",
+            ),
+        "apps",
+    )
+    .await;
+    let receiver = EventReceiver::start().await;
+    let token = service_account_token(&admin).await;
+    let kubeconfig = server.write_kubeconfig("beside.kubeconfig", &token);
+    let kc = kubeconfig.display().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let mut c = Controller::spawn(
+        &[
+            format!("--data-dir={}", data.path().display()),
+            "--min-retry-delay=50ms".into(),
+            "--api-group=own".into(),
+            format!("--forward-events-to={}", receiver.url()),
+        ],
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("RUNTIME_NAMESPACE", "flux-system"),
+            ("POD_NAME", "csc-beside"),
+        ],
+    )
+    .await;
+    c.add_secret(K8S_TOKEN);
+    c.add_secret(&token);
+
+    let event = event_in("apps", "podinfo", SHA, "beside flux");
+    let sent = serde_json::to_vec(&event).unwrap();
+    let answer = c.post_raw("POST", "/", sent.clone()).await;
+    assert_eq!(answer.status(), 202);
+    let logs = || c.logs();
+    until(
+        "the status from our group's Provider",
+        || async { !stub.statuses("o/ours", SHA).is_empty() },
+        logs,
+    )
+    .await;
+    assert!(
+        receiver
+            .wait_for(Duration::from_secs(20), |r| !r.is_empty())
+            .await,
+        "the event reaches Flux's controller: {}",
+        c.logs()
+    );
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].body, sent, "forwarded unchanged");
+    // Our group's Provider gets the finalizer too.
+    let ours: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        "apps",
+        &kube::api::ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "notification.commit-status-controller.dev",
+            "v1beta3",
+            "Provider",
+        )),
+    );
+    until(
+        "the finalizer on our group's Provider",
+        || async {
+            ours.get("github").await.is_ok_and(|p| {
+                p.metadata
+                    .finalizers
+                    .unwrap_or_default()
+                    .contains(&"finalizers.fluxcd.io".to_string())
+            })
+        },
+        logs,
+    )
+    .await;
+    // Flux's group is not ours to serve: its github Provider posts nothing, its Providers get
+    // no finalizer from us.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stub.statuses("o/ours", SHA).len(), 1);
+    assert!(stub.statuses("o/flux-left", SHA).is_empty());
+    let flux_provider = notification_api(&admin, "apps", "Provider")
+        .get("github")
+        .await
+        .unwrap();
+    assert!(
+        flux_provider
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .is_empty(),
+        "Flux's objects are left to Flux"
+    );
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+    drop(c);
+}
+
+fn stand_in_crd(group: &str, version: &str, kind: &str, plural: &str) -> String {
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{name: {plural}.{group}}}
+spec:
+  group: {group}
+  names: {{kind: {kind}, listKind: {kind}List, plural: {plural}, singular: {singular}}}
   scope: Namespaced
   versions:
-    - name: v1
+    - name: {version}
       served: true
       storage: true
       schema:
         openAPIV3Schema:
           type: object
           x-kubernetes-preserve-unknown-fields: true
-"#;
+"#,
+        singular = kind.to_lowercase()
+    )
+}
 
 // === Commit statuses healed from the objects' state (no event sent unless said) ===
 
@@ -697,6 +855,10 @@ const HEAL_B: &str = "bd88a9156325322a124e55a369b59063470310eb";
 const HEAL_D: &str = "8a9156325322a124e55a369b59063470310ebbd8";
 const HEAL_L: &str = "0c8a9156325322a124e55a369b59063470310ebb";
 const HEAL_X: &str = "ffd88a9156325322a124e55a369b59063470310e";
+const HEAL_W: &str = "9156325322a124e55a369b59063470310ebbd88a";
+const HEAL_E1: &str = "e1a9156325322a124e55a369b59063470310ebbd";
+const HEAL_E2: &str = "e2a9156325322a124e55a369b59063470310ebbd";
+const HEAL_C: &str = "c0a9156325322a124e55a369b59063470310ebbd";
 const HEAL_A2: &str = "2a1afe267b54f38b46b487f6e938a6fd508278c0";
 
 fn kustomizations_api(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -791,6 +953,13 @@ async fn until_status(stub: &StubForge, sha: &str, what: &str, c: &Controller) {
     .await;
 }
 
+fn states(stub: &StubForge, sha: &str) -> Vec<String> {
+    stub.statuses("o/r", sha)
+        .iter()
+        .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 fn posts_for(stub: &StubForge, sha: &str) -> usize {
     stub.requests()
         .iter()
@@ -872,21 +1041,90 @@ async fn commit_statuses_heal_from_the_objects_state() {
     assert_eq!(b[0]["description"], "health check failed");
     assert_eq!(b[0]["context"], context.as_str());
 
-    // An event and a state change that agree: one request.
-    set_applied(&ks, "podinfo", HEAL_D).await;
-    let mut e = success_event("podinfo", HEAL_D);
-    e["involvedObject"]["namespace"] = json!("apps");
-    assert_eq!(c.post(&e).await.status(), 202);
-    until_status(&stub, HEAL_D, "success on D", &c).await;
-    // Both have been looked at by now; a second request would come within this time.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Ready=Unknown/Progressing: the in-progress state, only for a revision not applied yet
+    // and without a final state. Retrying B, which failed, posts nothing; a new C is pending
+    // until it is applied.
+    let progressing = |attempted| {
+        set_ready(
+            &ks,
+            "podinfo",
+            "Unknown",
+            "Progressing",
+            "Reconciliation in progress",
+            Some(HEAL_A),
+            attempted,
+        )
+    };
+    let matched = c.count_log("matches the statuses last posted");
+    progressing(HEAL_B).await;
+    until(
+        "the retry of B looked at",
+        || async { c.count_log("matches the statuses last posted") > matched },
+        || c.logs(),
+    )
+    .await;
+    progressing(HEAL_C).await;
+    until_status(&stub, HEAL_C, "pending on C from the state", &c).await;
+    assert_eq!(states(&stub, HEAL_C), ["pending"]);
     assert_eq!(
-        posts_for(&stub, HEAL_D),
-        1,
-        "{:?}",
-        stub.statuses("o/r", HEAL_D)
+        states(&stub, HEAL_B),
+        ["failure"],
+        "B keeps its final state"
     );
-    assert_eq!(stub.statuses("o/r", HEAL_D).len(), 1);
+    set_applied(&ks, "podinfo", HEAL_C).await;
+    until(
+        "success on C",
+        || async { states(&stub, HEAL_C).len() == 2 },
+        || c.logs(),
+    )
+    .await;
+    assert_eq!(states(&stub, HEAL_C), ["pending", "success"]);
+
+    // Changes to other fields are not looked at.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let looked = c.count_log("looked at the state of objects");
+    ks.patch(
+        "podinfo",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"unrelated": "x"}}, "spec": {"interval": "5m"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(c.count_log("looked at the state of objects"), looked);
+
+    // An event and a state change that agree make one request: at once, the event first,
+    // or the state first.
+    for (sha, order) in [
+        (HEAL_D, "together"),
+        (HEAL_E1, "event first"),
+        (HEAL_E2, "state first"),
+    ] {
+        let mut e = success_event("podinfo", sha);
+        e["involvedObject"]["namespace"] = json!("apps");
+        if order != "event first" {
+            set_applied(&ks, "podinfo", sha).await;
+        }
+        if order == "state first" {
+            until_status(&stub, sha, "the state's status", &c).await;
+        }
+        assert_eq!(c.post(&e).await.status(), 202);
+        if order == "event first" {
+            until_status(&stub, sha, "the event's status", &c).await;
+            set_applied(&ks, "podinfo", sha).await;
+        }
+        until_status(&stub, sha, "success", &c).await;
+        // Both have been looked at by now; a second request would come within this time.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            posts_for(&stub, sha),
+            1,
+            "{order}: {:?}",
+            stub.statuses("o/r", sha)
+        );
+    }
 
     // The unselected object got nothing; no request broke the contract.
     assert!(stub.statuses("o/r", HEAL_X).is_empty());
@@ -932,11 +1170,72 @@ async fn commit_statuses_heal_from_the_objects_state() {
     .await;
     assert_eq!(stub.requests().len(), before, "{}", c.logs());
 
+    // Only the leader heals: a second replica serves events but watches nothing.
+    let token = service_account_token(&admin).await;
+    let kc = server.write_kubeconfig("second.kubeconfig", &token);
+    let kc = kc.display().to_string();
+    let second = Controller::spawn(
+        &["--enable-leader-election".into()],
+        &[
+            ("KUBECONFIG", kc.as_str()),
+            ("RUNTIME_NAMESPACE", "flux-system"),
+            ("POD_NAME", "csc-heal-2"),
+        ],
+    )
+    .await;
+
+    // Any Flux kind: a HelmRelease's chart version is no commit and is skipped, as its events
+    // are (no warning either); one carrying `event.toolkit.fluxcd.io/commit` gets its status.
+    apply_yaml(
+        &admin,
+        &stand_in_crd(
+            "helm.toolkit.fluxcd.io",
+            "v2",
+            "HelmRelease",
+            "helmreleases",
+        ),
+        "flux-system",
+    )
+    .await;
+    apply_yaml(
+        &admin,
+        &stand_in_crd(
+            "source.toolkit.fluxcd.io",
+            "v1",
+            "GitRepository",
+            "gitrepositories",
+        ),
+        "flux-system",
+    )
+    .await;
+    wait_crds(
+        &admin,
+        &[
+            "helmreleases.helm.toolkit.fluxcd.io",
+            "gitrepositories.source.toolkit.fluxcd.io",
+        ],
+    )
+    .await;
+    let released = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {{name: {name}, annotations: {{{annotations}}}}}\nspec: {{}}\nstatus: {{conditions: [{{type: Ready, status: 'True', reason: UpgradeSucceeded, message: Helm upgrade succeeded}}], lastAttemptedRevision: 6.5.0}}\n"
+        )
+    };
+    apply_yaml(&admin, &released("chart", ""), "apps").await;
+    apply_yaml(
+        &admin,
+        &released(
+            "annotated",
+            &format!("event.toolkit.fluxcd.io/commit: {HEAL_W}"),
+        ),
+        "apps",
+    )
+    .await;
     // A kind the controller may not list: logged once, and its statuses follow events.
     let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(admin.clone());
     let mut role = roles.get("commit-status-controller").await.unwrap();
     for rule in role.rules.iter_mut().flatten() {
-        if rule.api_groups.as_deref() == Some(&["helm.toolkit.fluxcd.io".to_string()][..]) {
+        if rule.api_groups.as_deref() == Some(&["source.toolkit.fluxcd.io".to_string()][..]) {
             rule.verbs = vec!["get".into()];
         }
     }
@@ -944,17 +1243,6 @@ async fn commit_statuses_heal_from_the_objects_state() {
         .replace("commit-status-controller", &PostParams::default(), &role)
         .await
         .unwrap();
-    apply_yaml(
-        &admin,
-        &KUSTOMIZATION_CRD
-            .replace("kustomizations.kustomize", "helmreleases.helm")
-            .replace("group: kustomize", "group: helm")
-            .replace("Kustomization", "HelmRelease")
-            .replace("kustomization", "helmrelease"),
-        "flux-system",
-    )
-    .await;
-    wait_crds(&admin, &["helmreleases.helm.toolkit.fluxcd.io"]).await;
     let alerts = notification_api(&admin, "apps", "Alert");
     alerts
         .patch(
@@ -963,32 +1251,38 @@ async fn commit_statuses_heal_from_the_objects_state() {
             &Patch::Merge(json!({"spec": {"eventSources": [
                 {"kind": "Kustomization", "name": "podinfo"},
                 {"kind": "HelmRelease", "name": "*"},
+                {"kind": "GitRepository", "name": "*"},
             ]}})),
         )
         .await
         .unwrap();
+    until_status(&stub, HEAL_W, "the annotated HelmRelease's status", &c).await;
+    let w = stub.statuses("o/r", HEAL_W);
+    assert_eq!(
+        w[0]["context"].as_str().unwrap().split('/').next(),
+        Some("helmrelease")
+    );
+    assert_eq!(w[0]["description"], "upgrade succeeded");
     until(
         "the refused list reported",
         || async { c.count_log("its commit statuses follow events only") > 0 },
         || c.logs(),
     )
     .await;
-    let mut hr = kustomization_event(
-        "web",
+    let mut git = kustomization_event(
+        "podinfo",
         "info",
-        "UpgradeSucceeded",
-        "Helm upgrade succeeded",
-        json!({
-            "helm.toolkit.fluxcd.io/revision": "6.5.0",
-            "event.toolkit.fluxcd.io/commit": HEAL_X,
-        }),
+        "Succeeded",
+        "stored artifact for commit",
+        json!({"event.toolkit.fluxcd.io/commit": HEAL_X}),
     );
-    hr["involvedObject"]["namespace"] = json!("apps");
-    hr["involvedObject"]["kind"] = json!("HelmRelease");
-    hr["involvedObject"]["apiVersion"] = json!("helm.toolkit.fluxcd.io/v2");
-    assert_eq!(c.post(&hr).await.status(), 202);
-    until_status(&stub, HEAL_X, "the HelmRelease event's status", &c).await;
-    // Several resyncs later, still reported once.
+    git["involvedObject"]["namespace"] = json!("apps");
+    git["involvedObject"]["kind"] = json!("GitRepository");
+    git["involvedObject"]["apiVersion"] = json!("source.toolkit.fluxcd.io/v1");
+    assert_eq!(c.post(&git).await.status(), 202);
+    until_status(&stub, HEAL_X, "the GitRepository event's status", &c).await;
+    // Several resyncs later: still reported once, the chart version never posted nor warned
+    // about, and the second replica never healed anything.
     let seen = c.count_log("looked at the state of objects");
     until(
         "two more resyncs",
@@ -1002,6 +1296,25 @@ async fn commit_statuses_heal_from_the_objects_state() {
         "{}",
         c.logs()
     );
+    assert!(
+        events_on(&admin, "apps", "Alert", "github")
+            .await
+            .is_empty(),
+        "{:?}",
+        events_on(&admin, "apps", "Alert", "github").await
+    );
+    assert_eq!(
+        metric(&c, "commit_status_watched_objects{kind=\"HelmRelease\"}").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        second.count_log("healing commit statuses"),
+        0,
+        "{}",
+        second.logs()
+    );
+    assert_eq!(second.count_log("watching the state"), 0);
+    assert!(stub.violations().is_empty(), "{:?}", stub.violations());
 
     // Turned off: events only, as Flux.
     let mut c = c;
@@ -1172,7 +1485,13 @@ async fn annotated_service_account(admin: &Client, ns: &str, name: &str, client_
 
 #[tokio::test]
 async fn azure_devops_workload_identity() {
-    let (server, admin) = cluster(KUSTOMIZATION_CRD).await;
+    let (server, admin) = cluster(&stand_in_crd(
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    ))
+    .await;
     let entra = EntraStub::start(api_server_jwks(&admin).await).await;
     let stub = StubForge::start(ForgeKind::AzureDevOps, StubOptions::default()).await;
     annotated_service_account(

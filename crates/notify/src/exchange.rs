@@ -132,5 +132,17 @@ mod tests {
         let huge = headers(&[("ratelimit-reset", "99999999999999999999999")]);
         let r = RateLimit::from_headers(&huge, now).unwrap();
         assert!(r.reset_at_ms.unwrap() > 1_700_000_020_000);
+        // Values no forge sends do not overflow.
+        let absurd = headers(&[
+            ("x-ratelimit-remaining", "18446744073709551615"),
+            ("x-ratelimit-reset", "18446744073709551615"),
+        ]);
+        let r = RateLimit::from_headers(&absurd, now).unwrap();
+        assert_eq!(r.remaining, Some(u64::MAX));
+        let long = "9".repeat(3 * 1024 * 1024);
+        let huge_count = headers(&[("x-ratelimit-remaining", long.as_str())]);
+        // Saturates, like the retry classification reads it.
+        let r = RateLimit::from_headers(&huge_count, now).unwrap();
+        assert_eq!(r.remaining, Some(u64::MAX));
     }
 }

@@ -16,7 +16,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use api::{AlertResource, ProviderResource};
+use api::{AlertResource, OwnAlertResource, OwnProviderResource, ProviderResource};
+use kube::core::NamespaceResourceScope;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::notices::KubeNotices;
 use super::{FINALIZER, LeaderElection, Settings};
@@ -32,6 +35,50 @@ enum Error {
 struct Ctx {
     client: Client,
     notices: Arc<KubeNotices>,
+    /// `--api-group`: the same housekeeping for each watched group's objects.
+    groups: crate::args::ApiGroup,
+}
+
+/// What the Alert housekeeping reads of an Alert, in either API group.
+trait Suspendable {
+    fn suspended(&self) -> bool;
+}
+
+impl Suspendable for AlertResource {
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+}
+
+impl Suspendable for OwnAlertResource {
+    fn suspended(&self) -> bool {
+        self.spec.0.suspend
+    }
+}
+
+/// A namespaced object the housekeeping can watch and patch.
+trait Object:
+    kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Object for K where
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// Returns whether this replica leads (always, without leader election).
@@ -46,6 +93,7 @@ pub fn start(
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         notices,
+        groups: settings.groups,
     });
     let namespace = settings.namespace.clone();
     match settings.leader_election.clone() {
@@ -135,7 +183,26 @@ async fn lead(
 }
 
 async fn run(ctx: Arc<Ctx>, namespace: Option<String>, shutdown: CancellationToken) {
-    let (providers, alerts): (Api<ProviderResource>, Api<AlertResource>) = match &namespace {
+    let flux = async {
+        if ctx.groups.flux() {
+            housekeep::<ProviderResource, AlertResource>(&ctx, &namespace, &shutdown).await;
+        }
+    };
+    let own = async {
+        if ctx.groups.own() {
+            housekeep::<OwnProviderResource, OwnAlertResource>(&ctx, &namespace, &shutdown).await;
+        }
+    };
+    futures::join!(flux, own);
+}
+
+/// The Provider finalizer and the Alert migration for one API group's kinds.
+async fn housekeep<P: Object, A: Object + Suspendable>(
+    ctx: &Arc<Ctx>,
+    namespace: &Option<String>,
+    shutdown: &CancellationToken,
+) {
+    let (providers, alerts): (Api<P>, Api<A>) = match namespace {
         Some(ns) => (
             Api::namespaced(ctx.client.clone(), ns),
             Api::namespaced(ctx.client.clone(), ns),
@@ -144,18 +211,17 @@ async fn run(ctx: Arc<Ctx>, namespace: Option<String>, shutdown: CancellationTok
     };
     let p = Controller::new(providers, watcher::Config::default())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(reconcile_provider, error_policy, ctx.clone())
+        .run(reconcile_provider::<P>, error_policy, ctx.clone())
         .for_each(|_| async {});
     let a = Controller::new(alerts, watcher::Config::default())
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile_alert, error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile_alert::<A>, error_policy, ctx.clone())
         .for_each(|_| async {});
     futures::join!(p, a);
 }
 
-async fn reconcile_provider(p: Arc<ProviderResource>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let api: Api<ProviderResource> =
-        Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+async fn reconcile_provider<P: Object>(p: Arc<P>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let api: Api<P> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, p, |ev| async move {
         match ev {
             // Nothing to do on apply or cleanup beyond the finalizer itself: caches are rebuilt
@@ -169,17 +235,20 @@ async fn reconcile_provider(p: Arc<ProviderResource>, ctx: Arc<Ctx>) -> Result<A
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-async fn reconcile_alert(a: Arc<AlertResource>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile_alert<A: Object + Suspendable>(
+    a: Arc<A>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
     let finalizers = a.finalizers();
     let Some(index) = finalizers.iter().position(|f| f == FINALIZER) else {
         return Ok(Action::await_change());
     };
     // Flux leaves a suspended Alert alone unless it is being deleted.
-    if a.spec.suspend && a.metadata.deletion_timestamp.is_none() {
+    if a.suspended() && a.meta().deletion_timestamp.is_none() {
         return Ok(Action::await_change());
     }
     let ns = a.namespace().unwrap_or_default();
-    let api: Api<AlertResource> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<A> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!([
         {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER},
         {"op": "remove", "path": format!("/metadata/finalizers/{index}")},

@@ -426,16 +426,24 @@ async fn heal(shared: &Shared, o: &ObjectState) {
 }
 
 /// Whether the forge already shows exactly this status (the scheduler's "last posted"
-/// memory), so the state costs no delivery at all.
+/// memory), or the commit has its final state and this is an in-progress one: then the state
+/// costs no delivery at all.
 fn already_posted(state: &EventState, catalog: &Catalog, record: &Pending) -> bool {
+    if crate::delivery::superseded_progressing(&state.outbox, record) {
+        return true;
+    }
     let (ns, name) = record
         .provider
         .split_once('/')
         .unwrap_or(("", &record.provider));
-    let Some(Some(Ok(forge))) = catalog.provider(ns, name).map(|p| p.forge.as_ref()) else {
+    let Some(provider) = catalog.provider(ns, name) else {
         return false;
     };
-    let Ok(Some(plan)) = forge.plan(&record.status_event(), state.settings.progressing) else {
+    let Some(Ok(forge)) = provider.forge.as_ref() else {
+        return false;
+    };
+    let event = route::status_event(record, provider);
+    let Ok(Some(plan)) = forge.plan(&event, state.settings.progressing) else {
         return false;
     };
     state.outbox.posted(&record.key()).ok().flatten().as_deref()

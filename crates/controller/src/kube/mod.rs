@@ -29,10 +29,17 @@ pub const FINALIZER: &str = "finalizers.fluxcd.io";
 /// The name under which Kubernetes Events are reported.
 pub const CONTROLLER_NAME: &str = "commit-status-controller";
 
-/// Prints both CRDs as a YAML stream.
-pub fn crd_yaml() -> Result<String, String> {
+/// Prints the CRDs of `group` (Flux's, ours, or both) as a YAML stream.
+pub fn crd_yaml(group: crate::args::ApiGroup) -> Result<String, String> {
+    let mut crds = Vec::new();
+    if group.flux() {
+        crds.extend([api::crd::alert_crd(), api::crd::provider_crd()]);
+    }
+    if group.own() {
+        crds.extend([api::crd::own_alert_crd(), api::crd::own_provider_crd()]);
+    }
     let mut out = String::new();
-    for crd in [api::crd::alert_crd(), api::crd::provider_crd()] {
+    for crd in crds {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| e.to_string())?);
     }
@@ -60,6 +67,8 @@ pub struct Settings {
     pub kube_api_burst: u32,
     /// Azure DevOps workload identity (issue 11).
     pub workload_identity: workload_identity::WorkloadIdentitySettings,
+    /// `--api-group` (issue 13): whose Providers and Alerts are watched.
+    pub groups: crate::args::ApiGroup,
 }
 
 /// What the event path gets from the cluster.
@@ -97,7 +106,17 @@ pub async fn start(
         &own_config,
         settings.workload_identity.clone(),
     )));
-    let notices = notices::KubeNotices::start(client.clone(), shutdown.clone(), tasks);
+    let group = if settings.groups.flux() {
+        api::NOTIFICATION_GROUP
+    } else {
+        api::OWN_GROUP
+    };
+    let notices = notices::KubeNotices::start(
+        client.clone(),
+        format!("{group}/v1beta3"),
+        shutdown.clone(),
+        tasks,
+    );
     sources::start(
         client.clone(),
         &settings,

@@ -30,15 +30,22 @@ struct Notice {
     action: &'static str,
     message: String,
     kind: &'static str,
+    api_version: String,
 }
 
 pub struct KubeNotices {
     tx: mpsc::Sender<Notice>,
+    /// The apiVersion of each watched object (`Kind/namespace/name`), so an Event regards the
+    /// object in its own group (Flux's or ours).
+    api_versions: std::sync::RwLock<HashMap<String, String>>,
+    /// For an object not (yet) seen: the first watched group's.
+    default_api_version: String,
 }
 
 impl KubeNotices {
     pub fn start(
         client: Client,
+        default_api_version: String,
         shutdown: CancellationToken,
         tasks: &mut JoinSet<()>,
     ) -> Arc<KubeNotices> {
@@ -50,7 +57,25 @@ impl KubeNotices {
                 .or_else(|| std::env::var("HOSTNAME").ok()),
         };
         tasks.spawn(publish(Recorder::new(client, reporter), rx, shutdown));
-        Arc::new(KubeNotices { tx })
+        Arc::new(KubeNotices {
+            tx,
+            api_versions: Default::default(),
+            default_api_version,
+        })
+    }
+
+    /// Records the apiVersion of every watched object (`Kind/namespace/name` → apiVersion).
+    pub fn set_api_versions(&self, map: HashMap<String, String>) {
+        *self.api_versions.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    fn api_version(&self, kind: &str, namespace: &str, name: &str) -> String {
+        self.api_versions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&format!("{kind}/{namespace}/{name}"))
+            .cloned()
+            .unwrap_or_else(|| self.default_api_version.clone())
     }
 
     /// A Normal event, e.g. Flux's `Migration` on Alerts.
@@ -63,6 +88,7 @@ impl KubeNotices {
         message: String,
     ) {
         self.send(Notice {
+            api_version: self.api_version(kind, namespace, name),
             namespace: namespace.into(),
             name: name.into(),
             type_: EventType::Normal,
@@ -83,6 +109,7 @@ impl KubeNotices {
         message: String,
     ) {
         self.send(Notice {
+            api_version: self.api_version(kind, namespace, name),
             namespace: namespace.into(),
             name: name.into(),
             type_: EventType::Warning,
@@ -138,7 +165,7 @@ async fn publish(recorder: Recorder, mut rx: mpsc::Receiver<Notice>, shutdown: C
         sent += 1;
         seen.insert(key, now);
         let reference = ObjectReference {
-            api_version: Some("notification.toolkit.fluxcd.io/v1beta3".into()),
+            api_version: Some(n.api_version.clone()),
             kind: Some(n.kind.into()),
             namespace: Some(n.namespace.clone()),
             name: Some(n.name.clone()),

@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use api::{Alert, AlertResource, ObjectMeta, Provider, ProviderResource, Secret};
+use api::{
+    Alert, AlertResource, ObjectMeta, OwnAlertResource, OwnProviderResource, Provider,
+    ProviderResource, Secret,
+};
 use notify::ClientCache;
 
 use super::Settings;
@@ -143,32 +146,23 @@ pub async fn start(
     shutdown: CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let (providers_api, alerts_api): (Api<ProviderResource>, Api<AlertResource>) =
-        match &settings.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
     let (changed, mut rx) = mpsc::channel::<()>(1);
-    let (providers, writer) = reflector::store();
-    tasks.spawn(drive(
-        watcher(providers_api, watcher::Config::default()),
-        writer,
-        changed.clone(),
-        shutdown.clone(),
-    ));
-    let (alerts, writer) = reflector::store();
-    tasks.spawn(drive(
-        watcher(alerts_api, watcher::Config::default()),
-        writer,
-        changed.clone(),
-        shutdown.clone(),
-    ));
+    // One watch cache per kind and watched API group (--api-group); the catalog is built from
+    // all of them.
+    let mut watches = Watches::default();
+    let ns = settings.namespace.as_deref();
+    if settings.groups.flux() {
+        watches.add::<ProviderResource, AlertResource>(&client, ns, &changed, &shutdown, tasks);
+    }
+    if settings.groups.own() {
+        watches
+            .add::<OwnProviderResource, OwnAlertResource>(&client, ns, &changed, &shutdown, tasks);
+    }
+    let (providers, alerts) = (watches.providers, watches.alerts);
+    let ready = futures::future::try_join_all(std::mem::take(&mut watches.ready));
     tokio::select! {
-        r = async { providers.wait_until_ready().await?; alerts.wait_until_ready().await } => {
-            r.context_kube()?;
+        r = ready => {
+            r.map(|_| ()).context_kube()?;
         }
         () = shutdown.cancelled() => return Ok(()),
     }
@@ -213,6 +207,97 @@ pub async fn start(
     Ok(())
 }
 
+type Lister<T> = Box<dyn Fn() -> Vec<T> + Send + Sync>;
+
+/// The watch caches of the watched groups, as listers of converted objects.
+#[derive(Default)]
+struct Watches {
+    providers: Vec<Lister<Provider>>,
+    alerts: Vec<Lister<Alert>>,
+    ready: Vec<futures::future::BoxFuture<'static, Result<(), reflector::store::WriterDropped>>>,
+}
+
+impl Watches {
+    fn add<P, A>(
+        &mut self,
+        client: &Client,
+        namespace: Option<&str>,
+        changed: &mpsc::Sender<()>,
+        shutdown: &CancellationToken,
+        tasks: &mut JoinSet<()>,
+    ) where
+        P: Watched + Into<Provider>,
+        A: Watched + Into<Alert>,
+    {
+        let providers = watch::<P>(client, namespace, changed, shutdown, tasks);
+        let alerts = watch::<A>(client, namespace, changed, shutdown, tasks);
+        let p = providers.clone();
+        self.ready
+            .push(Box::pin(async move { p.wait_until_ready().await }));
+        let a = alerts.clone();
+        self.ready
+            .push(Box::pin(async move { a.wait_until_ready().await }));
+        self.providers.push(Box::new(move || {
+            providers
+                .state()
+                .iter()
+                .map(|p| (**p).clone().into())
+                .collect()
+        }));
+        self.alerts.push(Box::new(move || {
+            alerts
+                .state()
+                .iter()
+                .map(|a| (**a).clone().into())
+                .collect()
+        }));
+    }
+}
+
+/// A namespaced kind we keep a watch cache of.
+trait Watched:
+    kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+fn watch<K: Watched>(
+    client: &Client,
+    namespace: Option<&str>,
+    changed: &mpsc::Sender<()>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Store<K> {
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store();
+    tasks.spawn(drive(
+        watcher(api, watcher::Config::default()),
+        writer,
+        changed.clone(),
+        shutdown.clone(),
+    ));
+    store
+}
+
 trait KubeContext<T> {
     fn context_kube(self) -> anyhow::Result<T>;
 }
@@ -253,8 +338,8 @@ async fn drive<K>(
 /// API server accepted but that cannot work (old servers skip the CRDs' CEL rules; regexes
 /// and expressions are only checked here) gets an `InvalidConfig` event and is skipped.
 async fn rebuild(
-    providers: &Store<ProviderResource>,
-    alerts: &Store<AlertResource>,
+    providers: &[Lister<Provider>],
+    alerts: &[Lister<Alert>],
     secrets: &SecretWatches,
     catalog: &SharedCatalog,
     clients: &ClientCache,
@@ -283,8 +368,21 @@ async fn rebuild(
         now_reported.insert(key);
     };
     let mut referenced = BTreeSet::new();
-    for p in providers.state() {
-        let provider: Provider = (*p).clone().into();
+    let providers: Vec<Provider> = providers.iter().flat_map(|list| list()).collect();
+    let alerts: Vec<Alert> = alerts.iter().flat_map(|list| list()).collect();
+    notices.set_api_versions(
+        providers
+            .iter()
+            .map(|p| (&p.kind, &p.metadata, &p.api_version))
+            .chain(
+                alerts
+                    .iter()
+                    .map(|a| (&a.kind, &a.metadata, &a.api_version)),
+            )
+            .map(|(kind, m, v)| (format!("{kind}/{}/{}", m.namespace, m.name), v.clone()))
+            .collect(),
+    );
+    for provider in providers {
         let (ns, name) = (
             provider.metadata.namespace.clone(),
             provider.metadata.name.clone(),
@@ -308,8 +406,7 @@ async fn rebuild(
         }
         objects.providers.push((provider, exprs));
     }
-    for a in alerts.state() {
-        let alert: Alert = (*a).clone().into();
+    for alert in alerts {
         let errors = alert.validate();
         if !errors.is_empty() {
             invalid(
@@ -326,9 +423,14 @@ async fn rebuild(
     secrets.ensure(referenced).await;
     objects.secrets = secrets.current();
     // A stable order keeps matching order deterministic (Flux uses its cache order).
+    // With both groups watched, a name taken in both resolves to ours (built last).
+    let ours = |p: &Provider| p.api_version.starts_with(api::OWN_GROUP);
     objects.providers.sort_by(|a, b| {
-        (&a.0.metadata.namespace, &a.0.metadata.name)
-            .cmp(&(&b.0.metadata.namespace, &b.0.metadata.name))
+        (&a.0.metadata.namespace, &a.0.metadata.name, ours(&a.0)).cmp(&(
+            &b.0.metadata.namespace,
+            &b.0.metadata.name,
+            ours(&b.0),
+        ))
     });
     objects.alerts.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))

@@ -195,12 +195,30 @@ impl Plan {
     /// A stable fingerprint of what would be written (URL + body), for the controller's "last
     /// posted" memory.
     pub fn fingerprint(&self) -> String {
+        self.fingerprint_without("")
+    }
+
+    /// The fingerprint with every occurrence of `volatile` left out of the body: for a part
+    /// that differs between deliveries of the same state (the controller's link to its own
+    /// delivery page names the delivery), so that a repeat is still recognised.
+    pub fn fingerprint_without(&self, volatile: &str) -> String {
+        let body = self.write.body.as_deref().unwrap_or_default();
         let mut hasher = Sha1::new();
         hasher.update(self.write.method.as_str());
         hasher.update(b" ");
         hasher.update(self.write.url.as_bytes());
         hasher.update(b"\n");
-        hasher.update(self.write.body.as_deref().unwrap_or_default());
+        if volatile.is_empty() {
+            hasher.update(body);
+        } else {
+            let needle = volatile.as_bytes();
+            let mut rest = body;
+            while let Some(i) = rest.windows(needle.len()).position(|w| w == needle) {
+                hasher.update(&rest[..i]);
+                rest = &rest[i + needle.len()..];
+            }
+            hasher.update(rest);
+        }
         hex::encode(hasher.finalize())
     }
 }

@@ -690,6 +690,41 @@ fn fingerprint_tracks_what_is_written() {
     assert!(!format!("{a:?}").contains("Bearer t\""));
 }
 
+#[test]
+fn fingerprint_without_leaves_a_volatile_link_out() {
+    let m = revision_meta();
+    let f = forge(ForgeKind::GitHub, "https://github.com/o/r", "t");
+    let (one, two) = (
+        "https://csc.example/deliveries/1",
+        "https://csc.example/deliveries/2",
+    );
+    let a = plan(
+        &f,
+        &StatusEvent {
+            target_url: Some(one),
+            ..event(&m)
+        },
+    );
+    let b = plan(
+        &f,
+        &StatusEvent {
+            target_url: Some(two),
+            ..event(&m)
+        },
+    );
+    assert_ne!(a.fingerprint(), b.fingerprint());
+    assert_eq!(a.fingerprint_without(one), b.fingerprint_without(two));
+    let failed = plan(
+        &f,
+        &StatusEvent {
+            severity: "error",
+            target_url: Some(two),
+            ..event(&m)
+        },
+    );
+    assert_ne!(a.fingerprint_without(one), failed.fingerprint_without(two));
+}
+
 // === §3.8 worked example, byte for byte ===
 
 #[test]
