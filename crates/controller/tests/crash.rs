@@ -17,18 +17,7 @@ async fn sigkill_with_pending_deliveries_loses_nothing() {
         stub.push_response(Matcher::any_method(".*"), ScriptedResponse::status(503));
     }
     let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    write(
-        &manifests,
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    let manifests = github_manifests(dir.path(), &stub);
     let data = format!("--data-dir={}", dir.path().join("data").display());
     let c = Controller::start(
         &manifests,

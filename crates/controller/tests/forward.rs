@@ -17,18 +17,7 @@ const FAST_RETRY: [&str; 2] = ["--min-retry-delay=50ms", "--max-retry-delay=200m
 /// Manifests for a GitHub stub (so events also become commit statuses), a data directory.
 fn setup(stub: &StubForge) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    write(
-        &manifests,
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    let manifests = github_manifests(dir.path(), stub);
     let data = format!("--data-dir={}", dir.path().join("data").display());
     (dir, manifests, data)
 }

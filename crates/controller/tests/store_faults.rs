@@ -103,18 +103,7 @@ async fn a_full_disk_refuses_honestly_and_the_store_heals_when_space_is_freed() 
         return;
     };
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    write(
-        &manifests,
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    let manifests = github_manifests(dir.path(), &stub);
     let data_flag = format!("--data-dir={}", data.display());
     let c = Controller::start(
         &manifests,

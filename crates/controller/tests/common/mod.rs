@@ -396,3 +396,21 @@ spec:
 "#
     )
 }
+
+/// A `manifests` directory in `dir` with a GitHub Provider for `stub`'s `o/r`, its Secret and
+/// an Alert: the setup most binary tests start from.
+pub fn github_manifests(dir: &Path, stub: &testkit::StubForge) -> PathBuf {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(
+        &manifests,
+        "m.yaml",
+        &forge_manifests(
+            "github",
+            &format!("{}/o/r", stub.base_url()),
+            &[("token", "t")],
+            "",
+        ),
+    );
+    manifests
+}
