@@ -351,23 +351,36 @@ async fn cluster(kustomization_crd: &str) -> (ApiServer, Client) {
     (server, admin)
 }
 
-async fn start_controller(server: &ApiServer, admin: &Client, data: &Path) -> Controller {
+/// The controller binary in Kubernetes mode as pod `pod` of the controller's ServiceAccount
+/// (a TokenRequest token), with `args`; also returns that token.
+async fn spawn_in_cluster(
+    server: &ApiServer,
+    admin: &Client,
+    pod: &str,
+    args: &[String],
+) -> (Controller, String) {
     let token = service_account_token(admin).await;
-    let kubeconfig = server.write_kubeconfig("controller.kubeconfig", &token);
+    let kubeconfig = server.write_kubeconfig(&format!("{pod}.kubeconfig"), &token);
     let kc = kubeconfig.display().to_string();
-    let mut c = Controller::spawn(
-        &[
-            "--enable-leader-election".into(),
-            format!("--data-dir={}", data.display()),
-            "--min-retry-delay=50ms".into(),
-        ],
+    let c = Controller::spawn(
+        args,
         &[
             ("KUBECONFIG", kc.as_str()),
             ("RUNTIME_NAMESPACE", "flux-system"),
-            ("POD_NAME", "csc-0"),
+            ("POD_NAME", pod),
         ],
     )
     .await;
+    (c, token)
+}
+
+async fn start_controller(server: &ApiServer, admin: &Client, data: &Path) -> Controller {
+    let args = [
+        "--enable-leader-election".into(),
+        format!("--data-dir={}", data.display()),
+        "--min-retry-delay=50ms".into(),
+    ];
+    let (mut c, token) = spawn_in_cluster(server, admin, "csc-0", &args).await;
     // The Secrets applied to the cluster: the harness's sweep looks for them in the logs and
     // pages, `assert_events_secret_free` in the Events.
     c.add_secret(K8S_TOKEN);
@@ -740,24 +753,14 @@ spec:
     )
     .await;
     let receiver = EventReceiver::start().await;
-    let token = service_account_token(&admin).await;
-    let kubeconfig = server.write_kubeconfig("beside.kubeconfig", &token);
-    let kc = kubeconfig.display().to_string();
     let data = tempfile::tempdir().unwrap();
-    let mut c = Controller::spawn(
-        &[
-            format!("--data-dir={}", data.path().display()),
-            "--min-retry-delay=50ms".into(),
-            "--api-group=own".into(),
-            format!("--forward-events-to={}", receiver.url()),
-        ],
-        &[
-            ("KUBECONFIG", kc.as_str()),
-            ("RUNTIME_NAMESPACE", "flux-system"),
-            ("POD_NAME", "csc-beside"),
-        ],
-    )
-    .await;
+    let args = [
+        format!("--data-dir={}", data.path().display()),
+        "--min-retry-delay=50ms".into(),
+        "--api-group=own".into(),
+        format!("--forward-events-to={}", receiver.url()),
+    ];
+    let (mut c, token) = spawn_in_cluster(&server, &admin, "csc-beside", &args).await;
     c.add_secret(K8S_TOKEN);
     c.add_secret(&token);
 
@@ -923,9 +926,6 @@ async fn start_healing_controller(
     data: &Path,
     extra: &[&str],
 ) -> Controller {
-    let token = service_account_token(admin).await;
-    let kubeconfig = server.write_kubeconfig("heal.kubeconfig", &token);
-    let kc = kubeconfig.display().to_string();
     let mut args = vec![
         "--enable-leader-election".into(),
         format!("--data-dir={}", data.display()),
@@ -933,15 +933,7 @@ async fn start_healing_controller(
         "--leader-election-retry-period=1s".into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    Controller::spawn(
-        &args,
-        &[
-            ("KUBECONFIG", kc.as_str()),
-            ("RUNTIME_NAMESPACE", "flux-system"),
-            ("POD_NAME", "csc-heal"),
-        ],
-    )
-    .await
+    spawn_in_cluster(server, admin, "csc-heal", &args).await.0
 }
 
 async fn until_status(stub: &StubForge, sha: &str, what: &str, c: &Controller) {
