@@ -14,15 +14,17 @@ use tokio_util::sync::CancellationToken;
 
 use notify::{ClientCache, ProgressingMode};
 
-use crate::args::{Args, Progressing};
-use crate::catalog::Catalog;
+use crate::config::catalog::Catalog;
+use crate::config::catalog::SharedCatalog;
+use crate::config::files;
+use crate::config::hooks::{LabelSource, LogOnly, Notices};
 use crate::delivery;
-use crate::hooks::{LabelSource, LogOnly, Notices};
-use crate::manifests;
-use crate::outbox::Outbox;
-use crate::ratelimit::Limiter;
+use crate::delivery::store::Outbox;
+use crate::events::ratelimit::Limiter;
+use crate::events::server::{self, EventState};
+use crate::ops::args::Args;
+use crate::ops::cli::Progressing;
 use crate::route::RouteSettings;
-use crate::server::{self, EventState, SharedCatalog};
 
 /// Attempts in flight at once across all forges; per-host limits apply below it.
 const MAX_IN_FLIGHT: usize = 256;
@@ -79,12 +81,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         read_before_write,
     } = args;
     let forward_targets =
-        crate::forward::parse_targets(&forward_events_to).map_err(anyhow::Error::msg)?;
-    let gates = crate::goflags::FeatureGates::resolve(
+        crate::events::forward::parse_targets(&forward_events_to).map_err(anyhow::Error::msg)?;
+    let gates = crate::ops::goflags::FeatureGates::resolve(
         &feature_gates.into_iter().map(|g| g.0).collect::<Vec<_>>(),
     )
     .map_err(anyhow::Error::msg)?;
-    crate::goflags::check_default_service_account(&gates, &default_service_account)
+    crate::ops::goflags::check_default_service_account(&gates, &default_service_account)
         .map_err(anyhow::Error::msg)?;
     for gate in gates.on() {
         tracing::info!(gate, "feature gate enabled");
@@ -93,8 +95,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         receiver_addr = %receiver_addr,
         concurrent,
         watch_configs_label_selector = %watch_configs_label_selector,
-        cache_secrets_and_config_maps = gates.enabled(crate::goflags::CACHE_SECRETS_AND_CONFIG_MAPS),
-        disable_config_watchers = gates.enabled(crate::goflags::DISABLE_CONFIG_WATCHERS),
+        cache_secrets_and_config_maps = gates.enabled(crate::ops::goflags::CACHE_SECRETS_AND_CONFIG_MAPS),
+        disable_config_watchers = gates.enabled(crate::ops::goflags::DISABLE_CONFIG_WATCHERS),
         "Flux flags accepted without effect: no webhook receivers here (--receiverAddr, --watch-configs-label-selector, DisableConfigWatchers), objects come from watch caches rather than a reconcile queue (--concurrent), and only Secrets that Providers name are watched (CacheSecretsAndConfigMaps)"
     );
 
@@ -103,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             bail!("--manifests {}: no such file or directory", path.display());
         }
     }
-    if max_body_bytes_in_flight < crate::budget::MIN_BUDGET {
+    if max_body_bytes_in_flight < crate::events::budget::MIN_BUDGET {
         bail!(
             "--max-body-bytes-in-flight {max_body_bytes_in_flight}: must be at least 8Mi (a 3 MiB body counts twice its size, and an eighth is kept for small events)"
         );
@@ -126,58 +128,59 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut cluster_client = None;
-    let (notices, labels): (Arc<dyn Notices>, Option<Arc<dyn LabelSource>>) =
-        if manifests.is_empty() {
-            let runtime_namespace =
-                std::env::var("RUNTIME_NAMESPACE").unwrap_or_else(|_| "flux-system".into());
-            let settings = crate::kube::Settings {
-                namespace: (!watch_all_namespaces).then(|| runtime_namespace.clone()),
-                runtime_namespace,
-                leader_election: enable_leader_election.then_some(crate::kube::LeaderElection {
-                    lease_duration: leader_election_lease_duration,
-                    renew_deadline: leader_election_renew_deadline,
-                    retry_period: leader_election_retry_period,
-                    release_on_cancel: leader_election_release_on_cancel,
-                }),
-                kube_api_qps,
-                kube_api_burst,
-                workload_identity: crate::kube::workload_identity::WorkloadIdentitySettings {
-                    object_level: gates.enabled(crate::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY),
-                    default_service_account: Some(default_service_account.clone())
-                        .filter(|s| !s.is_empty()),
-                },
-                groups: api_group,
-            };
-            tracing::info!(
-                namespace = settings.namespace.as_deref().unwrap_or("(all)"),
-                "running in Kubernetes mode"
-            );
-            let cluster = crate::kube::start(
-                settings,
-                metrics.clone(),
-                catalog.clone(),
-                clients.clone(),
-                shutdown.clone(),
-                &mut tasks,
-            )
-            .await?;
-            cluster_client = Some((cluster.client, cluster.leading));
-            (cluster.notices, Some(cluster.labels))
-        } else {
-            let mut reporter = Reporter {
-                reported: Default::default(),
-                metrics: metrics.clone(),
-            };
-            reload(&manifests, &clients, &catalog, &mut reporter);
-            tasks.spawn(watch_manifests(
-                manifests.clone(),
-                clients.clone(),
-                catalog.clone(),
-                reporter,
-                shutdown.clone(),
-            ));
-            (Arc::new(LogOnly), None)
+    let (notices, labels): (Arc<dyn Notices>, Option<Arc<dyn LabelSource>>) = if manifests
+        .is_empty()
+    {
+        let runtime_namespace =
+            std::env::var("RUNTIME_NAMESPACE").unwrap_or_else(|_| "flux-system".into());
+        let settings = crate::kube::Settings {
+            namespace: (!watch_all_namespaces).then(|| runtime_namespace.clone()),
+            runtime_namespace,
+            leader_election: enable_leader_election.then_some(crate::kube::LeaderElection {
+                lease_duration: leader_election_lease_duration,
+                renew_deadline: leader_election_renew_deadline,
+                retry_period: leader_election_retry_period,
+                release_on_cancel: leader_election_release_on_cancel,
+            }),
+            kube_api_qps,
+            kube_api_burst,
+            workload_identity: crate::kube::workload_identity::WorkloadIdentitySettings {
+                object_level: gates.enabled(crate::ops::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY),
+                default_service_account: Some(default_service_account.clone())
+                    .filter(|s| !s.is_empty()),
+            },
+            groups: api_group,
         };
+        tracing::info!(
+            namespace = settings.namespace.as_deref().unwrap_or("(all)"),
+            "running in Kubernetes mode"
+        );
+        let cluster = crate::kube::start(
+            settings,
+            metrics.clone(),
+            catalog.clone(),
+            clients.clone(),
+            shutdown.clone(),
+            &mut tasks,
+        )
+        .await?;
+        cluster_client = Some((cluster.client, cluster.leading));
+        (cluster.notices, Some(cluster.labels))
+    } else {
+        let mut reporter = Reporter {
+            reported: Default::default(),
+            metrics: metrics.clone(),
+        };
+        reload(&manifests, &clients, &catalog, &mut reporter);
+        tasks.spawn(watch_manifests(
+            manifests.clone(),
+            clients.clone(),
+            catalog.clone(),
+            reporter,
+            shutdown.clone(),
+        ));
+        (Arc::new(LogOnly), None)
+    };
 
     let limiter = Arc::new(Limiter::bounded(
         rate_limit_interval,
@@ -202,7 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let store_errors = metrics.store_errors.clone();
     let (outbox, pending) = Outbox::open(
         data_dir.as_deref(),
-        Arc::new(move |e: &crate::outbox::StoreError| {
+        Arc::new(move |e: &crate::delivery::store::StoreError| {
             store_errors
                 .get_or_create(&crate::metrics::StoreErrorLabel {
                     error: e.name().into(),
@@ -226,7 +229,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Progressing::Skip => ProgressingMode::Skip,
         },
         object_level_workload_identity: gates
-            .enabled(crate::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY),
+            .enabled(crate::ops::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY),
     };
     let delivery_shutdown = CancellationToken::new();
     let (scheduler, deliveries) = delivery::start(
@@ -243,7 +246,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             public_url: public_url.clone(),
             metrics: metrics.clone(),
             read_before_write,
-            clock: crate::scheduler::Clock::system(),
+            clock: crate::delivery::scheduler::Clock::system(),
         },
         pending,
         delivery_shutdown.clone(),
@@ -254,9 +257,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None)
     } else {
         tracing::info!(targets = ?forward_targets, "forwarding accepted events");
-        let (forwarder, run) = crate::forward::Forwarder::start(
+        let (forwarder, run) = crate::events::forward::Forwarder::start(
             outbox.database()?,
-            crate::forward::Settings {
+            crate::events::forward::Settings {
                 targets: forward_targets,
                 min_retry_delay,
                 max_retry_delay,
@@ -273,16 +276,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let events_listener = server::bind(&events_addr)
+    let events_listener = crate::events::listener::bind(&events_addr)
         .await
         .with_context(|| format!("--events-addr {events_addr}: cannot listen"))?;
-    let health_listener = server::bind(&health_addr)
+    let health_listener = crate::events::listener::bind(&health_addr)
         .await
         .with_context(|| format!("--health-addr {health_addr}: cannot listen"))?;
-    let metrics_listener = server::bind(&metrics_addr)
+    let metrics_listener = crate::events::listener::bind(&metrics_addr)
         .await
         .with_context(|| format!("--metrics-addr {metrics_addr}: cannot listen"))?;
-    let pages_listener = server::bind(&pages_addr)
+    let pages_listener = crate::events::listener::bind(&pages_addr)
         .await
         .with_context(|| format!("--pages-addr {pages_addr}: cannot listen"))?;
     tracing::info!(
@@ -292,16 +295,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics = %metrics_listener.local_addr()?,
         "listening"
     );
-    let limits = crate::listener::Limits {
+    let limits = crate::events::listener::Limits {
         max_connections,
         ..Default::default()
     };
 
-    let pages = server::pages_router(outbox.clone());
+    let pages = crate::ops::history_api::router(outbox.clone());
     let event_state = EventState {
         catalog: catalog.clone(),
         limiter,
-        body_budget: crate::budget::BodyBudget::new(max_body_bytes_in_flight),
+        body_budget: crate::events::budget::BodyBudget::new(max_body_bytes_in_flight),
         outbox: outbox.clone(),
         scheduler,
         settings,
@@ -333,23 +336,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         crate::metrics::track,
     ));
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(crate::listener::serve(
+    servers.spawn(crate::events::listener::serve(
         events_listener,
         events,
         limits,
         shutdown.clone(),
         graceful_shutdown_timeout,
     ));
-    servers.spawn(crate::listener::serve(
+    servers.spawn(crate::events::listener::serve(
         pages_listener,
         pages,
         limits,
         shutdown.clone(),
         Duration::from_secs(1),
     ));
-    servers.spawn(crate::listener::serve(
+    servers.spawn(crate::events::listener::serve(
         health_listener,
-        server::health_router(ready.clone(), outbox.clone()),
+        crate::ops::health::router(ready.clone(), outbox.clone()),
         limits,
         shutdown.clone(),
         Duration::from_secs(1),
@@ -368,7 +371,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let o = outbox.clone();
                 let oldest = tokio::task::spawn_blocking(move || o.oldest_pending_ms()).await;
                 let age = match oldest {
-                    Ok(Ok(Some(ms))) => (crate::outbox::now_ms() - ms).max(0) as f64 / 1000.0,
+                    Ok(Ok(Some(ms))) => {
+                        (crate::delivery::store::now_ms() - ms).max(0) as f64 / 1000.0
+                    }
                     _ => 0.0,
                 };
                 metrics.oldest_pending_seconds.set(age);
@@ -378,7 +383,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Router::new()
         .route("/metrics", get(crate::metrics::serve))
         .with_state(metrics.clone());
-    servers.spawn(crate::listener::serve(
+    servers.spawn(crate::events::listener::serve(
         metrics_listener,
         metrics,
         limits,
@@ -422,7 +427,7 @@ fn reload(
     catalog: &SharedCatalog,
     reporter: &mut Reporter,
 ) {
-    let load = manifests::load(paths);
+    let load = files::load(paths);
     let mut now = std::collections::BTreeSet::new();
     for p in &load.problems {
         let text = p.to_string();
@@ -524,7 +529,7 @@ async fn watch_manifests(
             None
         }
     };
-    let mut last = manifests::fingerprint(&paths);
+    let mut last = files::fingerprint(&paths);
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     loop {
         let notified = tokio::select! {
@@ -533,10 +538,10 @@ async fn watch_manifests(
             _ = poll.tick() => false,
         };
         if notified {
-            tokio::time::sleep(manifests::DEBOUNCE).await;
+            tokio::time::sleep(files::DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
         }
-        let now = manifests::fingerprint(&paths);
+        let now = files::fingerprint(&paths);
         if now != last || notified {
             last = now;
             let paths = paths.clone();

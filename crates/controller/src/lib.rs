@@ -1,30 +1,15 @@
-//! The controller: event API, routing of events to forges, manifests, and the process wiring.
+//! The controller: where its configuration comes from, the event API, routing of events to
+//! forges, durable delivery, and the operator's surfaces, wired into one process by [`app`].
+//!
+//! The folders read as the path of an event, top floor first; a module may use the floors
+//! below its own, never one above: [`app`] → [`ops`] → [`kube`] → [`events`] → [`route`] →
+//! [`delivery`] → [`config`] → [`metrics`].
 
 pub mod app;
-pub mod args;
-pub mod attempt;
-pub mod budget;
-pub mod catalog;
-pub mod cli;
-pub mod deliveries_cmd;
+pub mod config;
 pub mod delivery;
-pub mod forward;
-pub mod goflags;
-pub mod hooks;
+pub mod events;
 pub mod kube;
-pub mod listener;
-pub mod manifests;
 pub mod metrics;
-pub mod outbox;
-pub mod pacing;
-pub mod pages;
-pub mod policy;
-pub mod ratelimit;
-pub mod record;
-pub mod resolve;
+pub mod ops;
 pub mod route;
-pub mod scheduler;
-pub mod server;
-pub mod status_expr;
-pub mod telemetry;
-mod validators;

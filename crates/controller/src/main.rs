@@ -1,6 +1,6 @@
 //! Entry point of the `commit-status-controller` binary.
 
-use controller::args::{Args, Command};
+use controller::ops::args::{Args, Command};
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse_go();
@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    let report = |r: anyhow::Result<controller::cli::Report>| match r {
+    let report = |r: anyhow::Result<controller::ops::cli::Report>| match r {
         Ok(r) => {
             print!("{}", r.text);
             if r.ok {
@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let block_on = |f: std::pin::Pin<
-        Box<dyn std::future::Future<Output = anyhow::Result<controller::cli::Report>>>,
+        Box<dyn std::future::Future<Output = anyhow::Result<controller::ops::cli::Report>>>,
     >| {
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -42,12 +42,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     match args.command.clone() {
-        Some(Command::Validate(cmd)) => return report(Ok(controller::cli::validate(cmd))),
+        Some(Command::Validate(cmd)) => return report(Ok(controller::ops::cli::validate(cmd))),
         Some(Command::Explain(cmd)) => {
-            return report(block_on(Box::pin(controller::cli::explain(cmd))));
+            return report(block_on(Box::pin(controller::ops::cli::explain(cmd))));
         }
         Some(Command::SendEvent(cmd)) => {
-            return report(block_on(Box::pin(controller::cli::send_event(cmd))));
+            return report(block_on(Box::pin(controller::ops::cli::send_event(cmd))));
         }
         _ => {}
     }
@@ -56,7 +56,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build();
         let result = match runtime {
-            Ok(rt) => rt.block_on(controller::deliveries_cmd::run(cmd)),
+            Ok(rt) => rt.block_on(controller::ops::history::run(cmd)),
             Err(e) => Err(e.into()),
         };
         return match result {
@@ -70,7 +70,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    if let Err(e) = controller::telemetry::init(&args.log_level, args.log_encoding) {
+    if let Err(e) = controller::ops::telemetry::init(&args.log_level, args.log_encoding) {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);
     }

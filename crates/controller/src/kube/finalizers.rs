@@ -36,7 +36,7 @@ struct Ctx {
     client: Client,
     notices: Arc<KubeNotices>,
     /// `--api-group`: the same housekeeping for each watched group's objects.
-    groups: crate::args::ApiGroup,
+    groups: crate::kube::ApiGroup,
 }
 
 /// What the Alert housekeeping reads of an Alert, in either API group.

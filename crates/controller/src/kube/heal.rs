@@ -17,11 +17,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{self, FluxObject, ObjectState, Selection};
-use crate::catalog::Catalog;
+use crate::config::catalog::Catalog;
+use crate::delivery::store::Pending;
+use crate::events::server::{self, EventState, Origin};
 use crate::metrics::{KindLabel, Metrics};
-use crate::outbox::Pending;
 use crate::route;
-use crate::server::{self, EventState, Origin};
 
 /// How often the configuration snapshot is checked for a new version.
 const CATALOG_POLL: Duration = Duration::from_secs(1);
@@ -442,7 +442,7 @@ fn already_posted(state: &EventState, catalog: &Catalog, record: &Pending) -> bo
     let Some(Ok(forge)) = provider.forge.as_ref() else {
         return false;
     };
-    let event = route::status_event(record, provider);
+    let event = crate::delivery::record::status_event(record, provider);
     let Ok(Some(plan)) = forge.plan(&event, state.settings.progressing) else {
         return false;
     };

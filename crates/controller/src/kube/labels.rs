@@ -12,7 +12,7 @@ use kube::core::GroupVersionKind;
 
 use api::Event;
 
-use crate::hooks::LabelSource;
+use crate::config::hooks::LabelSource;
 
 /// How long an object's labels are reused.
 const TTL: Duration = Duration::from_secs(10);

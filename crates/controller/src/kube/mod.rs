@@ -2,6 +2,9 @@
 //! objects and of the Secrets they reference, with Kubernetes Events on Alerts, label lookups
 //! for `matchLabels`, and the finalizer housekeeping Flux's controller does; and, beyond Flux,
 //! commit statuses healed from the selected objects' state.
+//!
+//! May use: [`crate::events`] (healed statuses take the event path's intake), [`crate::route`],
+//! [`crate::delivery`], [`crate::config`], [`crate::metrics`].
 
 mod finalizers;
 pub mod heal;
@@ -16,13 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::ValueEnum;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use notify::ClientCache;
 
-use crate::hooks::{LabelSource, Notices};
-use crate::server::SharedCatalog;
+use crate::config::catalog::SharedCatalog;
+use crate::config::hooks::{LabelSource, Notices};
 
 /// The finalizer Flux puts on Providers (and used to put on Alerts).
 pub const FINALIZER: &str = "finalizers.fluxcd.io";
@@ -30,7 +34,7 @@ pub const FINALIZER: &str = "finalizers.fluxcd.io";
 pub const CONTROLLER_NAME: &str = "commit-status-controller";
 
 /// Prints the CRDs of `group` (Flux's, ours, or both) as a YAML stream.
-pub fn crd_yaml(group: crate::args::ApiGroup) -> Result<String, String> {
+pub fn crd_yaml(group: crate::kube::ApiGroup) -> Result<String, String> {
     let mut crds = Vec::new();
     if group.flux() {
         crds.extend([api::crd::alert_crd(), api::crd::provider_crd()]);
@@ -68,7 +72,7 @@ pub struct Settings {
     /// Azure DevOps workload identity (issue 11).
     pub workload_identity: workload_identity::WorkloadIdentitySettings,
     /// `--api-group` (issue 13): whose Providers and Alerts are watched.
-    pub groups: crate::args::ApiGroup,
+    pub groups: crate::kube::ApiGroup,
 }
 
 /// What the event path gets from the cluster.
@@ -141,4 +145,24 @@ pub async fn start(
         client,
         leading,
     })
+}
+
+/// Which API group(s) of `Provider` and `Alert` are watched (and whose CRDs are printed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApiGroup {
+    /// notification.toolkit.fluxcd.io: the drop-in for Flux's notification-controller.
+    Flux,
+    /// notification.commit-status-controller.dev: beside Flux's notification-controller.
+    Own,
+    Both,
+}
+
+impl ApiGroup {
+    pub fn flux(self) -> bool {
+        matches!(self, ApiGroup::Flux | ApiGroup::Both)
+    }
+
+    pub fn own(self) -> bool {
+        matches!(self, ApiGroup::Own | ApiGroup::Both)
+    }
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::hooks::Notices;
+use crate::config::hooks::Notices;
 
 /// An identical event is not repeated within this window.
 const REPEAT_WINDOW: Duration = Duration::from_secs(300);

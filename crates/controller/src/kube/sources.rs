@@ -25,10 +25,10 @@ use notify::ClientCache;
 
 use super::Settings;
 use super::notices::KubeNotices;
-use crate::catalog::{Catalog, Objects};
-use crate::hooks::reason;
-use crate::server::SharedCatalog;
-use crate::status_expr::check_provider;
+use crate::config::catalog::SharedCatalog;
+use crate::config::catalog::{Catalog, Objects};
+use crate::config::hooks::reason;
+use crate::config::status_expr::check_provider;
 
 /// How long to let a burst of changes settle before rebuilding.
 const DEBOUNCE: Duration = Duration::from_millis(100);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer};
 use api::{EVENT_METADATA_PREFIX, Event, ObjectReference};
 use notify::ProgressingMode;
 
-use crate::catalog::Catalog;
+use crate::config::catalog::Catalog;
 
 /// The API group whose success event carries `commit_status: update` (kustomize-controller's).
 const KUSTOMIZE_GROUP: &str = "kustomize.toolkit.fluxcd.io";
@@ -572,7 +572,7 @@ mod tests {
     }
 
     fn catalog(providers: serde_json::Value, alerts: serde_json::Value) -> Catalog {
-        let objects = crate::catalog::Objects {
+        let objects = crate::config::catalog::Objects {
             providers: serde_json::from_value::<Vec<api::Provider>>(providers)
                 .unwrap()
                 .into_iter()

@@ -17,6 +17,9 @@ use notify::forge::azure_identity::{
     TENANT_ID_ANNOTATION, WorkloadIdentity,
 };
 
+/// The feature gate that lets a Provider name its own service account (Flux's name).
+pub const OBJECT_LEVEL_WORKLOAD_IDENTITY: &str = "ObjectLevelWorkloadIdentity";
+
 /// Flux's `auth.ErrDefaultServiceAccountNotFound`.
 const DEFAULT_SA_NOT_FOUND: &str = "the specified default service account does not exist in the object namespace. your cluster is subject to multi-tenant workload identity lockdown, reach out to your cluster administrator for help";
 /// azidentity's workload-identity environment (set by the Azure Workload Identity webhook).
@@ -102,7 +105,7 @@ impl WorkloadIdentity for KubeWorkloadIdentity {
         if !self.settings.object_level {
             return Err(format!(
                 "failed to get token: {} feature gate is not enabled",
-                crate::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY
+                OBJECT_LEVEL_WORKLOAD_IDENTITY
             ));
         }
         Ok(Arc::new(ServiceAccountIdentity {

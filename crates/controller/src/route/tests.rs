@@ -11,7 +11,7 @@ use api::{
 use notify::ClientCache;
 
 use super::*;
-use crate::catalog::Objects;
+use crate::config::catalog::Objects;
 
 const UID: &str = "0c9c2e41-d2f9-4f9b-9c41-bebc1984d67a";
 const SHA: &str = "5394cb7f48332b2de7c17dd8b8384bbc84b7e738";
@@ -91,7 +91,7 @@ fn catalog(providers: Vec<Provider>, alerts: Vec<Alert>, secrets: Vec<Secret>) -
     let providers = providers
         .into_iter()
         .map(|p| {
-            let exprs = crate::status_expr::check_provider(&p).unwrap();
+            let exprs = crate::config::status_expr::check_provider(&p).unwrap();
             (p, exprs)
         })
         .collect();
@@ -268,7 +268,7 @@ fn metadata_merge_precedence_and_conflicts() {
 fn route_one(c: &Catalog, e: &Event, settings: RouteSettings) -> Routed {
     let alerts = matching_alerts(c, e, None);
     assert_eq!(alerts.len(), 1, "expected exactly one matching alert");
-    route(c, e, alerts[0], settings, &crate::hooks::LogOnly)
+    route(c, e, alerts[0], settings, &crate::config::hooks::LogOnly)
 }
 
 fn kinds(r: &Routed) -> String {
@@ -465,11 +465,11 @@ fn target_url_and_description_templates() {
     let md: Vec<(&str, &str)> = md.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut p = provider("ns", "p", "github");
     p.metadata.annotations.insert(
-        crate::status_expr::TARGET_URL_ANNOTATION.into(),
+        crate::config::status_expr::TARGET_URL_ANNOTATION.into(),
         "'https://grafana.example.com/d/flux?var-name=' + event.involvedObject.name".into(),
     );
     p.metadata.annotations.insert(
-        crate::status_expr::DESCRIPTION_ANNOTATION.into(),
+        crate::config::status_expr::DESCRIPTION_ANNOTATION.into(),
         "'prod-eu: ' + event.reason".into(),
     );
     let c = catalog(
@@ -497,15 +497,15 @@ fn target_url_and_description_templates() {
     }
     let mut bad = provider("ns", "p", "github");
     bad.metadata.annotations.insert(
-        crate::status_expr::TARGET_URL_ANNOTATION.into(),
+        crate::config::status_expr::TARGET_URL_ANNOTATION.into(),
         "'x' +".into(),
     );
-    let errors = crate::status_expr::check_provider(&bad).unwrap_err();
+    let errors = crate::config::status_expr::check_provider(&bad).unwrap_err();
     assert_eq!(
         errors[0].field,
         format!(
             "metadata.annotations[{}]",
-            crate::status_expr::TARGET_URL_ANNOTATION
+            crate::config::status_expr::TARGET_URL_ANNOTATION
         )
     );
 }

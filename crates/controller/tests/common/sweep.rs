@@ -35,7 +35,7 @@ pub fn secret_values(paths: &[PathBuf]) -> BTreeSet<String> {
         .cloned()
         .collect();
     let mut out = BTreeSet::new();
-    for secret in controller::manifests::load(&paths).objects.secrets {
+    for secret in controller::config::files::load(&paths).objects.secrets {
         for (key, value) in &secret.data {
             let value = String::from_utf8_lossy(value);
             out.extend(values_of(key, &value));

@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 use api::{Alert, FieldError, ObjectMeta, Provider, Secret};
 
-use crate::catalog::Objects;
-use crate::status_expr::check_provider;
+use crate::config::catalog::Objects;
+use crate::config::status_expr::check_provider;
+use crate::config::yaml::yaml_error;
 
 /// Namespace of the name-based UIDs given to objects without `metadata.uid`: fixed, so that a
 /// Provider's UID, and the status names derived from it, survive restarts.
@@ -374,57 +375,6 @@ fn load_document(
     }
 }
 
-/// A YAML syntax error as line, column (of the file, counting from 1) and the parser's own
-/// words, without any text of the document: serde-saphyr's rendering quotes the lines around
-/// the error and some messages quote the offending scalar, and in a Secret file either can be
-/// a token. Anything quoted in the message is left out.
-pub fn yaml_error(e: &serde_saphyr::Error, first_line: usize) -> String {
-    use serde_saphyr::MessageFormatter as _;
-    let e = e.without_snippet();
-    let message = without_quoted(&serde_saphyr::UserMessageFormatter.format_message(e));
-    match e.location() {
-        Some(at) if at.line() > 0 => format!(
-            "line {}, column {}: {message}",
-            at.line() as usize + first_line,
-            at.column()
-        ),
-        _ => message,
-    }
-}
-
-/// `text` with every quoted part (`"…"`, `'…'`, `` `…` ``) replaced by `…`, except a single
-/// punctuation character (`':'`, which names syntax, not data), and control characters dropped.
-fn without_quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut open: Option<(char, String)> = None;
-    let mut previous = ' ';
-    for c in text.chars() {
-        // An apostrophe inside a word ("can't") opens nothing.
-        let opens = matches!(c, '"' | '`') || (c == '\'' && !previous.is_alphanumeric());
-        previous = c;
-        match &mut open {
-            Some((q, quoted)) if c == *q => {
-                let mut chars = quoted.chars();
-                match (chars.next(), chars.next()) {
-                    (Some(p), None) if p.is_ascii_punctuation() => {
-                        out.extend([c, p, c]);
-                    }
-                    _ => out.push('…'),
-                }
-                open = None;
-            }
-            Some((_, quoted)) => quoted.push(c),
-            None if opens => open = Some((c, String::new())),
-            None if c.is_control() => out.push(' '),
-            None => out.push(c),
-        }
-    }
-    if open.is_some() {
-        out.push('…');
-    }
-    out.trim().to_string()
-}
-
 fn object_name(kind: &str, map: &serde_json::Map<String, Value>) -> String {
     let meta = map.get("metadata");
     let get = |k: &str| {
@@ -489,6 +439,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::yaml::without_quoted;
 
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();

@@ -22,7 +22,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-pub use crate::record::{Attempt, Entry, Outcome, Pending, Verdict, now_ms, rfc3339, status_key};
+pub use crate::delivery::record::{
+    Attempt, Entry, Outcome, Pending, Verdict, now_ms, rfc3339, status_key,
+};
 
 /// Where [`Outbox::final_posted`] is remembered: a key of the posted table no status key can
 /// be (their fields never contain the separator).
@@ -365,13 +367,13 @@ impl Outbox {
     ) -> Result<Option<notify::Validator>, StoreError> {
         let txn = self.db()?.begin_read().map_err(storage)?;
         let table = txn
-            .open_table(crate::validators::VALIDATORS)
+            .open_table(crate::delivery::validators::VALIDATORS)
             .map_err(storage)?;
-        let key = crate::validators::key(provider_uid, url);
+        let key = crate::delivery::validators::key(provider_uid, url);
         Ok(table
             .get(key.as_str())
             .map_err(storage)?
-            .and_then(|v| crate::validators::decode(v.value())))
+            .and_then(|v| crate::delivery::validators::decode(v.value())))
     }
 
     /// Keeps a read's validator for the next conditional read (not durable on its own: losing
@@ -722,7 +724,7 @@ fn init(db: &Database) -> Result<Loaded, StoreError> {
             }
         }
         txn.open_table(POSTED).map_err(storage)?;
-        txn.open_table(crate::validators::VALIDATORS)
+        txn.open_table(crate::delivery::validators::VALIDATORS)
             .map_err(storage)?;
         txn.open_table(HISTORY).map_err(storage)?;
         let index = txn.open_table(HISTORY_BY_PROVIDER).map_err(storage)?;
@@ -1000,7 +1002,8 @@ impl Writer {
                     }
                     Op::Flush(reply) => applied.flushes.push(reply),
                     Op::Validate(provider_uid, v) => {
-                        crate::validators::keep(&txn, &provider_uid, &v).map_err(storage)?;
+                        crate::delivery::validators::keep(&txn, &provider_uid, &v)
+                            .map_err(storage)?;
                     }
                 }
             }
@@ -1380,7 +1383,10 @@ mod tests {
         assert_eq!(outbox.pending_for("ns/q"), 1);
         let (record, posted) = outbox.load(&stored[0].key).unwrap();
         let record = record.unwrap();
-        assert!(record.message_cut && record.message.len() <= crate::record::MAX_MESSAGE_BYTES);
+        assert!(
+            record.message_cut
+                && record.message.len() <= crate::delivery::record::MAX_MESSAGE_BYTES
+        );
         assert_eq!(posted, None);
         drop(outbox);
 

@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::args::LogEncoding;
+use clap::ValueEnum;
 
 /// Installs the global subscriber. `level` takes Flux's names (`debug`, `info`, `error`,
 /// `trace`) or a full `tracing` filter directive.
@@ -31,4 +31,10 @@ pub fn init(level: &str, encoding: LogEncoding) -> Result<(), String> {
             .try_init(),
     };
     result.map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogEncoding {
+    Json,
+    Console,
 }

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{Attempt, Committed, StoreError, now_ms, rfc3339};
+use crate::delivery::store::{Attempt, Committed, StoreError, now_ms, rfc3339};
 
 /// Bodies waiting to be forwarded: event id → the bytes as received.
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("forward_bodies");
@@ -620,7 +620,7 @@ impl ListQuery {
         self.target.is_none() && self.type_.as_deref() != Some("forward")
     }
 
-    pub fn forwards(&self, filter: &crate::outbox::HistoryFilter) -> bool {
+    pub fn forwards(&self, filter: &crate::delivery::store::HistoryFilter) -> bool {
         filter.provider.is_none()
             && filter.repository.is_none()
             && filter.commit.is_none()
@@ -632,7 +632,7 @@ impl ListQuery {
     pub fn merge(
         &self,
         db: &(impl ReadableDatabase + ?Sized),
-        filter: &crate::outbox::HistoryFilter,
+        filter: &crate::delivery::store::HistoryFilter,
         pending_only: bool,
         deliveries: Vec<serde_json::Value>,
     ) -> Result<Vec<serde_json::Value>, StoreError> {

@@ -315,6 +315,18 @@ impl Pending {
     }
 }
 
+/// What the forge plans from: the stored delivery, plus whether its status name came from the
+/// Provider's `spec.commitStatusExpr` (Bitbucket then shows it as the name).
+pub fn status_event<'a>(
+    record: &'a Pending,
+    provider: &crate::config::catalog::ProviderEntry,
+) -> notify::StatusEvent<'a> {
+    notify::StatusEvent {
+        status_id_from_expr: provider.exprs.status.is_some(),
+        ..record.status_event()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! From one accepted event to the deliveries it causes: Alert matching (§2.7), the dispatch
 //! gates (§2.9), the metadata merge (§2.8), the commit status ID (§3.0.1) and the forge's plan.
 //! Pure: no I/O, so every rule is unit-tested here.
+//!
+//! May use: [`crate::delivery`] (the record it produces), [`crate::config`], [`crate::metrics`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -8,8 +10,8 @@ use std::sync::Arc;
 use api::{EVENT_METADATA_PREFIX, Event};
 use notify::ProgressingMode;
 
-use crate::catalog::{AlertEntry, Catalog};
-use crate::outbox::Pending;
+use crate::config::catalog::{AlertEntry, Catalog};
+use crate::delivery::store::Pending;
 
 /// Settings that shape routing.
 #[derive(Clone, Copy, Debug, Default)]
@@ -21,14 +23,7 @@ pub struct RouteSettings {
     pub object_level_workload_identity: bool,
 }
 
-/// Where in Flux's pipeline a failure happened, which decides the words it is reported with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Before anything could be sent: "failed to dispatch notification".
-    Dispatch,
-    /// While building what to send: "failed to send notification".
-    Send,
-}
+pub use crate::config::hooks::Stage;
 
 /// The outcome of routing an event to one matching Alert.
 #[derive(Debug)]
@@ -45,16 +40,6 @@ pub enum Routed {
     Skipped { alert: String, reason: &'static str },
     /// A commit-status provider got an event without commit metadata (§2.9 step 6).
     NoCommit { alert: String },
-}
-
-impl Routed {
-    /// The message Flux records for a failure (its Kubernetes event text).
-    pub fn failure_message(object: &str, stage: Stage, error: &str) -> String {
-        match stage {
-            Stage::Dispatch => format!("failed to dispatch notification for {object}: {error}"),
-            Stage::Send => format!("failed to send notification for {object}: {error}"),
-        }
-    }
 }
 
 /// Keeps only metadata keys of the event API or of the object's own group, minus the
@@ -225,7 +210,7 @@ pub fn route(
     event: &Event,
     entry: &AlertEntry,
     settings: RouteSettings,
-    notices: &dyn crate::hooks::Notices,
+    notices: &dyn crate::config::hooks::Notices,
 ) -> Routed {
     let alert = &entry.alert;
     let alert_key = format!("{}/{}", alert.metadata.namespace, alert.metadata.name);
@@ -310,7 +295,7 @@ pub fn route(
         tracing::info!(alert = %alert_key, conflicts = ?list, "warning: metadata key conflicts detected (please refer to the Alert API docs and Flux RFC 0008 for more information)");
         notices.warning(
             &alert_key,
-            crate::hooks::reason::METADATA_APPEND_FAILED,
+            crate::config::hooks::reason::METADATA_APPEND_FAILED,
             format!("metadata key conflicts detected (please refer to the Alert API docs and Flux RFC 0008 for more information): {}", list.join("; ")),
         );
     }
@@ -335,7 +320,7 @@ pub fn route(
             // Most Providers have no expressions: skip building their inputs.
             (serde_json::Value::Null, serde_json::Value::Null)
         };
-    let eval = |expr: &crate::status_expr::StatusExpr| {
+    let eval = |expr: &crate::config::status_expr::StatusExpr| {
         expr.evaluate(&event_json, &provider.json, &alert_json)
     };
     let status_id = match &provider.exprs.status {
@@ -358,11 +343,11 @@ pub fn route(
     for (slot, (expr, annotation)) in templated.iter_mut().zip([
         (
             &provider.exprs.target_url,
-            crate::status_expr::TARGET_URL_ANNOTATION,
+            crate::config::status_expr::TARGET_URL_ANNOTATION,
         ),
         (
             &provider.exprs.description,
-            crate::status_expr::DESCRIPTION_ANNOTATION,
+            crate::config::status_expr::DESCRIPTION_ANNOTATION,
         ),
     ]) {
         if let Some(expr) = expr {
@@ -405,7 +390,7 @@ pub fn route(
 
     let mut record = Pending {
         seq: 0,
-        accepted_ms: crate::outbox::now_ms(),
+        accepted_ms: crate::delivery::store::now_ms(),
         not_before_ms: 0,
         attempts: 0,
         last_error: None,
@@ -432,7 +417,10 @@ pub fn route(
         description_override: description,
         attempt_log: Vec::new(),
     };
-    match forge.plan(&status_event(&record, provider), settings.progressing) {
+    match forge.plan(
+        &crate::delivery::record::status_event(&record, provider),
+        settings.progressing,
+    ) {
         Ok(Some(plan)) => {
             record.sha = plan.sha;
             record.state = plan.state;
@@ -449,18 +437,6 @@ pub fn route(
             stage: Stage::Send,
             error: e.to_string(),
         },
-    }
-}
-
-/// What the forge plans from: the stored delivery, plus whether its status name came from the
-/// Provider's `spec.commitStatusExpr` (Bitbucket then shows it as the name).
-pub fn status_event<'a>(
-    record: &'a Pending,
-    provider: &crate::catalog::ProviderEntry,
-) -> notify::StatusEvent<'a> {
-    notify::StatusEvent {
-        status_id_from_expr: provider.exprs.status.is_some(),
-        ..record.status_event()
     }
 }
 

@@ -21,8 +21,8 @@ use std::sync::Mutex;
 
 use notify::{Exchange, RateLimit};
 
+use crate::delivery::store::Pending;
 use crate::metrics::{Metrics, PacingLabels, RequestLabels};
-use crate::outbox::Pending;
 
 /// A budget with at most this many requests left (or a tenth of its limit, if larger) is paced.
 pub const PACE_BELOW: u64 = 100;
@@ -261,7 +261,7 @@ impl Pacer {
 
 /// Sets the pacing metric of the Provider `record` is for from its budget's state.
 pub fn report(metrics: &Metrics, pacer: &Pacer, budget: &str, record: &Pending) {
-    let now = crate::outbox::now_ms();
+    let now = crate::delivery::store::now_ms();
     let current = pacer.pace(budget, now);
     for pace in Pace::ALL {
         metrics

@@ -1,5 +1,5 @@
 //! The due queue: which pending delivery is attempted when. It keeps only [`Entry`]s (key and
-//! scheduling data) and shares the rate-limit budgets ([`crate::pacing`]); what an attempt does is the
+//! scheduling data) and shares the rate-limit budgets ([`crate::delivery::pacing`]); what an attempt does is the
 //! [`Attempter`]'s business, so the queue is tested with a scripted one and tokio's paused
 //! clock ([`Clock`]).
 //!
@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Decision, Policy};
-use crate::record::Entry;
+use crate::delivery::policy::{Decision, Policy};
+use crate::delivery::record::Entry;
 
 /// A rate-limit budget: forge host and credential fingerprint (never the credential).
 pub type Budget = Arc<str>;
@@ -46,7 +46,7 @@ impl Clock {
     /// Milliseconds since the epoch.
     pub fn now_ms(&self) -> i64 {
         match self.anchor {
-            None => crate::record::now_ms(),
+            None => crate::delivery::record::now_ms(),
             Some((ms, at)) => ms + at.elapsed().as_millis() as i64,
         }
     }
@@ -61,7 +61,7 @@ impl Clock {
 /// The rate-limit budgets: spent until a reset, or paced to last until it. Shared by the queue
 /// (which holds deliveries whose budget it knows to be spent) and the attempts (which are
 /// admitted, or told when to come back, just before they send).
-pub use crate::pacing::Pacer as Budgets;
+pub use crate::delivery::pacing::Pacer as Budgets;
 
 /// What the queue does with a key after an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -284,7 +284,7 @@ mod tests {
     use notify::Class;
 
     use super::*;
-    use crate::policy::Answer;
+    use crate::delivery::policy::Answer;
 
     const S: i64 = 1000;
     /// The paused clock's start: any wall-clock-like time.
@@ -384,7 +384,7 @@ mod tests {
                 let decision = self
                     .policy
                     .decide(answer, attempts, entry.accepted_ms, now, 1.0);
-                if decision == Decision::Done(crate::record::Verdict::Expired) {
+                if decision == Decision::Done(crate::delivery::record::Verdict::Expired) {
                     self.expired
                         .lock()
                         .unwrap()

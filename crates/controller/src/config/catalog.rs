@@ -13,8 +13,8 @@ use serde_json::Value;
 use api::{Alert, Provider, Secret};
 use notify::{ClientCache, Forge, ForgeKind};
 
-use crate::resolve;
-use crate::status_expr::ProviderExprs;
+use crate::config::resolve;
+use crate::config::status_expr::ProviderExprs;
 
 pub type ObjectKey = (String, String);
 
@@ -193,3 +193,6 @@ impl Catalog {
         (self.providers.len(), self.alerts.len(), self.secrets.len())
     }
 }
+
+/// The configuration snapshot, swapped whole on reload.
+pub type SharedCatalog = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Catalog>>>;

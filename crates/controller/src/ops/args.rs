@@ -3,9 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory as _, Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser};
 
-use crate::goflags::{parse_feature_gates, parse_go_bool};
+use crate::kube::ApiGroup;
+use crate::ops::cli::Progressing;
+use crate::ops::cli::{ExplainArgs, SendEventArgs, ValidateArgs};
+use crate::ops::goflags::{parse_feature_gates, parse_go_bool};
+use crate::ops::history::DeliveriesArgs;
+use crate::ops::telemetry::LogEncoding;
 
 /// Posts Git commit statuses for Flux events: a drop-in replacement for the commit-status part
 /// of Flux's notification-controller.
@@ -147,7 +152,7 @@ pub struct Args {
 
     /// Connections served at once by each listener (events, pages, health, metrics); further
     /// ones wait in the accept queue until one ends.
-    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    #[arg(long, default_value_t = crate::events::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
 
     /// Request-body bytes being read or decoded at once across all connections (a decoded
@@ -158,7 +163,7 @@ pub struct Args {
 
     /// Keys the duplicate-event suppression remembers at most; past it the oldest is
     /// forgotten first (counted by commit_status_duplicate_keys_evicted_total).
-    #[arg(long, default_value_t = crate::ratelimit::DEFAULT_MAX_KEYS, value_name = "N")]
+    #[arg(long, default_value_t = crate::events::ratelimit::DEFAULT_MAX_KEYS, value_name = "N")]
     pub rate_limit_max_keys: usize,
 
     // --- issue 11: the rest of Flux notification-controller v1.9.3's flags -------------------
@@ -247,7 +252,7 @@ pub struct Args {
 impl Args {
     /// Parses the process arguments with Go's flag rules (`-flag` as `--flag`).
     pub fn parse_go() -> Args {
-        Args::parse_from(crate::goflags::normalize_argv(
+        Args::parse_from(crate::ops::goflags::normalize_argv(
             &Args::command(),
             std::env::args_os(),
         ))
@@ -259,7 +264,7 @@ impl Args {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString>,
     {
-        Args::try_parse_from(crate::goflags::normalize_argv(
+        Args::try_parse_from(crate::ops::goflags::normalize_argv(
             &Args::command(),
             argv.into_iter().map(Into::into),
         ))
@@ -293,12 +298,12 @@ pub enum Command {
     /// of ours (--api-group).
     Crd(CrdArgs),
     /// Checks manifests as the controller would load them; exits non-zero on any problem.
-    Validate(crate::cli::ValidateArgs),
+    Validate(ValidateArgs),
     /// Shows what one event would do: which Alerts match (or why not), the commit, and the
     /// exact requests (secrets redacted). Sends nothing unless --send.
-    Explain(crate::cli::ExplainArgs),
+    Explain(ExplainArgs),
     /// Posts a Flux-shaped event to a running controller, for trying it out.
-    SendEvent(crate::cli::SendEventArgs),
+    SendEvent(SendEventArgs),
 }
 
 // Issue 13: our own API group.
@@ -307,71 +312,6 @@ pub struct CrdArgs {
     /// Whose CRDs: Flux's group, ours (notification.commit-status-controller.dev), or both.
     #[arg(long, value_enum, default_value_t = ApiGroup::Both)]
     pub api_group: ApiGroup,
-}
-
-/// Which API group(s) of `Provider` and `Alert` are watched (and whose CRDs are printed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ApiGroup {
-    /// notification.toolkit.fluxcd.io: the drop-in for Flux's notification-controller.
-    Flux,
-    /// notification.commit-status-controller.dev: beside Flux's notification-controller.
-    Own,
-    Both,
-}
-
-impl ApiGroup {
-    pub fn flux(self) -> bool {
-        matches!(self, ApiGroup::Flux | ApiGroup::Both)
-    }
-
-    pub fn own(self) -> bool {
-        matches!(self, ApiGroup::Own | ApiGroup::Both)
-    }
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct DeliveriesArgs {
-    /// The controller's --data-dir (read while the controller is stopped).
-    #[arg(long, value_name = "PATH", required_unless_present = "server")]
-    pub data_dir: Option<PathBuf>,
-    /// A running controller's pages listener (--pages-addr), e.g. http://localhost:9797.
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
-    /// Only this Provider (`namespace/name`).
-    #[arg(long)]
-    pub provider: Option<String>,
-    /// Only repositories whose address contains this.
-    #[arg(long)]
-    pub repository: Option<String>,
-    /// Only commits starting with this.
-    #[arg(long)]
-    pub commit: Option<String>,
-    /// Pending deliveries instead of outcomes.
-    #[arg(long)]
-    pub pending: bool,
-    #[arg(long, default_value_t = 50)]
-    pub limit: usize,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogEncoding {
-    Json,
-    Console,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Progressing {
-    Pending,
-    Skip,
 }
 
 /// Parses a byte count: `67108864`, `64Mi`, `512Ki`, `1Gi` (also `KiB`/`MiB`/`GiB`).
@@ -549,7 +489,7 @@ mod tests {
         assert!(d.leader_election_release_on_cancel);
         // Subcommands keep working, and a value that looks like a flag is left alone.
         assert!(Args::try_parse_go(["x", "crd"]).is_ok());
-        let argv = crate::goflags::normalize_argv(
+        let argv = crate::ops::goflags::normalize_argv(
             &Args::command(),
             ["x", "-public-url", "-log-level", "-log-level=info"].map(Into::into),
         );

@@ -14,8 +14,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::forward::{ForwardFilter, ForwardOutcome, PendingForward};
-use crate::outbox::{Attempt, HistoryFilter, Outbox, Outcome, Pending, Verdict, rfc3339};
+use crate::delivery::store::{Attempt, HistoryFilter, Outbox, Outcome, Pending, Verdict, rfc3339};
+use crate::events::forward::{ForwardFilter, ForwardOutcome, PendingForward};
 
 /// Rows on the index unless `?limit=` says otherwise, and the most it may ask for.
 const DEFAULT_ROWS: usize = 100;
@@ -483,7 +483,7 @@ async fn detail(
         } else {
             (None, None)
         };
-        Ok::<_, crate::outbox::StoreError>((outcome, pending, prev, next))
+        Ok::<_, crate::delivery::store::StoreError>((outcome, pending, prev, next))
     })
     .await;
     match found {
@@ -649,13 +649,13 @@ async fn index(
                 ..ForwardFilter::default()
             };
             if matches!(outcome.as_str(), "" | "pending") {
-                forwards.0 = crate::forward::pending(db, &ff)?;
+                forwards.0 = crate::events::forward::pending(db, &ff)?;
             }
             if outcome != "pending" {
-                forwards.1 = crate::forward::history(db, &ff)?;
+                forwards.1 = crate::events::forward::history(db, &ff)?;
             }
         }
-        Ok::<_, crate::outbox::StoreError>((pending, history, forwards))
+        Ok::<_, crate::delivery::store::StoreError>((pending, history, forwards))
     })
     .await;
     let (pending, history, forwards) = match read {

@@ -12,15 +12,15 @@ use tokio::sync::Semaphore;
 
 use notify::{Exchange, Forge, Outcome as Sent, Plan};
 
-use crate::delivery::{DeliveryError, Settings, Skip};
-use crate::metrics::{AttemptLabels, BudgetLabels, ErrorLabels, ForgeLabel, OutcomeLabels};
-use crate::outbox::{
+use crate::config::catalog::SharedCatalog;
+use crate::delivery::pacing::Gate;
+use crate::delivery::policy::{Answer, Decision};
+use crate::delivery::scheduler::{Attempter, Budget, Budgets, Next};
+use crate::delivery::store::{
     Attempt, Entry, Finish, Outbox, Outcome, Pending, StoreError, Verdict, rfc3339,
 };
-use crate::pacing::Gate;
-use crate::policy::{Answer, Decision};
-use crate::scheduler::{Attempter, Budget, Budgets, Next};
-use crate::server::SharedCatalog;
+use crate::delivery::{DeliveryError, Settings, Skip};
+use crate::metrics::{AttemptLabels, BudgetLabels, ErrorLabels, ForgeLabel, OutcomeLabels};
 
 /// First wait before committing an outcome again after the store refused it.
 const RECORD_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
@@ -45,7 +45,7 @@ pub struct Deliverer {
 
 /// Where a delivery goes, as the current configuration says.
 struct Target {
-    provider: Arc<crate::catalog::ProviderEntry>,
+    provider: Arc<crate::config::catalog::ProviderEntry>,
     forge: Arc<Forge>,
     /// `scheme://host[:port]` of the repository: the unit of per-host limits.
     host: String,
@@ -140,7 +140,7 @@ impl Deliverer {
             let end = End::Skipped(Skip::SupersededProgressing);
             return self.end_early(record, end).await;
         }
-        let event = crate::route::status_event(&record, &target.provider);
+        let event = crate::delivery::record::status_event(&record, &target.provider);
         let plan = match target.forge.plan(&event, self.settings.progressing) {
             Ok(Some(plan)) if self.settings.read_before_write => plan,
             // Writing a state the forge already shows is harmless on every forge (GitHub, Gitea
@@ -176,7 +176,7 @@ impl Deliverer {
         let now = self.now();
         let requests = 1 + u32::from(plan.read.is_some());
         let gate = budgets.admit(&target.budget, &record.key(), requests, now);
-        crate::pacing::report(&self.settings.metrics, budgets, &target.budget, &record);
+        crate::delivery::pacing::report(&self.settings.metrics, budgets, &target.budget, &record);
         if let Gate::WaitUntil(until_ms) = gate {
             // Not an attempt: the delivery waits for its turn on the credential, and a newer
             // state of the same key replaces it meanwhile (only final states are sent).
@@ -205,7 +205,12 @@ impl Deliverer {
             let wait = policy.wait(after, record.attempts, jitter);
             let until = self.now() + wait.as_millis() as i64;
             budgets.spend(&target.budget, until, self.now());
-            crate::pacing::report(&self.settings.metrics, budgets, &target.budget, &record);
+            crate::delivery::pacing::report(
+                &self.settings.metrics,
+                budgets,
+                &target.budget,
+                &record,
+            );
         }
         self.settle(
             record,
@@ -350,7 +355,7 @@ impl Deliverer {
         }
         budgets.answered(&target.budget, rate, answered, now);
         let m = &self.settings.metrics;
-        crate::pacing::count(m, record, &exchange);
+        crate::delivery::pacing::count(m, record, &exchange);
         let forge_label = ForgeLabel {
             forge: record.forge.clone(),
         };
@@ -452,9 +457,9 @@ impl Deliverer {
             }
             Err(e) => e,
         };
-        let message = crate::route::Routed::failure_message(
+        let message = crate::config::hooks::failure_message(
             &r.object,
-            crate::route::Stage::Send,
+            crate::config::hooks::Stage::Send,
             &e.to_string(),
         );
         let at = match decision {
@@ -540,7 +545,7 @@ impl Deliverer {
         if let Some(e) = end.error() {
             self.settings.notices.warning(
                 &r.alert,
-                crate::hooks::reason::DISPATCH_FAILED,
+                crate::config::hooks::reason::DISPATCH_FAILED,
                 e.notice(&r.object),
             );
             if !matches!(e, DeliveryError::Forge(_)) {

@@ -1,6 +1,6 @@
-//! Sends what the outbox holds: the scheduler ([`crate::scheduler`]) says when, an attempt
-//! ([`crate::attempt`]) sends one delivery with the forge named by the current configuration,
-//! and the policy ([`crate::policy`]) says what its answer means for the delivery. This module
+//! Delivery: sends what the store holds: the scheduler ([`crate::delivery::scheduler`]) says when, an attempt
+//! ([`crate::delivery::attempt`]) sends one delivery with the forge named by the current configuration,
+//! and the policy ([`crate::delivery::policy`]) says what its answer means for the delivery. This module
 //! wires them and holds what they share: the settings and the ways a delivery can fail.
 //!
 //! Limits: one attempt at a time per status (so states keep their order), a bounded number of
@@ -8,6 +8,21 @@
 //! forge cannot hold the slots every other forge needs), and a shared rate-limit budget per
 //! (forge host, credential): once a forge says the budget is spent, every delivery on that
 //! credential waits for the reset instead of each failing against it.
+//!
+//! Its parts: the stored values ([`record`]), the durable store ([`store`], with conditional-read
+//! validators), the due queue ([`scheduler`]), the retry decision ([`policy`]), forge request
+//! pacing ([`pacing`]) and one attempt ([`attempt`]).
+//!
+//! May use: [`crate::config`] (the current Providers and credentials, at send time) and
+//! [`crate::metrics`]; never routing or the event API above it.
+
+pub mod attempt;
+pub mod pacing;
+pub mod policy;
+pub mod record;
+pub mod scheduler;
+pub mod store;
+mod validators;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use notify::{Class, ProgressingMode};
 
-use crate::attempt::Deliverer;
-use crate::outbox::{Entry, Outbox, StoreError};
-use crate::policy::Policy;
-use crate::route::{Routed, Stage};
-use crate::scheduler::Clock;
-use crate::server::SharedCatalog;
+use crate::config::catalog::SharedCatalog;
+use crate::config::hooks::Stage;
+use crate::delivery::attempt::Deliverer;
+use crate::delivery::policy::Policy;
+use crate::delivery::scheduler::Clock;
+use crate::delivery::store::{Entry, Outbox, StoreError};
 
-pub use crate::scheduler::Scheduler;
+pub use crate::delivery::scheduler::Scheduler;
 
 /// Tunables of delivery.
 #[derive(Clone)]
@@ -40,7 +55,7 @@ pub struct Settings {
     pub max_in_flight_per_host: usize,
     pub progressing: ProgressingMode,
     /// Where warnings about an Alert go (Kubernetes Events on the Alert).
-    pub notices: Arc<dyn crate::hooks::Notices>,
+    pub notices: Arc<dyn crate::config::hooks::Notices>,
     /// `--public-url`: statuses link to this controller's delivery page unless the Provider
     /// has its own link template.
     pub public_url: Option<String>,
@@ -128,7 +143,7 @@ impl DeliveryError {
 
     /// Flux's message for a failure to send to `object` (its Warning event text).
     pub fn notice(&self, object: &str) -> String {
-        Routed::failure_message(object, Stage::Send, &self.to_string())
+        crate::config::hooks::failure_message(object, Stage::Send, &self.to_string())
     }
 
     /// What the history keeps: a forge's answer in Flux's words, anything else as it is.
@@ -180,7 +195,7 @@ pub fn start(
     let (clock, policy) = (settings.clock, settings.policy());
     let deliverer = Arc::new(Deliverer::new(outbox.clone(), catalog, settings));
     let (scheduler, run) =
-        crate::scheduler::start(deliverer, clock, policy, initial, shutdown, grace);
+        crate::delivery::scheduler::start(deliverer, clock, policy, initial, shutdown, grace);
     (scheduler, async move {
         run.await;
         outbox.flush().await;
@@ -191,8 +206,8 @@ pub fn start(
 /// failure posted: kustomize-controller sends one on every drift correction, and posting it
 /// would turn a finished commit back to pending and spend the forge's per-commit status cap.
 /// (The attempt checks the same on the record it loads; healing asks before storing one.)
-pub fn superseded_progressing(outbox: &Outbox, record: &crate::outbox::Pending) -> bool {
-    record.reason == crate::attempt::PROGRESSING
+pub fn superseded_progressing(outbox: &Outbox, record: &crate::delivery::store::Pending) -> bool {
+    record.reason == crate::delivery::attempt::PROGRESSING
         && outbox.final_posted(&record.key()).unwrap_or(false)
 }
 

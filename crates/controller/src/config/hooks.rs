@@ -35,3 +35,20 @@ pub trait LabelSource: Send + Sync {
         event: &'a Event,
     ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>>;
 }
+
+/// Where in Flux's pipeline a failure happened, which decides the words it is reported with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Before anything could be sent: "failed to dispatch notification".
+    Dispatch,
+    /// While building what to send: "failed to send notification".
+    Send,
+}
+
+/// The message Flux records for a failure (its Kubernetes event text).
+pub fn failure_message(object: &str, stage: Stage, error: &str) -> String {
+    match stage {
+        Stage::Dispatch => format!("failed to dispatch notification for {object}: {error}"),
+        Stage::Send => format!("failed to send notification for {object}: {error}"),
+    }
+}

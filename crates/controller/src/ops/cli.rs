@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use api::Event;
 use notify::{ClientCache, ProgressingMode};
 
-use crate::args::Output;
-use crate::catalog::{AlertEntry, Catalog};
-use crate::hooks::LogOnly;
-use crate::manifests;
+use crate::config::catalog::{AlertEntry, Catalog};
+use crate::config::files;
+use crate::config::hooks::LogOnly;
 use crate::route::{self, RouteSettings, Routed};
+use clap::ValueEnum;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ValidateArgs {
@@ -39,8 +39,8 @@ pub struct ExplainArgs {
     pub send: bool,
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
     pub no_cross_namespace_refs: bool,
-    #[arg(long, value_enum, default_value_t = crate::args::Progressing::Pending)]
-    pub progressing_status: crate::args::Progressing,
+    #[arg(long, value_enum, default_value_t = Progressing::Pending)]
+    pub progressing_status: Progressing,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -82,7 +82,7 @@ pub struct Report {
 }
 
 pub fn validate(args: ValidateArgs) -> Report {
-    let load = manifests::load(&args.manifests);
+    let load = files::load(&args.manifests);
     let mut problems: Vec<Value> = load
         .problems
         .iter()
@@ -203,7 +203,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
         .map_err(|e| anyhow::anyhow!("--event {}: {e}", args.event.display()))?;
     route::cleanup_metadata(&mut event);
     route::strip_token(&mut event);
-    let load = manifests::load(&args.manifests);
+    let load = files::load(&args.manifests);
     let mut out = String::new();
     for p in &load.problems {
         let _ = writeln!(out, "warning: invalid manifest skipped: {p}");
@@ -212,8 +212,8 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
     let settings = RouteSettings {
         no_cross_namespace_refs: args.no_cross_namespace_refs,
         progressing: match args.progressing_status {
-            crate::args::Progressing::Pending => ProgressingMode::Pending,
-            crate::args::Progressing::Skip => ProgressingMode::Skip,
+            Progressing::Pending => ProgressingMode::Pending,
+            Progressing::Skip => ProgressingMode::Skip,
         },
         ..RouteSettings::default()
     };
@@ -259,7 +259,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
                 let Some(provider) = provider else { continue };
                 let forge = provider.forge.clone().and_then(Result::ok);
                 let Some(forge) = forge else { continue };
-                let ev = route::status_event(&record, provider);
+                let ev = crate::delivery::record::status_event(&record, provider);
                 let Ok(Some(plan)) = forge.plan(&ev, settings.progressing) else {
                     continue;
                 };
@@ -307,7 +307,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
             }
             Routed::Failed { error, stage, .. } => {
                 ok = false;
-                let msg = Routed::failure_message(&event.object_ref(), stage, &error);
+                let msg = crate::config::hooks::failure_message(&event.object_ref(), stage, &error);
                 let _ = writeln!(out, "  error: {msg}");
                 alerts_json.push(json!({"alert": key, "matches": true, "error": msg}));
             }
@@ -386,4 +386,18 @@ pub async fn send_event(args: SendEventArgs) -> anyhow::Result<Report> {
         }
     };
     Ok(Report { ok, text })
+}
+
+/// How a subcommand prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// What a Progressing event becomes (`--progressing-status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progressing {
+    Pending,
+    Skip,
 }

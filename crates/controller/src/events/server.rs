@@ -1,35 +1,29 @@
-//! The HTTP side: the event API on `--events-addr` (every path and method, as Flux), the
-//! delivery pages on `--pages-addr`, health probes on `--health-addr` and metrics on
-//! `--metrics-addr`, served with Flux's limits.
+//! The event API on `--events-addr`: every path and method is an event, as in Flux. It decodes
+//! the body within the request-body budget, suppresses duplicates, routes the event and answers
+//! once its deliveries (and forwards) are stored. Uses routing, delivery and configuration.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use tokio::net::TcpListener;
 
 use api::{DecodeError, Event};
 
-use crate::budget::{self, BodyBudget, BodyError};
-use crate::catalog::Catalog;
+use crate::config::catalog::{Catalog, SharedCatalog};
+use crate::config::hooks::{LabelSource, Notices, reason};
 use crate::delivery::Scheduler;
-use crate::forward::Forwarder;
-use crate::hooks::{LabelSource, Notices, reason};
-use crate::outbox::{HistoryFilter, Outbox};
-use crate::ratelimit::{Limiter, event_key, rfc1123_utc};
+use crate::delivery::store::Outbox;
+use crate::events::budget::{self, BodyBudget, BodyError};
+use crate::events::forward::Forwarder;
+use crate::events::listener::plain;
+use crate::events::ratelimit::{Limiter, event_key, rfc1123_utc};
 use crate::route::{self, RouteSettings, Routed};
 
 /// Flux's `ReadTimeout`: the whole request, body included.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The configuration snapshot, swapped whole on reload.
-pub type SharedCatalog = Arc<RwLock<Arc<Catalog>>>;
 
 /// What the event handler needs.
 #[derive(Clone)]
@@ -53,106 +47,9 @@ pub struct EventState {
 
 /// The event API: every path and method is an event, as in Flux (a GET has an empty body,
 /// which Flux answers 400 too). The delivery pages are on their own listener
-/// ([`pages_router`]), so exposing them never exposes this API.
+/// (`ops::history_api`), so exposing them never exposes this API.
 pub fn events_router(state: EventState) -> Router {
     Router::new().fallback(handle_event).with_state(state)
-}
-
-/// History queries run at once; more wait up to [`QUERY_WAIT`] for a turn, then get 503.
-const MAX_HISTORY_QUERIES: usize = 4;
-const QUERY_WAIT: Duration = Duration::from_secs(5);
-/// Rows a history query may ask for at most.
-pub const MAX_LIMIT: usize = 1000;
-
-/// The `--pages-addr` listener: `GET /api/v1/deliveries` and the delivery pages
-/// (`GET /deliveries`, `GET /deliveries/{id}`). It takes no events.
-pub fn pages_router(outbox: Outbox) -> Router {
-    let queries = Arc::new(tokio::sync::Semaphore::new(MAX_HISTORY_QUERIES));
-    Router::new()
-        .route("/api/v1/deliveries", get(list_deliveries))
-        .with_state(outbox.clone())
-        .merge(crate::pages::router(outbox))
-        .layer(axum::middleware::from_fn(
-            move |req: Request, next: axum::middleware::Next| {
-                let queries = queries.clone();
-                async move {
-                    match tokio::time::timeout(QUERY_WAIT, queries.acquire_owned()).await {
-                        Ok(Ok(_turn)) => next.run(req).await,
-                        _ => {
-                            let mut r = plain(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "Too many history queries at once\n",
-                            );
-                            r.headers_mut()
-                                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                            r
-                        }
-                    }
-                }
-            },
-        ))
-}
-
-/// The delivery history, newest first, with `?provider=ns/name&repository=…&commit=…&limit=N`
-/// (at most [`MAX_LIMIT`]); `&pending=true` lists the deliveries still queued instead.
-/// Forwarded events are listed beside deliveries (`"type": "forward"`); `?target=…` or
-/// `?type=forward|delivery` selects.
-async fn list_deliveries(
-    State(outbox): State<Outbox>,
-    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Response {
-    let filter = HistoryFilter {
-        provider: params.get("provider").cloned(),
-        repository: params.get("repository").cloned(),
-        commit: params.get("commit").cloned(),
-        limit: params
-            .get("limit")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(100usize)
-            .clamp(1, MAX_LIMIT),
-    };
-    let pending = params.get("pending").is_some_and(|p| p == "true");
-    let query = crate::forward::ListQuery {
-        target: params.get("target").cloned(),
-        type_: params.get("type").cloned(),
-    };
-    let result = tokio::task::spawn_blocking(move || {
-        let to_values = |v: serde_json::Value| match v {
-            serde_json::Value::Array(items) => items,
-            _ => Vec::new(),
-        };
-        let deliveries = match (query.deliveries(), pending) {
-            (false, _) => Vec::new(),
-            (true, true) => {
-                to_values(serde_json::to_value(outbox.pending(&filter)?).unwrap_or_default())
-            }
-            (true, false) => {
-                to_values(serde_json::to_value(outbox.history(&filter)?).unwrap_or_default())
-            }
-        };
-        query
-            .merge(&*outbox.database()?, &filter, pending, deliveries)
-            .map(serde_json::Value::Array)
-    })
-    .await;
-    match result {
-        Ok(Ok(v)) => axum::Json(v).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-fn plain(status: StatusCode, body: &'static str) -> Response {
-    let mut r = (status, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.headers_mut().insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    r
 }
 
 /// The media types an HTML form (or a script without a CORS preflight) can send: any web page
@@ -327,7 +224,7 @@ struct Incoming {
 /// once both are durable, or why they cannot be taken now.
 async fn store_accepted(
     state: &EventState,
-    records: Vec<crate::outbox::Pending>,
+    records: Vec<crate::delivery::store::Pending>,
     incoming: Option<Incoming>,
 ) -> Result<(), &'static str> {
     let (Some(forwarder), Some(incoming)) = (&state.forwarder, incoming) else {
@@ -348,13 +245,13 @@ async fn store_accepted(
             incoming.content_type.as_deref(),
         )
         .map_err(|e| match e {
-            crate::forward::Refused::Full => {
+            crate::events::forward::Refused::Full => {
                 "too many events waiting to be forwarded (--max-pending-forwards)"
             }
-            crate::forward::Refused::FullBytes => {
+            crate::events::forward::Refused::FullBytes => {
                 "the events waiting to be forwarded use their byte budget (--max-pending-forward-bytes)"
             }
-            crate::forward::Refused::Store(_) => "the forwarding store is unavailable",
+            crate::events::forward::Refused::Store(_) => "the forwarding store is unavailable",
         })?;
     let delivered = async {
         match records.is_empty() {
@@ -365,7 +262,7 @@ async fn store_accepted(
     let forwarded = async {
         forwarded
             .await
-            .unwrap_or(Err(crate::outbox::StoreError::Closed))
+            .unwrap_or(Err(crate::delivery::store::StoreError::Closed))
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot store the event for forwarding");
                 "the forwarding store is unavailable"
@@ -394,7 +291,7 @@ pub fn deliveries_for(
     event: &Event,
     labels: Option<&std::collections::BTreeMap<String, String>>,
     origin: Origin,
-) -> Option<Vec<crate::outbox::Pending>> {
+) -> Option<Vec<crate::delivery::store::Pending>> {
     let api = origin == Origin::Api;
     let alerts = route::matching_alerts(catalog, event, labels);
     if alerts.is_empty() {
@@ -426,7 +323,7 @@ pub fn deliveries_for(
                 stage,
                 error,
             } => {
-                let msg = Routed::failure_message(&object, stage, &error);
+                let msg = crate::config::hooks::failure_message(&object, stage, &error);
                 if !api {
                     tracing::debug!(alert = %alert, object = %object, error = %msg, "the object's state implies no commit status");
                     continue;
@@ -451,7 +348,7 @@ pub fn deliveries_for(
 /// they were refused.
 pub async fn store(
     state: &EventState,
-    records: Vec<crate::outbox::Pending>,
+    records: Vec<crate::delivery::store::Pending>,
 ) -> Result<(), &'static str> {
     if state.outbox.pending_len() + records.len() > state.max_pending {
         return Err("too many pending deliveries (--max-pending)");
@@ -476,48 +373,9 @@ pub async fn store(
     Ok(())
 }
 
-/// Health probes: `/healthz` always answers; `/readyz` once `ready` is set, and while the
-/// delivery store can write (it heals itself after a disk fault).
-pub fn health_router(ready: Arc<AtomicBool>, store: Outbox) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let (ready, store) = (ready.clone(), store.clone());
-                async move {
-                    if ready.load(Ordering::Acquire) && store.writable() {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        )
-}
-
-/// Resolves a Go-style listen address: `:9090` means every interface.
-pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    if let Some(port) = addr.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("invalid port in {addr:?}"),
-            )
-        })?;
-        // `[::]` also takes IPv4 on a dual-stack host, as Go's ":port" does.
-        return match TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
-            Ok(l) => Ok(l),
-            Err(_) => TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
-        };
-    }
-    TcpListener::bind(addr).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt as _;
 
     #[test]
     fn form_types_are_recognised_in_any_case_with_parameters() {
@@ -533,35 +391,5 @@ mod tests {
         assert!(!of("application/json; charset=utf-8"));
         assert!(!of("text/plainx"));
         assert!(!is_form_type(&header::HeaderMap::new()));
-    }
-
-    #[tokio::test]
-    async fn the_pages_router_takes_no_events_and_clamps_limit() {
-        let (outbox, _) = Outbox::open(
-            None,
-            std::sync::Arc::new(|_: &crate::outbox::StoreError| {}),
-        )
-        .unwrap();
-        let pages = pages_router(outbox);
-        let send = |method: &str, uri: &str| {
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(axum::body::Body::from("{}"))
-                .unwrap()
-        };
-        let r = pages.clone().oneshot(send("POST", "/")).await.unwrap();
-        assert_eq!(r.status(), StatusCode::NOT_FOUND);
-        let r = pages
-            .clone()
-            .oneshot(send("POST", "/deliveries"))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
-        for limit in ["0", "99999999999", "x"] {
-            let uri = format!("/api/v1/deliveries?limit={limit}");
-            let r = pages.clone().oneshot(send("GET", &uri)).await.unwrap();
-            assert_eq!(r.status(), StatusCode::OK, "{uri}");
-        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use notify::Class;
 
-use crate::record::Verdict;
+use crate::delivery::record::Verdict;
 
 /// The settings the decision depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

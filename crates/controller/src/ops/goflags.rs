@@ -8,7 +8,7 @@ use std::ffi::OsString;
 /// Feature gates Flux's notification-controller v1.9.3 knows, with their defaults.
 pub const CACHE_SECRETS_AND_CONFIG_MAPS: &str = "CacheSecretsAndConfigMaps";
 pub const DISABLE_CONFIG_WATCHERS: &str = "DisableConfigWatchers";
-pub const OBJECT_LEVEL_WORKLOAD_IDENTITY: &str = "ObjectLevelWorkloadIdentity";
+pub use crate::kube::workload_identity::OBJECT_LEVEL_WORKLOAD_IDENTITY;
 const KNOWN_GATES: [&str; 3] = [
     CACHE_SECRETS_AND_CONFIG_MAPS,
     DISABLE_CONFIG_WATCHERS,

@@ -7,9 +7,11 @@ use anyhow::Context as _;
 
 use serde_json::Value;
 
-use crate::args::{DeliveriesArgs, Output};
-use crate::forward::{ForwardOutcome, ListQuery, PendingForward, is_forward};
-use crate::outbox::{self, HistoryFilter, Outcome, Pending};
+use std::path::PathBuf;
+
+use crate::delivery::store::{self, HistoryFilter, Outcome, Pending};
+use crate::events::forward::{ForwardOutcome, ListQuery, PendingForward, is_forward};
+use crate::ops::cli::Output;
 
 pub async fn run(args: DeliveriesArgs) -> anyhow::Result<String> {
     let DeliveriesArgs {
@@ -57,10 +59,10 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<String> {
         response.json().await.context("unexpected answer")?
     } else {
         let dir = data_dir.expect("clap requires --data-dir without --server");
-        let hint = |e: outbox::StoreError| {
+        let hint = |e: store::StoreError| {
             anyhow::anyhow!("{e} (if the controller is running, use --server URL instead)")
         };
-        let (mut history, mut queue) = outbox::read_file(&dir, &filter).map_err(hint)?;
+        let (mut history, mut queue) = store::read_file(&dir, &filter).map_err(hint)?;
         queue.truncate(limit);
         history.truncate(limit);
         let deliveries = if pending {
@@ -73,7 +75,7 @@ pub async fn run(args: DeliveriesArgs) -> anyhow::Result<String> {
         };
         ListQuery::default()
             .merge(
-                &*outbox::open_file(&dir).map_err(hint)?,
+                &*store::open_file(&dir).map_err(hint)?,
                 &filter,
                 pending,
                 deliveries,
@@ -115,7 +117,7 @@ fn forward_line(out: &mut String, e: &Value, pending: bool) {
         let http_status = f.attempt_log.last().and_then(|a| a.http_status);
         let message = f.last_error.clone().map(|e| format!("last error: {e}"));
         (
-            outbox::rfc3339(f.accepted_ms),
+            store::rfc3339(f.accepted_ms),
             "pending",
             (f.target, f.object, f.event, f.attempts),
             http_status,
@@ -148,7 +150,7 @@ fn pending_line(out: &mut String, p: &Pending) {
     let _ = writeln!(
         out,
         "{}  {}  {}  {} {} -> {}  attempts={}{}",
-        outbox::rfc3339(p.accepted_ms),
+        store::rfc3339(p.accepted_ms),
         p.provider,
         p.object,
         p.status_id,
@@ -185,4 +187,31 @@ fn outcome_line(out: &mut String, o: &Outcome) {
 
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeliveriesArgs {
+    /// The controller's --data-dir (read while the controller is stopped).
+    #[arg(long, value_name = "PATH", required_unless_present = "server")]
+    pub data_dir: Option<PathBuf>,
+    /// A running controller's pages listener (--pages-addr), e.g. http://localhost:9797.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Only this Provider (`namespace/name`).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only repositories whose address contains this.
+    #[arg(long)]
+    pub repository: Option<String>,
+    /// Only commits starting with this.
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Pending deliveries instead of outcomes.
+    #[arg(long)]
+    pub pending: bool,
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }

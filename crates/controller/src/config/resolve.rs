@@ -233,7 +233,7 @@ pub fn forge_config(
             // The headers are credentials more often than not: position only, no source text.
             return Err(format!(
                 "failed to read headers from secret: {}",
-                crate::manifests::yaml_error(&e, 0)
+                crate::config::yaml::yaml_error(&e, 0)
             ));
         }
         let spec_username = (kind == ForgeKind::BitbucketServer)
