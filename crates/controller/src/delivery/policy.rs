@@ -80,9 +80,14 @@ impl Policy {
                 (self.wait(after, attempts, jitter), true)
             }
             Answer::BudgetSpent { until_ms } => {
-                // Someone else spent it: wait for the reset (never past the deadline, where the
-                // next attempt expires it) without counting an attempt.
-                let at = until_ms.max(now_ms).min(self.deadline(accepted_ms) + 1);
+                // Someone else spent it: wait for the reset without counting an attempt. Like
+                // every wait a forge sets, at most `max_retry_delay` (a hostile or confused
+                // reset must not park deliveries for days), and never past the deadline,
+                // where the next attempt expires it.
+                let at = until_ms
+                    .max(now_ms)
+                    .min(now_ms.saturating_add(millis(self.max_retry_delay)))
+                    .min(self.deadline(accepted_ms) + 1);
                 return Decision::RetryAt(at);
             }
         };
@@ -220,6 +225,7 @@ mod tests {
             (spent(30), 0, accepted, 0.0, RetryAt(now + 30_000)),
             (spent(30), 5, old, 0.0, RetryAt(old + 3600 * 1000 + 1)),
             (spent(-5), 0, accepted, 0.0, RetryAt(now)),
+            (spent(86_400), 0, accepted, 0.0, RetryAt(now + 60_000)),
         ];
         let p = policy();
         for (answer, attempts, accepted, jitter, want) in table {
