@@ -7,6 +7,7 @@
 //! hands in a [`ForgeConfig`] and a [`StatusEvent`].
 
 pub mod address;
+mod credentials;
 pub mod describe;
 mod error;
 mod exchange;
@@ -17,13 +18,10 @@ mod secret;
 pub mod token_cache;
 mod transport;
 
+pub use credentials::{ClientCache, Credentials, GitHubApp};
 pub use error::{Class, ConfigError, DeliveryError, PlanError, Retry};
 pub use exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
-pub use forge::github_app::GitHubApp;
-pub use forge::{Forge, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};
+pub use forge::{Forge, ForgeConfig, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};
 pub use request::ForgeRequest;
 pub use secret::Secret;
-pub use transport::{
-    ClientCache, Credentials, ForgeConfig, NetworkConfig, PROXY_SCHEMES, ProxyConfig, TlsConfig,
-    error_chain,
-};
+pub use transport::{NetworkConfig, PROXY_SCHEMES, ProxyConfig, TlsConfig, error_chain};

@@ -1,5 +1,6 @@
-//! One HTTP request as plain data: what a forge module builds, what a dry run prints, and what
-//! the transport sends. Printing it never shows a credential.
+//! One HTTP exchange as plain data: the request a forge module builds, a dry run prints and the
+//! transport sends (printing it never shows a credential), and the answer the transport brings
+//! back for the forge module to read.
 
 use std::fmt;
 
@@ -97,6 +98,13 @@ impl ForgeRequest {
         }
         out
     }
+}
+
+/// A complete answer, as the transport read it.
+pub(crate) struct Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
 }
 
 fn is_sensitive(name: &str) -> bool {

@@ -214,6 +214,53 @@ impl TokenCache {
     }
 }
 
+/// One identity's place in the cache: its key, the exchange lock it shares with every holder
+/// of the same key, and the Provider that labels its events.
+pub(crate) struct TokenSlot {
+    tokens: TokenCache,
+    key: [u8; 32],
+    exchange: Arc<ExchangeLock>,
+    provider: Option<ProviderRef>,
+}
+
+impl TokenSlot {
+    pub(crate) fn new(tokens: &TokenCache, key: [u8; 32], provider: Option<&ProviderRef>) -> Self {
+        Self {
+            tokens: tokens.clone(),
+            key,
+            exchange: tokens.exchange_lock(key),
+            provider: provider.cloned(),
+        }
+    }
+
+    /// [`TokenCache::get_or_fetch`] for this identity.
+    pub(crate) async fn get_or_fetch<E, F, Fut>(
+        &self,
+        stale: Option<&Secret>,
+        fetch: F,
+    ) -> Result<Secret, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(Secret, Duration), E>>,
+    {
+        self.tokens
+            .get_or_fetch(
+                self.key,
+                &self.exchange,
+                stale,
+                self.provider.as_ref(),
+                fetch,
+            )
+            .await
+    }
+
+    /// Whether both wait on one exchange (tests).
+    #[cfg(test)]
+    pub(crate) fn shares_exchange_with(&self, other: &TokenSlot) -> bool {
+        Arc::ptr_eq(&self.exchange, &other.exchange)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! The one HTTP transport: provider network settings, a cache of `reqwest` clients shared by
 //! providers with the same proxy/TLS settings, and sending a [`ForgeRequest`] under a deadline.
+//! It knows nothing of forges or credentials: whatever it sends was built elsewhere.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,9 +11,9 @@ use reqwest::{Certificate, Identity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::forge::azure_identity::WorkloadIdentity;
-use crate::token_cache::{ProviderRef, TokenCache, TokenCacheObserver, TokenCacheSettings};
-use crate::{ConfigError, ForgeKind, ForgeRequest, GitHubApp, Retry, Secret};
+use crate::error::Failure;
+use crate::request::Response;
+use crate::{ConfigError, ForgeRequest, Retry, Secret};
 
 /// Sent on every request, so forge admins can tell our traffic apart.
 pub(crate) const USER_AGENT: &str = concat!("commit-status-controller/", env!("CARGO_PKG_VERSION"));
@@ -26,56 +27,6 @@ const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Redirects a read follows; GitHub answers 301 for renamed repositories.
 const MAX_REDIRECTS: usize = 5;
-
-/// Credentials read from the Provider's secret. Which fields a forge uses is the forge's business.
-#[derive(Clone, Debug, Default)]
-pub struct Credentials {
-    /// Secret key `token`.
-    pub token: Option<Secret>,
-    /// Secret key `username`.
-    pub username: Option<String>,
-    /// Secret key `password`.
-    pub password: Option<Secret>,
-    /// GitHub App settings (secret keys `githubApp*`); GitHub only, used when there is no
-    /// `token`/`password`. Set it when the secret has the key `githubAppID`.
-    pub github_app: Option<GitHubApp>,
-    /// The Provider these credentials belong to: labels token-cache metrics, and names the
-    /// namespace of workload-identity ServiceAccounts.
-    pub provider: Option<ProviderRef>,
-    /// Provider `spec.serviceAccountName` (Azure DevOps workload identity).
-    pub service_account_name: Option<String>,
-}
-
-impl Credentials {
-    /// Surrounding whitespace (typically the newline of a secret created from a file) can never
-    /// be part of a valid token, and would make the header invalid.
-    pub(crate) fn token(&self) -> Option<&str> {
-        non_empty(self.token.as_ref())
-    }
-
-    pub(crate) fn password(&self) -> Option<&str> {
-        non_empty(self.password.as_ref())
-    }
-
-    /// `token`, else `password` (GitHub and GitLab accept either).
-    pub(crate) fn token_or_password(&self) -> Option<&str> {
-        self.token().or_else(|| self.password())
-    }
-
-    /// Values to scrub from error texts.
-    pub(crate) fn values(&self) -> Vec<String> {
-        [self.token.as_ref(), self.password.as_ref()]
-            .into_iter()
-            .flatten()
-            .flat_map(|s| [s.expose().to_owned(), s.expose().trim().to_owned()])
-            .filter(|s| !s.is_empty())
-            .collect()
-    }
-}
-
-fn non_empty(secret: Option<&Secret>) -> Option<&str> {
-    secret.map(|s| s.expose().trim()).filter(|s| !s.is_empty())
-}
 
 /// Proxy URL schemes taken everywhere a proxy can be set (`socks5h` resolves names through
 /// the proxy, `socks5` locally).
@@ -157,20 +108,7 @@ impl Default for NetworkConfig {
     }
 }
 
-/// Everything needed to build a [`crate::Forge`].
-#[derive(Clone, Debug)]
-pub struct ForgeConfig {
-    /// Provider type.
-    pub kind: ForgeKind,
-    /// Repository address (Provider `spec.address` or secret `address`).
-    pub address: String,
-    /// Credentials from the Provider's secret.
-    pub credentials: Credentials,
-    /// Timeout, proxy and TLS.
-    pub network: NetworkConfig,
-}
-
-// === impl ClientCache ===
+// === impl Clients ===
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
@@ -178,55 +116,17 @@ struct ClientKey {
     tls: Option<TlsConfig>,
 }
 
-/// Shares reqwest clients between providers with the same (proxy, TLS) settings so 1,000
-/// providers do not mean 1,000 connection pools, and GitHub App installation tokens between
-/// providers using the same App. Cheap to clone (Arc inside). Timeouts are per request, not
-/// per client.
+/// The reqwest clients built so far, one per distinct (proxy, TLS) settings. Cheap to clone
+/// (Arc inside); the credentials' `ClientCache` holds one.
 #[derive(Clone, Default)]
-pub struct ClientCache {
+pub(crate) struct Clients {
     clients: Arc<Mutex<HashMap<ClientKey, reqwest::Client>>>,
-    app_tokens: TokenCache,
-    /// Kubernetes mode's workload identity, set once the cluster is connected.
-    workload_identity: Arc<std::sync::OnceLock<Arc<dyn WorkloadIdentity>>>,
 }
 
-impl ClientCache {
-    /// An empty cache.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A cache whose exchanged tokens are bounded by `settings` and reported to `observer`
-    /// (`--token-cache-max-size`, `--token-cache-max-duration`).
-    pub fn with_token_cache(
-        settings: TokenCacheSettings,
-        observer: Option<Arc<dyn TokenCacheObserver>>,
-    ) -> Self {
-        Self {
-            clients: Arc::default(),
-            app_tokens: TokenCache::new(settings, observer),
-            workload_identity: Arc::default(),
-        }
-    }
-
-    /// Lets Azure DevOps Providers without a token use workload identity (Kubernetes mode).
-    /// Set once; later calls are ignored.
-    pub fn set_workload_identity(&self, identity: Arc<dyn WorkloadIdentity>) {
-        let _ = self.workload_identity.set(identity);
-    }
-
-    pub(crate) fn workload_identity(&self) -> Option<&Arc<dyn WorkloadIdentity>> {
-        self.workload_identity.get()
-    }
-
+impl Clients {
     /// Number of distinct clients built so far.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether no client was built yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, reqwest::Client>> {
@@ -236,12 +136,8 @@ impl ClientCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn app_tokens(&self) -> &TokenCache {
-        &self.app_tokens
-    }
-
     /// The client for these settings, built on first use.
-    pub(crate) fn client(&self, network: &NetworkConfig) -> Result<reqwest::Client, ConfigError> {
+    pub(crate) fn get(&self, network: &NetworkConfig) -> Result<reqwest::Client, ConfigError> {
         let key = ClientKey {
             proxy: network.proxy.clone(),
             tls: network.tls.clone().filter(|t| !t.is_empty()),
@@ -253,14 +149,6 @@ impl ClientCache {
         let client = build_client(key.proxy.as_ref(), key.tls.as_ref())?;
         clients.insert(key, client.clone());
         Ok(client)
-    }
-}
-
-impl fmt::Debug for ClientCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCache")
-            .field("clients", &self.len())
-            .finish()
     }
 }
 
@@ -379,17 +267,20 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 // === sending ===
 
-/// A complete answer.
-pub(crate) struct Response {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Vec<u8>,
-}
-
 /// No answer.
 pub(crate) enum SendError {
     Timeout,
     Transport { message: String, retry: Retry },
+}
+
+impl SendError {
+    /// The failure of a request sent with `timeout` as its deadline.
+    pub(crate) fn failure(self, timeout: Duration) -> Failure {
+        match self {
+            SendError::Timeout => Failure::Timeout { after: timeout },
+            SendError::Transport { message, retry } => Failure::Transport { message, retry },
+        }
+    }
 }
 
 /// Sends one request; the deadline covers connecting, sending, reading the whole body and
@@ -503,66 +394,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_hides_secrets() {
-        let network = NetworkConfig {
-            proxy: Some(ProxyConfig {
-                url: "http://u:proxypass@proxy:3128".into(),
-                username: Some("u".into()),
-                password: Some(Secret::new("proxypass2")),
-            }),
-            tls: Some(TlsConfig {
-                ca_pem: Some(b"ca".to_vec()),
-                client_cert_pem: Some(b"cert".to_vec()),
-                client_key_pem: Some(Secret::new("PRIVATEKEY")),
-            }),
-            ..NetworkConfig::default()
-        };
-        let config = ForgeConfig {
-            kind: ForgeKind::GitHub,
-            address: "https://github.com/o/r".into(),
-            credentials: Credentials {
-                token: Some(Secret::new("ghp_tok")),
-                username: None,
-                password: Some(Secret::new("pw_secret")),
-                github_app: Some(GitHubApp {
-                    app_id: "1".into(),
-                    private_key: Secret::new("APPKEY"),
-                    ..GitHubApp::default()
-                }),
-                provider: None,
-                service_account_name: None,
-            },
-            network,
-        };
-        let text = format!("{config:?}");
-        for secret in [
-            "proxypass",
-            "PRIVATEKEY",
-            "ghp_tok",
-            "pw_secret",
-            "APPKEY",
-            "u:",
-        ] {
-            assert!(!text.contains(secret), "{secret} in {text}");
-        }
-        assert_eq!(NetworkConfig::default().timeout, Duration::from_secs(15));
-    }
-
-    #[test]
-    fn credentials_are_trimmed() {
-        let c = Credentials {
-            token: Some(Secret::new(" \n")),
-            password: Some(Secret::new("pw\n")),
-            ..Credentials::default()
-        };
-        assert_eq!(c.token(), None);
-        assert_eq!(c.token_or_password(), Some("pw"));
-        assert!(c.values().contains(&"pw".to_owned()));
-    }
-
-    #[test]
     fn proxy_validation() {
-        let cache = ClientCache::new();
+        let cache = Clients::default();
         let net = |url: &str| NetworkConfig {
             proxy: Some(ProxyConfig {
                 url: url.into(),
@@ -572,7 +405,7 @@ mod tests {
             ..NetworkConfig::default()
         };
         for bad in ["wrong\nURL", "ftp://proxy:21", "not a url", "http://"] {
-            let err = cache.client(&net(bad)).unwrap_err();
+            let err = cache.get(&net(bad)).unwrap_err();
             assert!(
                 err.to_string().starts_with("invalid proxy URL"),
                 "{bad}: {err}"
@@ -584,13 +417,13 @@ mod tests {
             "socks5://proxy:1080",
             "socks5h://user:pass@proxy:1080",
         ] {
-            cache.client(&net(good)).unwrap();
+            cache.get(&net(good)).unwrap();
         }
         assert_eq!(cache.len(), 4);
-        cache.client(&net("http://proxy:3128")).unwrap();
+        cache.get(&net("http://proxy:3128")).unwrap();
         assert_eq!(cache.len(), 4, "same settings share a client");
         let err = cache
-            .client(&net("ftp://user:Pr0xyPass@proxy:21"))
+            .get(&net("ftp://user:Pr0xyPass@proxy:21"))
             .unwrap_err()
             .to_string();
         assert!(!err.contains("Pr0xyPass") && !err.contains("user"), "{err}");
@@ -598,13 +431,13 @@ mod tests {
 
     #[test]
     fn tls_validation() {
-        let cache = ClientCache::new();
+        let cache = Clients::default();
         let net = |tls: TlsConfig| NetworkConfig {
             tls: Some(tls),
             ..NetworkConfig::default()
         };
         let err = cache
-            .client(&net(TlsConfig {
+            .get(&net(TlsConfig {
                 ca_pem: Some(b"garbage".to_vec()),
                 ..TlsConfig::default()
             }))
@@ -615,27 +448,27 @@ mod tests {
         let cert = generated.cert.pem().into_bytes();
         let key = Secret::new(generated.signing_key.serialize_pem());
         cache
-            .client(&net(TlsConfig {
+            .get(&net(TlsConfig {
                 ca_pem: Some(cert.clone()),
                 ..TlsConfig::default()
             }))
             .unwrap();
         cache
-            .client(&net(TlsConfig {
+            .get(&net(TlsConfig {
                 ca_pem: None,
                 client_cert_pem: Some(cert.clone()),
                 client_key_pem: Some(key.clone()),
             }))
             .unwrap();
         let half = cache
-            .client(&net(TlsConfig {
+            .get(&net(TlsConfig {
                 client_cert_pem: Some(cert.clone()),
                 ..TlsConfig::default()
             }))
             .unwrap_err();
         assert!(matches!(half, ConfigError::ClientCertificate(_)), "{half}");
         let bad_key = cache
-            .client(&net(TlsConfig {
+            .get(&net(TlsConfig {
                 ca_pem: None,
                 client_cert_pem: Some(cert),
                 client_key_pem: Some(Secret::new("not a key")),
@@ -646,8 +479,8 @@ mod tests {
             "{bad_key}"
         );
         // An all-empty TLS config is no TLS config.
-        cache.client(&net(TlsConfig::default())).unwrap();
-        cache.client(&NetworkConfig::default()).unwrap();
+        cache.get(&net(TlsConfig::default())).unwrap();
+        cache.get(&NetworkConfig::default()).unwrap();
         assert_eq!(cache.len(), 3);
     }
 }

@@ -2,22 +2,27 @@
 //! assertion) exchanged at Microsoft Entra ID for an Azure DevOps access token, as Flux's
 //! `fluxcd/pkg/auth/azure` does through azidentity. Where the assertion comes from (a
 //! TokenRequest, the projected token file) is the controller's business, behind
-//! [`IdentitySource`]; the exchange, its cache and its errors are here.
+//! [`IdentitySource`]; the exchange (sans I/O: the request to send and how to read its
+//! answer), its cache key and its errors are here; the transport sends it (see `exchanged`).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::Method;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::exchanged::{Refused, Step, TokenExchange};
 use crate::error::{Failure, classify, forge_message};
-use crate::token_cache::{ProviderRef, TokenCache};
-use crate::transport::{self, SendError, USER_AGENT};
-use crate::{DeliveryError, ForgeKind, ForgeRequest, NetworkConfig, Retry, Secret};
+use crate::request::Response;
+use crate::token_cache::{ProviderRef, TokenCache, TokenSlot};
+use crate::transport::{NetworkConfig, USER_AGENT};
+use crate::{DeliveryError, ForgeKind, ForgeRequest, Retry, Secret};
+
+/// The identity sources live with the other credentials; named here too, where the controller
+/// has always found them.
+pub use crate::credentials::{FederatedIdentity, IdentityFuture, IdentitySource, WorkloadIdentity};
 
 /// Where Entra ID is reached, as azidentity reads it.
 pub const AUTHORITY_HOST_ENV: &str = "AZURE_AUTHORITY_HOST";
@@ -35,38 +40,6 @@ const CONTEXT: &str = "failed to acquire azure devops token: failed to get token
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Replaced this long before Entra says it expires (azidentity refreshes 5 minutes early).
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
-
-/// The Entra application to get a token for, and the Kubernetes token proving who asks.
-pub struct FederatedIdentity {
-    pub tenant_id: String,
-    pub client_id: String,
-    pub assertion: Secret,
-}
-
-/// Future of [`IdentitySource::identity`].
-pub type IdentityFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<FederatedIdentity, String>> + Send + 'a>>;
-
-/// One identity: a ServiceAccount, or the controller itself.
-pub trait IdentitySource: Send + Sync {
-    /// Tells identities apart: Providers with equal keys share one token.
-    fn key(&self) -> String;
-    /// In Flux's words, whose token it is: `service account 'ns/name'` or `the controller`.
-    fn subject(&self) -> String;
-    /// The tenant, the client and a fresh assertion. The error is the whole message after
-    /// `failed to get token: `, worded as Flux's.
-    fn identity(&self) -> IdentityFuture<'_>;
-}
-
-/// Hands out the identity a Provider uses. Only Kubernetes mode has one.
-pub trait WorkloadIdentity: Send + Sync {
-    /// `namespace`: the Provider's; `service_account`: its `spec.serviceAccountName`.
-    fn source(
-        &self,
-        namespace: &str,
-        service_account: Option<&str>,
-    ) -> Result<Arc<dyn IdentitySource>, String>;
-}
 
 #[derive(Deserialize)]
 struct TokenAnswer {
@@ -88,10 +61,9 @@ pub(crate) struct AzureAuth {
     source: Arc<dyn IdentitySource>,
     /// Ends with `/`.
     authority: String,
-    tokens: TokenCache,
     digest: [u8; 32],
-    exchange_lock: Arc<tokio::sync::Mutex<()>>,
-    provider: Option<ProviderRef>,
+    /// Where the identity's tokens are cached.
+    pub(crate) slot: TokenSlot,
 }
 
 impl fmt::Debug for AzureAuth {
@@ -139,10 +111,8 @@ impl AzureAuth {
         Self {
             source,
             authority,
-            tokens: tokens.clone(),
             digest,
-            exchange_lock: tokens.exchange_lock(digest),
-            provider: provider.cloned(),
+            slot: TokenSlot::new(tokens, digest, provider),
         }
     }
 
@@ -151,30 +121,9 @@ impl AzureAuth {
         hex::encode(self.digest)
     }
 
-    /// An access token: the cached one while fresh and not `stale`, else a new exchange.
-    pub(crate) async fn token(
-        &self,
-        client: &reqwest::Client,
-        timeout: Duration,
-        stale: Option<&Secret>,
-    ) -> Result<Secret, DeliveryError> {
-        self.tokens
-            .get_or_fetch(
-                self.digest,
-                &self.exchange_lock,
-                stale,
-                self.provider.as_ref(),
-                || self.exchange(client, timeout),
-            )
-            .await
-    }
-
-    async fn exchange(
-        &self,
-        client: &reqwest::Client,
-        timeout: Duration,
-    ) -> Result<(Secret, Duration), DeliveryError> {
-        let identity = self.source.identity().await.map_err(|message| {
+    /// The tenant, the client and a fresh assertion, from the controller's source.
+    pub(crate) async fn identity(&self) -> Result<FederatedIdentity, DeliveryError> {
+        self.source.identity().await.map_err(|message| {
             DeliveryError::new(
                 ForgeKind::AzureDevOps,
                 Some(CONTEXT),
@@ -186,7 +135,11 @@ impl AzureAuth {
                 },
             )
             .with_text(Some(format!("{CONTEXT}: {message}")))
-        })?;
+        })
+    }
+
+    /// The exchange of `identity`'s assertion for an access token.
+    pub(crate) fn exchange(&self, identity: FederatedIdentity) -> AzureExchange<'_> {
         let url = format!(
             "{}{}/oauth2/v2.0/token",
             self.authority,
@@ -203,41 +156,63 @@ impl AzureAuth {
             .header("Accept", "application/json")
             .header("User-Agent", USER_AGENT)
             .json("application/x-www-form-urlencoded", body.into_bytes());
-        let subject = self.source.subject();
-        let fail = |failure: Failure| {
-            let detail = match &failure {
-                Failure::Status {
-                    status, message, ..
-                } => format!("{status} {message}"),
-                Failure::Timeout { after } => format!("request timed out after {after:?}"),
-                Failure::Transport { message, .. } => message.clone(),
-                Failure::Decode { message } => format!("could not decode the response: {message}"),
-            };
-            let text = format!(
-                "{CONTEXT}: failed to create provider access token for {subject}: POST {}: {detail}",
-                request.url
-            );
+        AzureExchange {
+            auth: self,
+            assertion: identity.assertion,
+            request,
+        }
+    }
+}
+
+/// One exchange at Entra ID: a single request, and how to read its answer.
+pub(crate) struct AzureExchange<'a> {
+    auth: &'a AzureAuth,
+    /// Scrubbed from every error.
+    assertion: Secret,
+    request: ForgeRequest,
+}
+
+impl AzureExchange<'_> {
+    fn fail(&self, failure: Failure) -> Refused {
+        let detail = match &failure {
+            Failure::Status {
+                status, message, ..
+            } => format!("{status} {message}"),
+            Failure::Timeout { after } => format!("request timed out after {after:?}"),
+            Failure::Transport { message, .. } => message.clone(),
+            Failure::Decode { message } => format!("could not decode the response: {message}"),
+        };
+        let text = format!(
+            "{CONTEXT}: failed to create provider access token for {}: POST {}: {detail}",
+            self.auth.source.subject(),
+            self.request.url
+        );
+        Box::new(
             DeliveryError::new(
                 ForgeKind::AzureDevOps,
                 Some(CONTEXT),
                 Method::POST,
-                request.url.clone(),
+                self.request.url.clone(),
                 failure,
             )
             .with_text(Some(text))
-            .scrub(&[identity.assertion.expose().to_owned()])
-        };
-        tracing::trace!(url = %request.url, "azure workload identity token exchange");
-        let answer = transport::send(client, &request, timeout)
-            .await
-            .map_err(|e| {
-                fail(match e {
-                    SendError::Timeout => Failure::Timeout { after: timeout },
-                    SendError::Transport { message, retry } => {
-                        Failure::Transport { message, retry }
-                    }
-                })
-            })?;
+            .scrub(&[self.assertion.expose().to_owned()]),
+        )
+    }
+}
+
+impl TokenExchange for AzureExchange<'_> {
+    fn start(&mut self, _now: SystemTime) -> Result<ForgeRequest, Refused> {
+        tracing::trace!(url = %self.request.url, "azure workload identity token exchange");
+        Ok(self.request.clone())
+    }
+
+    fn answer(
+        &mut self,
+        answer: Result<Response, Failure>,
+        now: SystemTime,
+    ) -> Result<Step, Refused> {
+        let answer = answer.map_err(|failure| self.fail(failure))?;
         if !(200..300).contains(&answer.status) {
             let message = serde_json::from_slice::<ErrorAnswer>(&answer.body)
                 .ok()
@@ -251,9 +226,9 @@ impl AzureAuth {
                 answer.status,
                 &answer.headers,
                 &answer.body,
-                std::time::SystemTime::now(),
+                now,
             );
-            return Err(fail(Failure::Status {
+            return Err(self.fail(Failure::Status {
                 status: answer.status,
                 message,
                 class,
@@ -263,15 +238,148 @@ impl AzureAuth {
             .ok()
             .filter(|t: &TokenAnswer| !t.access_token.trim().is_empty())
             .ok_or_else(|| {
-                fail(Failure::Decode {
+                self.fail(Failure::Decode {
                     message: "no access_token in the answer".to_owned(),
                 })
             })?;
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
-        tracing::debug!(subject = %subject, valid_for = ?lifetime, "azure devops access token obtained");
-        Ok((
+        tracing::debug!(subject = %self.auth.source.subject(), valid_for = ?lifetime, "azure devops access token obtained");
+        Ok(Step::Done(
             Secret::new(token.access_token.trim()),
             lifetime.saturating_sub(REFRESH_MARGIN),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed;
+
+    impl IdentitySource for Fixed {
+        fn key(&self) -> String {
+            "sa/flux".to_owned()
+        }
+        fn subject(&self) -> String {
+            "service account 'flux-system/flux'".to_owned()
+        }
+        fn identity(&self) -> crate::credentials::IdentityFuture<'_> {
+            Box::pin(async { Err("no cluster".to_owned()) })
+        }
+    }
+
+    fn identity() -> FederatedIdentity {
+        FederatedIdentity {
+            tenant_id: "tenant one".into(),
+            client_id: "client-1".into(),
+            assertion: Secret::new("eyJ.k8s-sa-token.sig"),
+        }
+    }
+
+    fn answer(status: u16, body: &str) -> Result<Response, Failure> {
+        Ok(Response {
+            status,
+            headers: http::HeaderMap::new(),
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    fn auth() -> AzureAuth {
+        AzureAuth::new(
+            Arc::new(Fixed),
+            Some(" https://login.example.com ".into()),
+            &NetworkConfig::default(),
+            &TokenCache::default(),
+            None,
+        )
+    }
+
+    #[test]
+    fn the_exchange_request_and_its_answer() {
+        let auth = auth();
+        let now = SystemTime::now();
+        let mut exchange = auth.exchange(identity());
+        let request = exchange.start(now).unwrap();
+        assert_eq!(request.method, Method::POST);
+        assert_eq!(
+            request.url,
+            "https://login.example.com/tenant%20one/oauth2/v2.0/token"
+        );
+        assert_eq!(request.header_value("accept"), Some("application/json"));
+        assert_eq!(
+            request.header_value("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        let form: Vec<(String, String)> =
+            url::form_urlencoded::parse(request.body.as_deref().unwrap())
+                .into_owned()
+                .collect();
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(field("client_assertion"), Some("eyJ.k8s-sa-token.sig"));
+        assert_eq!(field("client_assertion_type"), Some(CLIENT_ASSERTION_TYPE));
+        assert_eq!(field("client_id"), Some("client-1"));
+        assert_eq!(field("grant_type"), Some("client_credentials"));
+        assert_eq!(field("scope"), Some(SCOPE_DEVOPS));
+        let Step::Done(token, usable) = exchange
+            .answer(
+                answer(200, r#"{"access_token":"aad-token","expires_in":3600}"#),
+                now,
+            )
+            .unwrap()
+        else {
+            panic!("one request is the whole exchange");
+        };
+        assert_eq!(token.expose(), "aad-token");
+        assert_eq!(usable, Duration::from_secs(3600) - REFRESH_MARGIN);
+    }
+
+    #[test]
+    fn refusals_are_worded_as_flux_and_never_show_the_assertion() {
+        let auth = auth();
+        let now = SystemTime::now();
+        let mut exchange = auth.exchange(identity());
+        exchange.start(now).unwrap();
+        let err = exchange
+            .answer(
+                answer(
+                    400,
+                    r#"{"error":"invalid_client","error_description":"AADSTS700213 for eyJ.k8s-sa-token.sig"}"#,
+                ),
+                now,
+            )
+            .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "failed to acquire azure devops token: failed to get token: failed to create provider access token for service account 'flux-system/flux': POST https://login.example.com/tenant%20one/oauth2/v2.0/token: 400 invalid_client: AADSTS700213 for *****"
+        );
+        assert!(!format!("{err:?}").contains("k8s-sa-token"));
+        let mut exchange = auth.exchange(identity());
+        exchange.start(now).unwrap();
+        let err = exchange
+            .answer(answer(200, r#"{"access_token":" "}"#), now)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("could not decode the response: no access_token in the answer"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_identity_is_retried() {
+        let Err(err) = auth().identity().await else {
+            panic!("an identity without a cluster");
+        };
+        assert_eq!(
+            err.to_string(),
+            "failed to acquire azure devops token: failed to get token: no cluster"
+        );
+        assert_eq!(err.retry(), Retry::Backoff);
     }
 }

@@ -1,13 +1,14 @@
-//! GitHub App authentication: the App settings from the Provider's secret, the RS256 JWT, the
-//! installation lookup and the installation-token exchange, with tokens cached per App and
-//! shared by every forge that uses the same App.
+//! GitHub App authentication, sans I/O like the forges: the App settings checked once, the
+//! RS256 JWT, and the installation-token exchange as requests to send (the installation
+//! lookup, then the token) and answers to read. The exchanged tokens are cached per App and
+//! shared by every forge that uses the same App; the transport sends the requests
+//! (see `exchanged`).
 //!
 //! Flux exchanges the token while building the notifier; we have no I/O at construction, so
 //! the settings and the private key are checked in [`AppAuth::new`] and the exchange happens
 //! on the first delivery that needs a token.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
@@ -16,9 +17,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::encode::path_segment;
+use super::exchanged::{Refused, Step, TokenExchange};
+use crate::credentials::GitHubApp;
 use crate::error::{Failure, classify, forge_message};
-use crate::token_cache::{ProviderRef, TokenCache};
-use crate::transport::{self, SendError, USER_AGENT};
+use crate::request::Response;
+use crate::token_cache::{ProviderRef, TokenCache, TokenSlot};
+use crate::transport::USER_AGENT;
 use crate::{ConfigError, DeliveryError, ForgeKind, ForgeRequest, Retry, Secret};
 
 /// The API every App talks to unless `githubAppBaseURL` says otherwise.
@@ -37,24 +41,6 @@ const MAX_TOKEN_AGE: Duration = Duration::from_secs(60 * 60);
 /// Prefix of every error of the token exchange.
 const CONTEXT: &str = "could not get github app installation token";
 
-/// GitHub App credentials, from the Provider secret keys `githubAppID`,
-/// `githubAppInstallationID`, `githubAppInstallationOwner`, `githubAppPrivateKey` and
-/// `githubAppBaseURL`. `Debug` never shows the private key.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GitHubApp {
-    /// `githubAppID`: the App ID (the JWT issuer).
-    pub app_id: String,
-    /// `githubAppInstallationID`; exactly one of this and `installation_owner`.
-    pub installation_id: Option<String>,
-    /// `githubAppInstallationOwner`: org or user login whose installation is looked up.
-    pub installation_owner: Option<String>,
-    /// `githubAppPrivateKey`: PEM RSA key (PKCS#1 as GitHub hands it out, or PKCS#8).
-    pub private_key: Secret,
-    /// `githubAppBaseURL`: API base for the App calls (GitHub Enterprise Server,
-    /// e.g. `https://ghe.example.com/api/v3`); default `https://api.github.com/`.
-    pub base_url: Option<String>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Installation {
     Id(String),
@@ -68,11 +54,8 @@ pub(crate) struct AppAuth {
     /// Ends with `/`.
     base: String,
     key: EncodingKey,
-    tokens: TokenCache,
-    digest: [u8; 32],
-    slot: Arc<tokio::sync::Mutex<()>>,
-    /// Labels the token-cache events.
-    provider: Option<ProviderRef>,
+    /// Where the App's tokens are cached.
+    pub(crate) slot: TokenSlot,
     /// Hex digest of the settings: identifies the App without revealing anything.
     pub(crate) fingerprint: String,
 }
@@ -193,76 +176,133 @@ impl AppAuth {
             installation,
             base,
             key,
-            tokens: cache.clone(),
-            digest,
-            slot: cache.exchange_lock(digest),
-            provider: provider.cloned(),
+            slot: TokenSlot::new(cache, digest, provider),
             fingerprint: hex::encode(digest),
         })
     }
 
-    /// An installation token: the cached one while it is fresh and not `stale` (the one the
-    /// forge just refused), else a new one from GitHub.
-    pub(crate) async fn token(
-        &self,
-        client: &reqwest::Client,
-        timeout: Duration,
-        stale: Option<&Secret>,
-    ) -> Result<Secret, DeliveryError> {
-        self.tokens
-            .get_or_fetch(
-                self.digest,
-                &self.slot,
-                stale,
-                self.provider.as_ref(),
-                || async {
-                    let (token, lifetime) = self.exchange(client, timeout).await?;
-                    tracing::debug!(app_id = %self.app_id, valid_for = ?lifetime, "github app installation token obtained");
-                    Ok((token, lifetime.saturating_sub(REFRESH_MARGIN)))
-                },
-            )
-            .await
+    /// A new installation-token exchange.
+    pub(crate) fn exchange(&self) -> AppExchange<'_> {
+        AppExchange {
+            auth: self,
+            stage: Stage::Token,
+            sent: None,
+        }
     }
 
-    /// JWT → (installation lookup) → installation token and how long it may be used.
-    async fn exchange(
+    /// A request to the App API, authenticated with a JWT signed `now`, and that JWT.
+    fn request(
         &self,
-        client: &reqwest::Client,
-        timeout: Duration,
-    ) -> Result<(Secret, Duration), DeliveryError> {
-        let id = match &self.installation {
-            Installation::Id(id) => id.clone(),
-            Installation::Owner(owner) => {
-                // An owner is an organisation or a user; GitHub has one endpoint for each.
-                match self.installation_of(client, timeout, "orgs", owner).await {
-                    Ok(id) => id,
-                    Err(_) => {
-                        self.installation_of(client, timeout, "users", owner)
-                            .await?
-                    }
-                }
-            }
-        };
+        method: Method,
+        url: String,
+        now: SystemTime,
+    ) -> Result<(ForgeRequest, Secret), Refused> {
+        let bare = ForgeRequest::new(method, url);
+        let jwt = sign(&self.app_id, &self.key, now).map_err(|message| {
+            self.error(
+                &bare,
+                &Secret::default(),
+                Failure::Transport {
+                    message: format!("could not sign the JWT: {message}"),
+                    retry: Retry::No,
+                },
+            )
+        })?;
+        let request = bare
+            .header("Authorization", format!("Bearer {jwt}"))
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .header("User-Agent", USER_AGENT);
+        Ok((request, Secret::new(jwt)))
+    }
+
+    /// `GET {base}{orgs|users}/{owner}/installation`.
+    fn installation_request(
+        &self,
+        kind: &str,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<(ForgeRequest, Secret), Refused> {
+        let url = format!("{}{kind}/{}/installation", self.base, path_segment(owner));
+        self.request(Method::GET, url, now)
+    }
+
+    /// `POST {base}app/installations/{id}/access_tokens`.
+    fn token_request(&self, id: &str, now: SystemTime) -> Result<(ForgeRequest, Secret), Refused> {
         let url = format!(
             "{}app/installations/{}/access_tokens",
             self.base,
-            path_segment(&id)
+            path_segment(id)
         );
-        let (request, jwt) = self.request(Method::POST, url).map_err(|e| *e)?;
-        let body = self.call(client, timeout, &request, &jwt).await?;
+        self.request(Method::POST, url, now)
+    }
+
+    /// A 2xx answer's body, else the error.
+    fn body(
+        &self,
+        (request, jwt): &(ForgeRequest, Secret),
+        answer: Result<Response, Failure>,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, Refused> {
+        let answer = answer.map_err(|failure| self.error(request, jwt, failure))?;
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
+        }
+        let failure = Failure::Status {
+            status: answer.status,
+            message: forge_message(answer.status, &answer.body),
+            class: classify(
+                ForgeKind::GitHub,
+                answer.status,
+                &answer.headers,
+                &answer.body,
+                now,
+            ),
+        };
+        Err(self.error(request, jwt, failure))
+    }
+
+    /// The installation ID in an answer to [`AppAuth::installation_request`].
+    fn installation_id(
+        &self,
+        sent: &(ForgeRequest, Secret),
+        answer: Result<Response, Failure>,
+        now: SystemTime,
+    ) -> Result<String, Refused> {
+        let body = self.body(sent, answer, now)?;
+        serde_json::from_slice::<InstallationAnswer>(&body)
+            .map(|a| a.id.to_string())
+            .map_err(|e| {
+                self.error(
+                    &sent.0,
+                    &sent.1,
+                    Failure::Decode {
+                        message: e.to_string(),
+                    },
+                )
+            })
+    }
+
+    /// The token in an answer to [`AppAuth::token_request`], and how long it may be used.
+    fn access_token(
+        &self,
+        sent: &(ForgeRequest, Secret),
+        answer: Result<Response, Failure>,
+        now: SystemTime,
+    ) -> Result<(Secret, Duration), Refused> {
+        let body = self.body(sent, answer, now)?;
         let answer: AccessToken = serde_json::from_slice(&body)
             .ok()
             .filter(|a: &AccessToken| !a.token.trim().is_empty())
             .ok_or_else(|| {
                 self.error(
-                    &request,
-                    &jwt,
+                    &sent.0,
+                    &sent.1,
                     Failure::Decode {
                         message: "no token in the answer".to_owned(),
                     },
                 )
             })?;
-        let now = SystemTime::now();
         let lifetime = answer
             .expires_at
             .as_deref()
@@ -277,101 +317,105 @@ impl AppAuth {
         Ok((Secret::new(answer.token.trim()), lifetime))
     }
 
-    async fn installation_of(
-        &self,
-        client: &reqwest::Client,
-        timeout: Duration,
-        kind: &str,
-        owner: &str,
-    ) -> Result<String, DeliveryError> {
-        let url = format!("{}{kind}/{}/installation", self.base, path_segment(owner));
-        let (request, jwt) = self.request(Method::GET, url).map_err(|e| *e)?;
-        let body = self.call(client, timeout, &request, &jwt).await?;
-        serde_json::from_slice::<InstallationAnswer>(&body)
-            .map(|a| a.id.to_string())
-            .map_err(|e| {
-                self.error(
-                    &request,
-                    &jwt,
-                    Failure::Decode {
-                        message: e.to_string(),
-                    },
-                )
-            })
+    fn error(&self, request: &ForgeRequest, jwt: &Secret, failure: Failure) -> Refused {
+        Box::new(
+            DeliveryError::new(
+                ForgeKind::GitHub,
+                Some(CONTEXT),
+                request.method.clone(),
+                request.url.clone(),
+                failure,
+            )
+            .scrub(&[jwt.expose().to_owned()]),
+        )
+    }
+}
+
+/// Where an exchange is: JWT → (installation lookup: the org, else the user) → token.
+enum Stage {
+    Org(String),
+    User,
+    Token,
+}
+
+/// One installation-token exchange of an [`AppAuth`].
+pub(crate) struct AppExchange<'a> {
+    auth: &'a AppAuth,
+    /// What the request in flight asks for.
+    stage: Stage,
+    /// The request in flight and the JWT it carries (scrubbed from its errors).
+    sent: Option<(ForgeRequest, Secret)>,
+}
+
+impl AppExchange<'_> {
+    fn send(&mut self, stage: Stage, sent: (ForgeRequest, Secret)) -> ForgeRequest {
+        self.stage = stage;
+        let request = sent.0.clone();
+        self.sent = Some(sent);
+        request
     }
 
-    /// A request to the App API, authenticated with a fresh JWT. (Boxed: the error is rare and
-    /// large.)
-    fn request(
-        &self,
-        method: Method,
-        url: String,
-    ) -> Result<(ForgeRequest, Secret), Box<DeliveryError>> {
-        let bare = ForgeRequest::new(method, url);
-        let jwt = sign(&self.app_id, &self.key, SystemTime::now()).map_err(|message| {
-            Box::new(self.error(
-                &bare,
+    fn token_request(&mut self, id: &str, now: SystemTime) -> Result<Step, Refused> {
+        let sent = self.auth.token_request(id, now)?;
+        Ok(Step::Send(self.send(Stage::Token, sent)))
+    }
+}
+
+impl TokenExchange for AppExchange<'_> {
+    fn start(&mut self, now: SystemTime) -> Result<ForgeRequest, Refused> {
+        let auth = self.auth;
+        match &auth.installation {
+            Installation::Id(id) => {
+                let sent = auth.token_request(id, now)?;
+                Ok(self.send(Stage::Token, sent))
+            }
+            // An owner is an organisation or a user; GitHub has one endpoint for each, and
+            // any failure of the first (even to sign its JWT) means trying the second.
+            Installation::Owner(owner) => match auth.installation_request("orgs", owner, now) {
+                Ok(sent) => Ok(self.send(Stage::Org(owner.clone()), sent)),
+                Err(_) => {
+                    let sent = auth.installation_request("users", owner, now)?;
+                    Ok(self.send(Stage::User, sent))
+                }
+            },
+        }
+    }
+
+    fn answer(
+        &mut self,
+        answer: Result<Response, Failure>,
+        now: SystemTime,
+    ) -> Result<Step, Refused> {
+        let auth = self.auth;
+        let Some(sent) = self.sent.take() else {
+            // Answers only come to requests this exchange handed out.
+            return Err(auth.error(
+                &ForgeRequest::new(Method::POST, String::new()),
                 &Secret::default(),
                 Failure::Transport {
-                    message: format!("could not sign the JWT: {message}"),
+                    message: "no request was sent".to_owned(),
                     retry: Retry::No,
                 },
-            ))
-        })?;
-        let request = bare
-            .header("Authorization", format!("Bearer {jwt}"))
-            .header("Accept", "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .header("User-Agent", USER_AGENT);
-        Ok((request, Secret::new(jwt)))
-    }
-
-    /// Sends one App API request; a 2xx answer's body, else the error.
-    async fn call(
-        &self,
-        client: &reqwest::Client,
-        timeout: Duration,
-        request: &ForgeRequest,
-        jwt: &Secret,
-    ) -> Result<Vec<u8>, DeliveryError> {
-        tracing::trace!(method = %request.method, url = %request.url, "github app api call");
-        let answer = transport::send(client, request, timeout)
-            .await
-            .map_err(|e| {
-                let failure = match e {
-                    SendError::Timeout => Failure::Timeout { after: timeout },
-                    SendError::Transport { message, retry } => {
-                        Failure::Transport { message, retry }
-                    }
-                };
-                self.error(request, jwt, failure)
-            })?;
-        if (200..300).contains(&answer.status) {
-            return Ok(answer.body);
-        }
-        let failure = Failure::Status {
-            status: answer.status,
-            message: forge_message(answer.status, &answer.body),
-            class: classify(
-                ForgeKind::GitHub,
-                answer.status,
-                &answer.headers,
-                &answer.body,
-                SystemTime::now(),
-            ),
+            ));
         };
-        Err(self.error(request, jwt, failure))
-    }
-
-    fn error(&self, request: &ForgeRequest, jwt: &Secret, failure: Failure) -> DeliveryError {
-        DeliveryError::new(
-            ForgeKind::GitHub,
-            Some(CONTEXT),
-            request.method.clone(),
-            request.url.clone(),
-            failure,
-        )
-        .scrub(&[jwt.expose().to_owned()])
+        match std::mem::replace(&mut self.stage, Stage::Token) {
+            Stage::Org(owner) => match auth.installation_id(&sent, answer, now) {
+                Ok(id) => self.token_request(&id, now),
+                Err(_) => {
+                    let users = auth.installation_request("users", &owner, now)?;
+                    Ok(Step::Send(self.send(Stage::User, users)))
+                }
+            },
+            Stage::User => {
+                let id = auth.installation_id(&sent, answer, now)?;
+                self.token_request(&id, now)
+            }
+            Stage::Token => {
+                let (token, lifetime) = auth.access_token(&sent, answer, now)?;
+                tracing::debug!(app_id = %auth.app_id, valid_for = ?lifetime, "github app installation token obtained");
+                Ok(Step::Done(token, lifetime.saturating_sub(REFRESH_MARGIN)))
+            }
+        }
     }
 }
 
@@ -462,7 +506,7 @@ mod tests {
         let pem = key_pem();
         let a = AppAuth::new(&app(&pem), &cache, None).unwrap();
         let b = AppAuth::new(&app(&pem), &cache, None).unwrap();
-        assert!(Arc::ptr_eq(&a.slot, &b.slot));
+        assert!(a.slot.shares_exchange_with(&b.slot));
         assert_eq!(a.fingerprint, b.fingerprint);
         let other = AppAuth::new(
             &GitHubApp {
@@ -473,7 +517,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(!Arc::ptr_eq(&a.slot, &other.slot));
+        assert!(!a.slot.shares_exchange_with(&other.slot));
         assert_eq!(cache.identities(), 2);
         drop((a, b, other));
         // Unused slots go when the next App is registered.
@@ -503,5 +547,144 @@ mod tests {
         assert_eq!(claims["iss"], "123");
         assert_eq!(claims["iat"], 1_700_000_000 - 30);
         assert_eq!(claims["exp"], 1_700_000_000 - 30 + 120);
+    }
+
+    fn answer(status: u16, body: &str) -> Result<Response, Failure> {
+        Ok(Response {
+            status,
+            headers: http::HeaderMap::new(),
+            body: body.as_bytes().to_vec(),
+        })
+    }
+
+    fn sent(step: Step) -> ForgeRequest {
+        match step {
+            Step::Send(request) => request,
+            Step::Done(..) => panic!("the exchange ended early"),
+        }
+    }
+
+    #[test]
+    fn owner_exchange_falls_back_to_the_user_then_takes_the_token() {
+        let cache = TokenCache::default();
+        let pem = key_pem();
+        let auth = AppAuth::new(
+            &GitHubApp {
+                installation_id: None,
+                installation_owner: Some("octo cat".into()),
+                base_url: Some("https://ghe.example.com/api/v3".into()),
+                ..app(&pem)
+            },
+            &cache,
+            None,
+        )
+        .unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut exchange = auth.exchange();
+        let org = exchange.start(now).unwrap();
+        assert_eq!(org.method, Method::GET);
+        assert_eq!(
+            org.url,
+            "https://ghe.example.com/api/v3/orgs/octo%20cat/installation"
+        );
+        let jwt = org.header_value("authorization").unwrap().to_owned();
+        assert!(jwt.starts_with("Bearer ey"), "{jwt}");
+        assert_eq!(
+            org.header_value("accept"),
+            Some("application/vnd.github+json")
+        );
+        assert_eq!(org.header_value("x-github-api-version"), Some("2022-11-28"));
+        assert_eq!(org.header_value("user-agent"), Some(USER_AGENT));
+        // Not an organisation: the user's installation is looked up instead.
+        let user = sent(
+            exchange
+                .answer(answer(404, r#"{"message":"Not Found"}"#), now)
+                .unwrap(),
+        );
+        assert_eq!(
+            user.url,
+            "https://ghe.example.com/api/v3/users/octo%20cat/installation"
+        );
+        let token = sent(exchange.answer(answer(200, r#"{"id":77}"#), now).unwrap());
+        assert_eq!(token.method, Method::POST);
+        assert_eq!(
+            token.url,
+            "https://ghe.example.com/api/v3/app/installations/77/access_tokens"
+        );
+        let done = exchange
+            .answer(
+                answer(
+                    201,
+                    r#"{"token":" ghs_abc\n","expires_at":"2023-11-14T23:13:20Z"}"#,
+                ),
+                now,
+            )
+            .unwrap();
+        let Step::Done(token, usable) = done else {
+            panic!("no token");
+        };
+        assert_eq!(token.expose(), "ghs_abc");
+        // 1,700,000,000 is 22:13:20: one hour of life, less the refresh margin.
+        assert_eq!(usable, Duration::from_secs(3600) - REFRESH_MARGIN);
+    }
+
+    #[test]
+    fn exchange_errors_name_the_call_and_hide_the_jwt() {
+        let cache = TokenCache::default();
+        let pem = key_pem();
+        let auth = AppAuth::new(&app(&pem), &cache, None).unwrap();
+        let now = SystemTime::now();
+        let mut exchange = auth.exchange();
+        let request = exchange.start(now).unwrap();
+        assert_eq!(
+            request.url,
+            "https://api.github.com/app/installations/456/access_tokens"
+        );
+        let jwt = request
+            .header_value("authorization")
+            .unwrap()
+            .trim_start_matches("Bearer ")
+            .to_owned();
+        let echoed = format!(r#"{{"message":"bad JWT {jwt}"}}"#);
+        let err = exchange.answer(answer(401, &echoed), now).unwrap_err();
+        assert_eq!((err.status(), err.retry()), (Some(401), Retry::No));
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "could not get github app installation token: POST https://api.github.com/app/installations/456/access_tokens: 401 bad JWT "
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(&jwt), "{text}");
+        // No answer at all keeps the transport's verdict.
+        let mut exchange = auth.exchange();
+        exchange.start(now).unwrap();
+        let err = exchange
+            .answer(
+                Err(Failure::Timeout {
+                    after: Duration::from_secs(2),
+                }),
+                now,
+            )
+            .unwrap_err();
+        assert!(err.is_timeout());
+        assert_eq!(err.retry(), Retry::Backoff);
+        // A 2xx answer without a token is a decode failure.
+        let mut exchange = auth.exchange();
+        exchange.start(now).unwrap();
+        let err = exchange
+            .answer(answer(201, r#"{"token":"  "}"#), now)
+            .unwrap_err();
+        assert!(err.to_string().contains("no token in the answer"), "{err}");
+        // A token without an expiry is believed for an hour at most.
+        let mut exchange = auth.exchange();
+        exchange.start(now).unwrap();
+        let Step::Done(_, usable) = exchange
+            .answer(answer(201, r#"{"token":"ghs_x"}"#), now)
+            .unwrap()
+        else {
+            panic!("no token");
+        };
+        assert_eq!(usable, MAX_TOKEN_AGE - REFRESH_MARGIN);
     }
 }

@@ -3,15 +3,17 @@
 //! its address rules, state names, the read request and how to spot a duplicate in its answer,
 //! and the write request. Adding a forge is one file plus one arm in [`Forge::new_with_env`].
 //!
-//! GitHub App authentication is the one exception to "requests are complete at plan time": the
-//! installation token is only known at execution, so [`Forge::execute`] adds it (see
-//! [`github_app`]).
+//! GitHub App authentication and Azure workload identity are the exceptions to "requests are
+//! complete at plan time": the exchanged token is only known at execution, so
+//! [`Forge::execute`] adds it (see [`github_app`], [`azure_identity`]; both exchanges are
+//! sans-I/O too, and `exchanged` sends them).
 
 mod azure_devops;
 pub mod azure_identity;
 mod bitbucket;
 mod bitbucket_server;
 mod encode;
+mod exchanged;
 mod gitea;
 mod github;
 pub(crate) mod github_app;
@@ -27,9 +29,10 @@ use sha1::{Digest as _, Sha1};
 
 use crate::error::{Failure, classify, forge_message};
 use crate::exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
-use crate::transport::{self, SendError};
+use crate::request::Response;
+use crate::transport::{self, NetworkConfig};
 use crate::{
-    ClientCache, ConfigError, DeliveryError, ForgeConfig, ForgeRequest, PlanError, Retry, Secret,
+    ClientCache, ConfigError, Credentials, DeliveryError, ForgeRequest, PlanError, Retry, Secret,
     address::GitAddress, describe, revision,
 };
 use azure_identity::AzureAuth;
@@ -418,6 +421,19 @@ pub(crate) fn checked_target_url(
 
 // === impl Forge ===
 
+/// Everything needed to build a [`Forge`].
+#[derive(Clone, Debug)]
+pub struct ForgeConfig {
+    /// Provider type.
+    pub kind: ForgeKind,
+    /// Repository address (Provider `spec.address` or secret `address`).
+    pub address: String,
+    /// Credentials from the Provider's secret.
+    pub credentials: Credentials,
+    /// Timeout, proxy and TLS.
+    pub network: NetworkConfig,
+}
+
 /// A ready-to-use commit-status client for one Provider. Cheap to clone.
 #[derive(Clone)]
 pub struct Forge {
@@ -689,7 +705,7 @@ impl Forge {
         phase: Phase,
         token: &mut Option<Secret>,
         exchange: &mut Exchange,
-    ) -> Result<transport::Response, DeliveryError> {
+    ) -> Result<Response, DeliveryError> {
         if self.inner.app.is_none() && self.inner.azure.is_none() {
             return self.send_as(request, phase, None, exchange).await;
         }
@@ -711,12 +727,25 @@ impl Forge {
         answer
     }
 
-    /// A GitHub App installation token or an Azure workload-identity access token.
+    /// A GitHub App installation token or an Azure workload-identity access token: the cached
+    /// one while fresh and not `stale` (the one the forge just refused), else a new exchange.
     async fn exchanged_token(&self, stale: Option<&Secret>) -> Result<Secret, DeliveryError> {
         let (client, timeout) = (&self.inner.client, self.inner.timeout);
         match (&self.inner.app, &self.inner.azure) {
-            (Some(app), _) => app.token(client, timeout, stale).await,
-            (None, Some(azure)) => azure.token(client, timeout, stale).await,
+            (Some(app), _) => {
+                app.slot
+                    .get_or_fetch(stale, || exchanged::run(app.exchange(), client, timeout))
+                    .await
+            }
+            (None, Some(azure)) => {
+                azure
+                    .slot
+                    .get_or_fetch(stale, || async {
+                        let identity = azure.identity().await?;
+                        exchanged::run(azure.exchange(identity), client, timeout).await
+                    })
+                    .await
+            }
             (None, None) => Err(DeliveryError::new(
                 self.kind(),
                 None,
@@ -746,7 +775,7 @@ impl Forge {
         phase: Phase,
         token: Option<&Secret>,
         exchange: &mut Exchange,
-    ) -> Result<transport::Response, DeliveryError> {
+    ) -> Result<Response, DeliveryError> {
         tracing::trace!(forge = %self.kind(), method = %request.method, url = %request.url, "sending");
         let authorized;
         let request = match token {
@@ -776,23 +805,10 @@ impl Forge {
             }
             exchange.rate_limit = Some(rate);
         }
-        answer.map_err(|e| {
-            let failure = match e {
-                SendError::Timeout => Failure::Timeout {
-                    after: self.inner.timeout,
-                },
-                SendError::Transport { message, retry } => Failure::Transport { message, retry },
-            };
-            self.error(request, phase, failure)
-        })
+        answer.map_err(|e| self.error(request, phase, e.failure(self.inner.timeout)))
     }
 
-    fn refused(
-        &self,
-        request: &ForgeRequest,
-        phase: Phase,
-        answer: &transport::Response,
-    ) -> DeliveryError {
+    fn refused(&self, request: &ForgeRequest, phase: Phase, answer: &Response) -> DeliveryError {
         let class = classify(
             self.kind(),
             answer.status,
@@ -846,7 +862,7 @@ impl Forge {
 }
 
 /// The answer's `ETag`, kept with the answer it validates (unless that is too large to keep).
-fn validator(read: &ForgeRequest, answer: &transport::Response) -> Option<Validator> {
+fn validator(read: &ForgeRequest, answer: &Response) -> Option<Validator> {
     let etag = answer
         .headers
         .get(http::header::ETAG)?
@@ -865,11 +881,7 @@ fn validator(read: &ForgeRequest, answer: &transport::Response) -> Option<Valida
 
 /// A 3xx answer the transport did not follow, said as such: where it pointed (without user
 /// info or query) and why it was not followed.
-fn redirect_refused(
-    message: String,
-    request: &ForgeRequest,
-    answer: &transport::Response,
-) -> String {
+fn redirect_refused(message: String, request: &ForgeRequest, answer: &Response) -> String {
     let target = answer
         .headers
         .get(http::header::LOCATION)
