@@ -1,8 +1,10 @@
-//! Test doubles that run for real on loopback: contract-validating forge stubs, a forwarding
-//! proxy, a SOCKS5 proxy, a recording event receiver (a stand-in for Flux's
-//! notification-controller) and TLS material, for the integration tests of the other crates.
+//! Test doubles that run for real on loopback: contract-validating forge stubs (the GitHub one
+//! with GitHub's App API too), a forwarding proxy, a SOCKS5 proxy, a recording event receiver
+//! (a stand-in for Flux's notification-controller) and TLS material, for the integration tests
+//! of the other crates.
 
 pub mod contract;
+pub mod github_app;
 pub mod pki;
 pub mod proxy;
 pub mod receiver;
@@ -10,6 +12,7 @@ pub mod socks;
 pub mod stub;
 
 pub use contract::{Contract, Direction, OperationMatch, RecordedRequest, RequestCheck};
+pub use github_app::AppCall;
 pub use pki::{ServerTls, TestPki};
 pub use proxy::{ForwardProxy, ProxyOptions};
 pub use receiver::{EventReceiver, Received};

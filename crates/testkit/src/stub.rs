@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::contract::{Contract, OperationMatch, RecordedRequest};
+use crate::github_app::{AppApi, is_app_path};
 use crate::pki::ServerTls;
 
 /// The forges the stub can impersonate.
@@ -201,7 +202,7 @@ impl Reply {
 type Key = (String, String);
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     requests: Vec<RecordedRequest>,
     scripted: VecDeque<(Matcher, ScriptedResponse)>,
     delay: Duration,
@@ -215,6 +216,8 @@ struct State {
     arrivals: Vec<SystemTime>,
     /// A rate-limit budget kept like the forge's, once a test sets one.
     rate: Option<RateBudget>,
+    /// GitHub's App API, once a test serves it (see [`StubForge::serve_github_app`]).
+    pub(crate) app: Option<AppApi>,
 }
 
 /// A fixed-window rate-limit budget (GitHub's, Gitea's, GitLab's model).
@@ -243,7 +246,7 @@ impl State {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     kind: ForgeKind,
     contract: Contract,
     base_url: String,
@@ -253,7 +256,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         // A panicking test thread must not hide the recorded requests from the next assertion.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -261,7 +264,7 @@ impl Inner {
 
 /// A running forge stub. Dropping it stops the server and closes its connections.
 pub struct StubForge {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     addr: SocketAddr,
     task: JoinHandle<()>,
 }
@@ -519,7 +522,7 @@ async fn handle(
         violations: Vec::new(),
     };
 
-    let extra = extra_route(inner.kind, &rec);
+    let extra = extra_route(inner.kind, &rec).or_else(|| app_route(&inner, &rec));
     let check = if extra.is_some() {
         None
     } else {
@@ -740,6 +743,14 @@ fn conditional(kind: ForgeKind, rec: &RecordedRequest, reply: Reply) -> Reply {
     if !sends_etags(kind) || rec.method != "GET" || reply.status != 200 {
         return reply;
     }
+    // A scripted answer that brings its own validator keeps it, alone.
+    if reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("etag"))
+    {
+        return reply;
+    }
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     reply.body.hash(&mut hasher);
@@ -763,6 +774,13 @@ enum Extra {
     GiteaVersion,
     /// Azure DevOps `OPTIONS {org}/_apis`, the SDK's resource-location discovery.
     AzureLocations,
+    /// GitHub's App API, when served.
+    GitHubApp,
+}
+
+fn app_route(inner: &Inner, rec: &RecordedRequest) -> Option<Extra> {
+    let served = inner.kind == ForgeKind::GitHub && inner.state().app.is_some();
+    (served && is_app_path(&rec.method, &rec.path)).then_some(Extra::GitHubApp)
 }
 
 fn extra_route(kind: ForgeKind, rec: &RecordedRequest) -> Option<Extra> {
@@ -781,8 +799,15 @@ fn extra_route(kind: ForgeKind, rec: &RecordedRequest) -> Option<Extra> {
     }
 }
 
-fn serve_extra(inner: &Inner, extra: Extra, _rec: &RecordedRequest) -> Reply {
+fn serve_extra(inner: &Inner, extra: Extra, rec: &RecordedRequest) -> Reply {
     match extra {
+        Extra::GitHubApp => match inner.state().app.as_mut() {
+            Some(app) => {
+                let (status, body) = app.answer(rec);
+                Reply::json(status, &body)
+            }
+            None => not_found(inner),
+        },
         Extra::GiteaVersion => Reply::json(200, &json!({ "version": inner.version })),
         Extra::AzureLocations => Reply::json(
             200,
@@ -1712,7 +1737,15 @@ fn now_millis() -> u64 {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for now, UTC.
 fn now_rfc3339() -> String {
-    let secs = unix_secs();
+    rfc3339(SystemTime::now())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for `at`, UTC.
+pub(crate) fn rfc3339(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one format.

@@ -10,10 +10,19 @@ use notify::{
 };
 use testkit::{ForgeKind as Stub, ForwardProxy, ProxyOptions, StubForge, StubOptions};
 
-use crate::app_server::{APP_CLIENT_ID, APP_ID, APP_KEY, AppServer};
+use testkit::github_app::{APP_CLIENT_ID, APP_ID, APP_KEY};
+
 use crate::support::{assert_contract, assert_secret_free, event, forge_with, metadata, plan};
 
-fn app(server: &AppServer, installation_id: Option<&str>, owner: Option<&str>) -> Credentials {
+/// A GitHub stub serving the App API, apart from the one the statuses go to (as
+/// `githubAppBaseURL` may name another host).
+async fn app_server(orgs: &[(&str, u64)], users: &[(&str, u64)]) -> StubForge {
+    let server = StubForge::start(Stub::GitHub, StubOptions::default()).await;
+    server.serve_github_app(orgs, users);
+    server
+}
+
+fn app(server: &StubForge, installation_id: Option<&str>, owner: Option<&str>) -> Credentials {
     Credentials {
         github_app: Some(GitHubApp {
             app_id: APP_ID.into(),
@@ -56,7 +65,7 @@ fn bearer_tokens(stub: &StubForge) -> Vec<String> {
 
 #[tokio::test]
 async fn one_token_for_every_forge_of_the_app() {
-    let server = AppServer::start(&[], &[]).await;
+    let server = app_server(&[], &[]).await;
     let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
     let clients = ClientCache::new();
     let a = github(&stub, app(&server, Some("77"), None), &clients);
@@ -65,7 +74,7 @@ async fn one_token_for_every_forge_of_the_app() {
     assert_eq!(deliver(&a, 2).await, Outcome::Posted);
     assert_eq!(deliver(&b, 3).await, Outcome::Posted);
     assert_eq!(server.tokens_issued(), 1);
-    let calls = server.calls();
+    let calls = server.app_calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(
         (calls[0].method.as_str(), calls[0].path.as_str()),
@@ -98,7 +107,7 @@ async fn one_token_for_every_forge_of_the_app() {
 
 #[tokio::test]
 async fn tokens_close_to_expiry_are_replaced() {
-    let server = AppServer::start(&[], &[]).await;
+    let server = app_server(&[], &[]).await;
     let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
     let forge = github(&stub, app(&server, Some("77"), None), &ClientCache::new());
     // Within the refresh margin: good for the delivery at hand, not kept.
@@ -124,7 +133,7 @@ async fn tokens_close_to_expiry_are_replaced() {
 
 #[tokio::test]
 async fn a_refused_token_is_replaced_once() {
-    let server = AppServer::start(&[], &[]).await;
+    let server = app_server(&[], &[]).await;
     let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
     let forge = github(&stub, app(&server, Some("77"), None), &ClientCache::new());
     assert_eq!(deliver(&forge, 1).await, Outcome::Posted);
@@ -163,7 +172,7 @@ async fn a_refused_token_is_replaced_once() {
 
 #[tokio::test]
 async fn installation_found_by_owner() {
-    let server = AppServer::start(&[("acme", 11)], &[("octocat", 22)]).await;
+    let server = app_server(&[("acme", 11)], &[("octocat", 22)]).await;
     let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
     let clients = ClientCache::new();
 
@@ -172,7 +181,7 @@ async fn installation_found_by_owner() {
     let user = github(&stub, app(&server, None, Some("octocat")), &clients);
     deliver(&user, 2).await;
     let paths: Vec<(String, String)> = server
-        .calls()
+        .app_calls()
         .into_iter()
         .inspect(|c| assert!(c.jwt_valid, "{c:?}"))
         .map(|c| (c.method, c.path))
@@ -205,7 +214,7 @@ async fn installation_found_by_owner() {
 
 #[tokio::test]
 async fn a_jwt_signed_with_another_key_is_refused() {
-    let server = AppServer::start(&[], &[]).await;
+    let server = app_server(&[], &[]).await;
     let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
     let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
         .unwrap()
@@ -223,13 +232,13 @@ async fn a_jwt_signed_with_another_key_is_refused() {
         )
     );
     assert_eq!((err.status(), err.retry()), (Some(401), Retry::No));
-    assert!(!server.calls()[0].jwt_valid);
+    assert!(!server.app_calls()[0].jwt_valid);
     assert!(stub.requests().is_empty(), "nothing reaches the forge");
 }
 
 #[tokio::test]
 async fn app_calls_go_through_the_provider_proxy() {
-    let server = AppServer::start(&[("acme", 11)], &[]).await;
+    let server = app_server(&[("acme", 11)], &[]).await;
     let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
     let proxy = ForwardProxy::start(ProxyOptions::default()).await;
     let forge = forge_with(
@@ -285,7 +294,7 @@ impl notify::token_cache::TokenCacheObserver for Seen {
 
 #[tokio::test]
 async fn client_id_as_issuer_and_a_bounded_observed_cache() {
-    let server = AppServer::start(&[], &[]).await;
+    let server = app_server(&[], &[]).await;
     let stub = StubForge::start(Stub::GitHub, StubOptions::default()).await;
     let seen = std::sync::Arc::new(Seen::default());
     let clients = ClientCache::with_token_cache(
@@ -308,9 +317,9 @@ async fn client_id_as_issuer_and_a_bounded_observed_cache() {
     assert_eq!(deliver(&a, 1).await, Outcome::Posted);
     assert_eq!(deliver(&a, 2).await, Outcome::Posted);
     assert!(
-        server.calls().iter().all(|c| c.jwt_valid),
+        server.app_calls().iter().all(|c| c.jwt_valid),
         "{:?}",
-        server.calls()
+        server.app_calls()
     );
     assert_eq!(server.tokens_issued(), 1);
     // A second installation does not fit in a cache of one: the first token is evicted.

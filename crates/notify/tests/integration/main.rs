@@ -1,8 +1,7 @@
 //! Integration tests over real HTTP: the Gitea/Forgejo and Bitbucket Server exchanges against
-//! testkit's contract-validating stubs, and GitHub App authentication against a stub App API
-//! that verifies every JWT it is sent.
+//! testkit's contract-validating stubs, and GitHub App authentication against the GitHub stub's
+//! App API, which verifies every JWT it is sent.
 
-mod app_server;
 mod bitbucket_server;
 mod gitea;
 mod github_app;
