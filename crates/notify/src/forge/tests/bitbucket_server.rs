@@ -440,9 +440,7 @@ async fn bitbucket_server_request_validation() {
     }
 
     // No answer at all: a transport error in Flux's wrapper, retryable.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    let port = closed_port();
     let f = forge(
         ForgeKind::BitbucketServer,
         &format!("http://127.0.0.1:{port}/scm/projectfoo/repobar.git"),

@@ -723,6 +723,12 @@ fn json(status: u16, body: &str) -> ScriptedResponse {
         .with_body(body)
 }
 
+/// A loopback port nothing listens on (any more).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// The next request, whatever its method and path, gets `response`.
 fn answer_next(stub: &StubForge, response: ScriptedResponse) {
     stub.push_response(Matcher::any_method(".*"), response);

@@ -106,9 +106,7 @@ async fn decode_error_is_permanent() {
 
 #[tokio::test]
 async fn connection_refused_is_retryable() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    let port = closed_port();
     let f = forge(
         ForgeKind::GitHub,
         &format!("http://127.0.0.1:{port}/o/r"),
