@@ -1,4 +1,4 @@
-//! GitHub's App API on a GitHub [`StubForge`]: the installation lookups
+//! GitHub's App API on a GitHub `StubForge` (see `StubForge::serve_github_app`): the installation lookups
 //! (`GET /orgs/{owner}/installation`, `GET /users/{owner}/installation`) and the
 //! installation-token exchange (`POST /app/installations/{id}/access_tokens`), verifying the
 //! RS256 signature and claims of every JWT, handing out numbered tokens with a chosen
@@ -13,7 +13,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::contract::RecordedRequest;
-use crate::stub::StubForge;
 
 /// The App's private key: PKCS#1, the form GitHub hands out for Apps. Made for tests only.
 pub const APP_KEY: &str = "-----BEGIN RSA PRIVATE KEY-----
@@ -118,7 +117,7 @@ pub(crate) fn is_app_path(method: &str, path: &str) -> bool {
 }
 
 impl AppApi {
-    fn new(orgs: &[(&str, u64)], users: &[(&str, u64)]) -> Self {
+    pub(crate) fn new(orgs: &[(&str, u64)], users: &[(&str, u64)]) -> Self {
         Self {
             calls: Vec::new(),
             issued: 0,
@@ -128,8 +127,13 @@ impl AppApi {
         }
     }
 
-    /// Records `rec` and answers it as GitHub does: status and JSON body.
-    pub(crate) fn answer(&mut self, rec: &RecordedRequest) -> (u16, Value) {
+    /// Records `rec` and answers it as GitHub does: status and JSON body. `rfc3339` writes
+    /// the tokens' expiry.
+    pub(crate) fn answer(
+        &mut self,
+        rec: &RecordedRequest,
+        rfc3339: fn(SystemTime) -> String,
+    ) -> (u16, Value) {
         let call = AppCall {
             method: rec.method.clone(),
             path: rec.path.clone(),
@@ -161,7 +165,7 @@ impl AppApi {
                     201,
                     json!({
                         "token": format!("ghs_installation{}", self.issued),
-                        "expires_at": crate::stub::rfc3339(expires),
+                        "expires_at": rfc3339(expires),
                         "permissions": {"statuses": "write"},
                     }),
                 )
@@ -169,37 +173,16 @@ impl AppApi {
             _ => not_found,
         }
     }
-}
 
-impl StubForge {
-    /// Serves GitHub's App API for the App of [`APP_ID`] (or [`APP_CLIENT_ID`]) and
-    /// [`APP_KEY`], beside the commit-status API: `orgs` and `users` map owner logins to
-    /// installation IDs. Its calls bypass the contract check and the rate-limit budget, are
-    /// recorded with the others and, in more detail, in [`StubForge::app_calls`]; scripted
-    /// answers still come first. Call it again to start over.
-    pub fn serve_github_app(&self, orgs: &[(&str, u64)], users: &[(&str, u64)]) {
-        self.inner.state().app = Some(AppApi::new(orgs, users));
+    pub(crate) fn calls(&self) -> Vec<AppCall> {
+        self.calls.clone()
     }
 
-    /// Every App API call so far.
-    pub fn app_calls(&self) -> Vec<AppCall> {
-        self.inner
-            .state()
-            .app
-            .as_ref()
-            .map(|a| a.calls.clone())
-            .unwrap_or_default()
+    pub(crate) fn issued(&self) -> u32 {
+        self.issued
     }
 
-    /// Installation tokens handed out so far.
-    pub fn tokens_issued(&self) -> u32 {
-        self.inner.state().app.as_ref().map_or(0, |a| a.issued)
-    }
-
-    /// Lifetime of the installation tokens handed out from now on (one hour unless set).
-    pub fn set_token_lifetime(&self, lifetime: Duration) {
-        if let Some(app) = self.inner.state().app.as_mut() {
-            app.token_lifetime = lifetime;
-        }
+    pub(crate) fn set_token_lifetime(&mut self, lifetime: Duration) {
+        self.token_lifetime = lifetime;
     }
 }

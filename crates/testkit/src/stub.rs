@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::contract::{Contract, OperationMatch, RecordedRequest};
-use crate::github_app::{AppApi, is_app_path};
+use crate::github_app::{AppApi, AppCall, is_app_path};
 use crate::pki::ServerTls;
 
 /// The forges the stub can impersonate.
@@ -202,7 +202,7 @@ impl Reply {
 type Key = (String, String);
 
 #[derive(Default)]
-pub(crate) struct State {
+struct State {
     requests: Vec<RecordedRequest>,
     scripted: VecDeque<(Matcher, ScriptedResponse)>,
     delay: Duration,
@@ -217,7 +217,7 @@ pub(crate) struct State {
     /// A rate-limit budget kept like the forge's, once a test sets one.
     rate: Option<RateBudget>,
     /// GitHub's App API, once a test serves it (see [`StubForge::serve_github_app`]).
-    pub(crate) app: Option<AppApi>,
+    app: Option<AppApi>,
 }
 
 /// A fixed-window rate-limit budget (GitHub's, Gitea's, GitLab's model).
@@ -246,7 +246,7 @@ impl State {
     }
 }
 
-pub(crate) struct Inner {
+struct Inner {
     kind: ForgeKind,
     contract: Contract,
     base_url: String,
@@ -256,7 +256,7 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // A panicking test thread must not hide the recorded requests from the next assertion.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -264,7 +264,7 @@ impl Inner {
 
 /// A running forge stub. Dropping it stops the server and closes its connections.
 pub struct StubForge {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
     addr: SocketAddr,
     task: JoinHandle<()>,
 }
@@ -449,6 +449,41 @@ impl StubForge {
     /// request is answered with the forge's 401.
     pub fn require_auth(&self, header_value: impl Into<String>) {
         self.inner.state().required_auth = Some(header_value.into());
+    }
+}
+
+// === GitHub's App API ===
+
+impl StubForge {
+    /// Serves GitHub's App API for the App of [`APP_ID`](crate::github_app::APP_ID) (or [`APP_CLIENT_ID`](crate::github_app::APP_CLIENT_ID)) and
+    /// [`APP_KEY`](crate::github_app::APP_KEY), beside the commit-status API: `orgs` and `users` map owner logins to
+    /// installation IDs. Its calls bypass the contract check and the rate-limit budget, are
+    /// recorded with the others and, in more detail, in [`StubForge::app_calls`]; scripted
+    /// answers still come first. Call it again to start over.
+    pub fn serve_github_app(&self, orgs: &[(&str, u64)], users: &[(&str, u64)]) {
+        self.inner.state().app = Some(AppApi::new(orgs, users));
+    }
+
+    /// Every App API call so far.
+    pub fn app_calls(&self) -> Vec<AppCall> {
+        self.inner
+            .state()
+            .app
+            .as_ref()
+            .map(AppApi::calls)
+            .unwrap_or_default()
+    }
+
+    /// Installation tokens handed out so far.
+    pub fn tokens_issued(&self) -> u32 {
+        self.inner.state().app.as_ref().map_or(0, AppApi::issued)
+    }
+
+    /// Lifetime of the installation tokens handed out from now on (one hour unless set).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        if let Some(app) = self.inner.state().app.as_mut() {
+            app.set_token_lifetime(lifetime);
+        }
     }
 }
 
@@ -803,7 +838,7 @@ fn serve_extra(inner: &Inner, extra: Extra, rec: &RecordedRequest) -> Reply {
     match extra {
         Extra::GitHubApp => match inner.state().app.as_mut() {
             Some(app) => {
-                let (status, body) = app.answer(rec);
+                let (status, body) = app.answer(rec, rfc3339);
                 Reply::json(status, &body)
             }
             None => not_found(inner),
@@ -1741,7 +1776,7 @@ fn now_rfc3339() -> String {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for `at`, UTC.
-pub(crate) fn rfc3339(at: SystemTime) -> String {
+fn rfc3339(at: SystemTime) -> String {
     let secs = at
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
