@@ -13,6 +13,7 @@ use serde_json::Value;
 use api::{Alert, Provider, Secret};
 use notify::{ClientCache, Forge, ForgeKind};
 
+use crate::config::error::ConfigError;
 use crate::config::resolve;
 use crate::config::status_expr::ProviderExprs;
 
@@ -41,7 +42,7 @@ pub struct ProviderEntry {
     pub provider: Provider,
     pub json: Value,
     pub exprs: ProviderExprs,
-    pub forge: Option<Result<Arc<Forge>, String>>,
+    pub forge: Option<Result<Arc<Forge>, ConfigError>>,
     /// The repository address in effect (the Secret's `address` overrides the spec's).
     pub address: String,
 }
@@ -93,7 +94,7 @@ impl Catalog {
                 resolve::forge_config(&provider, kind, &secrets)
                     .and_then(|cfg| {
                         address = cfg.address.clone();
-                        Forge::new(cfg, clients).map_err(|e| e.to_string())
+                        Forge::new(cfg, clients).map_err(ConfigError::from)
                     })
                     .map(Arc::new)
             });

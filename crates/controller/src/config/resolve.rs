@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use api::{Provider, Secret};
 use notify::{Credentials, ForgeConfig, ForgeKind, NetworkConfig, ProxyConfig, TlsConfig};
 
+use crate::config::error::{ConfigError, SecretProblem};
+
 /// Looks a Secret up by namespace and name.
 pub trait SecretSource {
     fn secret(&self, namespace: &str, name: &str) -> Option<&Secret>;
@@ -18,9 +20,16 @@ impl SecretSource for std::collections::HashMap<(String, String), std::sync::Arc
     }
 }
 
-fn get_secret<'a>(src: &'a dyn SecretSource, ns: &str, name: &str) -> Result<&'a Secret, String> {
+fn get_secret<'a>(
+    src: &'a dyn SecretSource,
+    ns: &str,
+    name: &str,
+) -> Result<&'a Secret, ConfigError> {
     src.secret(ns, name)
-        .ok_or_else(|| format!("failed to get secret '{ns}/{name}': secrets \"{name}\" not found"))
+        .ok_or_else(|| ConfigError::SecretNotFound {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        })
 }
 
 const MAX_ADDRESS: usize = 2048;
@@ -43,7 +52,7 @@ fn auth_methods(
     ns: &str,
     name: &str,
     spec_username: Option<&str>,
-) -> Result<AuthMethods, String> {
+) -> Result<AuthMethods, ConfigError> {
     let username = secret.string("username");
     let password = secret.string("password");
     let basic = match (username, password) {
@@ -52,13 +61,17 @@ fn auth_methods(
             Some((spec_username.unwrap_or_default().to_string(), p))
         }
         (None, Some(_)) => {
-            return Err(format!(
-                "secret '{ns}/{name}': malformed basic auth - has 'password' but missing 'username'"
+            return Err(ConfigError::secret(
+                ns,
+                name,
+                SecretProblem::PasswordWithoutUsername,
             ));
         }
         (Some(_), None) => {
-            return Err(format!(
-                "secret '{ns}/{name}': malformed basic auth - has 'username' but missing 'password'"
+            return Err(ConfigError::secret(
+                ns,
+                name,
+                SecretProblem::UsernameWithoutPassword,
             ));
         }
         (None, None) => None,
@@ -107,7 +120,7 @@ fn tls_from_secret(
     ns: &str,
     name: &str,
     required: bool,
-) -> Result<Option<TlsConfig>, String> {
+) -> Result<Option<TlsConfig>, ConfigError> {
     let pick = |new: &str, legacy: &str| {
         secret
             .data
@@ -122,36 +135,30 @@ fn tls_from_secret(
     if let Some(ca) = &ca
         && !looks_like_pem(ca, "CERTIFICATE")
     {
-        return Err(format!(
-            "secret '{ns}/{name}': failed to parse CA certificate: no PEM certificate found"
-        ));
+        return Err(ConfigError::secret(ns, name, SecretProblem::CaNotPem));
     }
     let pair = match (cert, key) {
         (Some(c), Some(k)) => {
             if !looks_like_pem(&c, "CERTIFICATE") || !looks_like_pem(&k, "PRIVATE KEY") {
-                return Err(format!(
-                    "secret '{ns}/{name}': failed to parse client certificate and key: no PEM data found"
+                return Err(ConfigError::secret(
+                    ns,
+                    name,
+                    SecretProblem::ClientPairNotPem,
                 ));
             }
             Some((c, k))
         }
         (Some(_), None) => {
-            return Err(format!(
-                "secret '{ns}/{name}': found 'tls.crt' but missing 'tls.key'"
-            ));
+            return Err(ConfigError::secret(ns, name, SecretProblem::CertWithoutKey));
         }
         (None, Some(_)) => {
-            return Err(format!(
-                "secret '{ns}/{name}': found 'tls.key' but missing 'tls.crt'"
-            ));
+            return Err(ConfigError::secret(ns, name, SecretProblem::KeyWithoutCert));
         }
         (None, None) => None,
     };
     if ca.is_none() && pair.is_none() {
         if required {
-            return Err(format!(
-                "secret '{ns}/{name}': must contain either 'ca.crt' or both 'tls.crt' and 'tls.key'"
-            ));
+            return Err(ConfigError::secret(ns, name, SecretProblem::NoTlsMaterial));
         }
         return Ok(None);
     }
@@ -179,7 +186,7 @@ pub fn forge_config(
     provider: &Provider,
     kind: ForgeKind,
     secrets: &dyn SecretSource,
-) -> Result<ForgeConfig, String> {
+) -> Result<ForgeConfig, ConfigError> {
     let spec = &provider.spec;
     let ns = provider.metadata.namespace.as_str();
     let mut address = spec.address.clone().unwrap_or_default();
@@ -207,19 +214,17 @@ pub fn forge_config(
         let secret = get_secret(secrets, ns, &secret_ref.name)?;
         if let Some(addr) = secret.data.get("address") {
             if addr.len() > MAX_ADDRESS {
-                return Err(format!(
-                    "invalid address in secret: address exceeds maximum length of {MAX_ADDRESS} bytes"
-                ));
+                return Err(ConfigError::SecretAddressTooLong { max: MAX_ADDRESS });
             }
             address = String::from_utf8_lossy(addr).trim().to_string();
         }
         if let Some(p) = secret.string("proxy") {
             let p = p.trim().to_string();
             if url::Url::parse(&p).is_err() {
-                return Err(format!(
-                    "invalid 'proxy' in secret '{ns}/{}'",
-                    secret_ref.name
-                ));
+                return Err(ConfigError::SecretProxy {
+                    namespace: ns.to_owned(),
+                    name: secret_ref.name.clone(),
+                });
             }
             proxy = Some(ProxyConfig {
                 url: p,
@@ -231,10 +236,9 @@ pub fn forge_config(
             && let Err(e) = serde_saphyr::from_str::<BTreeMap<String, String>>(&headers)
         {
             // The headers are credentials more often than not: position only, no source text.
-            return Err(format!(
-                "failed to read headers from secret: {}",
-                crate::config::yaml::yaml_error(&e, 0)
-            ));
+            return Err(ConfigError::SecretHeaders(crate::config::yaml::yaml_error(
+                &e, 0,
+            )));
         }
         let spec_username = (kind == ForgeKind::BitbucketServer)
             .then_some(spec.username.as_deref())
@@ -255,34 +259,27 @@ pub fn forge_config(
     }
 
     if let Some(proxy_ref) = &spec.proxy_secret_ref {
-        let secret = get_secret(secrets, ns, &proxy_ref.name)
-            .map_err(|e| format!("failed to get proxy URL: {e}"))?;
+        let proxy_error = |e| ConfigError::Proxy(Box::new(e));
+        let problem = |problem| proxy_error(ConfigError::secret(ns, &proxy_ref.name, problem));
+        let secret = get_secret(secrets, ns, &proxy_ref.name).map_err(proxy_error)?;
         let addr = secret
             .string("address")
             .map(|a| a.trim().to_string())
             .unwrap_or_default();
         if addr.is_empty() {
-            return Err(format!(
-                "failed to get proxy URL: secret '{ns}/{}': key 'address' not found",
-                proxy_ref.name
-            ));
+            return Err(problem(SecretProblem::NoAddress));
         }
         if addr.len() > MAX_ADDRESS {
-            return Err(format!(
-                "failed to get proxy URL: secret '{ns}/{}': address exceeds maximum length of {MAX_ADDRESS} bytes",
-                proxy_ref.name
-            ));
+            return Err(problem(SecretProblem::AddressTooLong { max: MAX_ADDRESS }));
         }
         match url::Url::parse(&addr) {
             Ok(u) if notify::PROXY_SCHEMES.contains(&u.scheme()) => {}
             // The address may carry a password: only its redacted form is shown.
             _ => {
-                return Err(format!(
-                    "failed to get proxy URL: secret '{ns}/{}': invalid proxy address {:?}: scheme must be one of {}",
-                    proxy_ref.name,
-                    notify::address::redacted(&addr),
-                    notify::PROXY_SCHEMES.join(", ")
-                ));
+                return Err(problem(SecretProblem::ProxyScheme {
+                    address: notify::address::redacted(&addr),
+                    schemes: notify::PROXY_SCHEMES.join(", "),
+                }));
             }
         }
         proxy = Some(ProxyConfig {
@@ -295,20 +292,20 @@ pub fn forge_config(
         });
     }
 
+    let tls_error = |e| ConfigError::Tls(Box::new(e));
     let tls = if let Some(cert_ref) = &spec.cert_secret_ref {
-        let secret = get_secret(secrets, ns, &cert_ref.name)
-            .map_err(|e| format!("failed to get TLS config: {e}"))?;
+        let secret = get_secret(secrets, ns, &cert_ref.name).map_err(tls_error)?;
         if !matches!(secret.type_.as_str(), "" | "Opaque" | "kubernetes.io/tls") {
-            return Err(format!(
-                "failed to get TLS config: secret '{ns}/{}': unsupported secret type {:?}, must be 'kubernetes.io/tls' or 'Opaque'",
-                cert_ref.name, secret.type_
-            ));
+            return Err(tls_error(ConfigError::secret(
+                ns,
+                &cert_ref.name,
+                SecretProblem::Type(secret.type_.clone()),
+            )));
         }
-        tls_from_secret(secret, ns, &cert_ref.name, true)
-            .map_err(|e| format!("failed to get TLS config: {e}"))?
+        tls_from_secret(secret, ns, &cert_ref.name, true).map_err(tls_error)?
     } else {
         if let Some(e) = auth_error {
-            return Err(format!("failed to get TLS config: {e}"));
+            return Err(tls_error(e));
         }
         secret_tls
     };
@@ -402,7 +399,9 @@ mod tests {
         assert_eq!(cfg.address, "https://github.com/a/b");
         assert_eq!(cfg.credentials.token.unwrap().expose(), "ghp_x");
         let err = |s: &str| {
-            forge_config(&provider(spec_with(s)), ForgeKind::GitHub, &secrets).unwrap_err()
+            forge_config(&provider(spec_with(s)), ForgeKind::GitHub, &secrets)
+                .unwrap_err()
+                .to_string()
         };
         assert_eq!(
             err("missing"),
@@ -487,7 +486,11 @@ mod tests {
             name: "noaddr".into(),
         });
         let e = forge_config(&provider(spec.clone()), ForgeKind::GitHub, &secrets).unwrap_err();
-        assert!(e.starts_with("failed to get proxy URL: "), "{e}");
+        assert_eq!(e.name(), "secret_address");
+        assert!(
+            e.to_string().starts_with("failed to get proxy URL: "),
+            "{e}"
+        );
 
         // socks5h (DNS through the proxy) is taken like socks5; a refused scheme is shown
         // without its password.
@@ -517,12 +520,16 @@ mod tests {
         let cfg = forge_config(&provider(spec.clone()), ForgeKind::GitHub, &secrets).unwrap();
         assert!(cfg.network.proxy.unwrap().url.starts_with("socks5h://"));
         spec.proxy_secret_ref = Some(LocalObjectReference { name: "ftp".into() });
-        let e = forge_config(&provider(spec), ForgeKind::GitHub, &secrets).unwrap_err();
+        let e = forge_config(&provider(spec), ForgeKind::GitHub, &secrets)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "failed to get proxy URL: secret 'ns/ftp': invalid proxy address \"ftp://127.0.0.1:2121/\": scheme must be one of http, https, socks5, socks5h"
         );
-        let e = forge_config(&provider(spec_with("hdr")), ForgeKind::GitHub, &secrets).unwrap_err();
+        let e = forge_config(&provider(spec_with("hdr")), ForgeKind::GitHub, &secrets)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("failed to read headers from secret: line 1"),
             "{e}"
@@ -571,7 +578,7 @@ mod tests {
         let tls = with_cert("mtls").unwrap().network.tls.unwrap();
         assert!(tls.client_cert_pem.is_some() && tls.client_key_pem.is_some());
         for bad in ["half", "empty", "badca", "absent"] {
-            let e = with_cert(bad).unwrap_err();
+            let e = with_cert(bad).unwrap_err().to_string();
             assert!(e.starts_with("failed to get TLS config: "), "{bad}: {e}");
         }
     }

@@ -8,6 +8,8 @@ use cel::common::ast::{Expr, operators};
 use cel::objects::OptionalValue;
 use cel::{Context, Env, Program, Value};
 
+use crate::config::error::ConfigError;
+
 /// The environment Flux's CEL helper offers: the standard library, optional types (for
 /// `.first().value()`), the strings, lists and encoders extensions.
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
@@ -40,10 +42,10 @@ impl StatusExpr {
     /// Parses the expression and checks, as far as can be known before evaluation, what Flux's
     /// type checker checks: only the three declared variables, and a result that can be a
     /// string (a comparison or a literal of another type is refused).
-    pub fn compile(source: &str) -> Result<StatusExpr, String> {
+    pub fn compile(source: &str) -> Result<StatusExpr, ConfigError> {
         let program = ENV
             .compile(source)
-            .map_err(|e| e.to_string().trim().to_string())?;
+            .map_err(|e| ConfigError::Syntax(e.to_string().trim().to_string()))?;
         let refs = program.references();
         let mut undeclared: Vec<_> = refs
             .variables()
@@ -52,12 +54,10 @@ impl StatusExpr {
             .collect();
         undeclared.sort_unstable();
         if let Some(v) = undeclared.first() {
-            return Err(format!("undeclared reference to '{v}'"));
+            return Err(ConfigError::UndeclaredReference(v.to_string()));
         }
         if let Some(kind) = non_string_result(&program.expression().expr) {
-            return Err(format!(
-                "expression must evaluate to a string, not a {kind}"
-            ));
+            return Err(ConfigError::NotString(kind));
         }
         Ok(StatusExpr {
             source: source.to_string(),
@@ -75,10 +75,11 @@ impl StatusExpr {
         event: &serde_json::Value,
         provider: &serde_json::Value,
         alert: &serde_json::Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, ConfigError> {
+        let evaluation = |e: &dyn std::fmt::Display| ConfigError::Evaluation(e.to_string());
         let mut ctx = Context::with_env(ENV.clone());
         for (name, value) in [("event", event), ("provider", provider), ("alert", alert)] {
-            ctx.add_variable(name, value).map_err(|e| e.to_string())?;
+            ctx.add_variable(name, value).map_err(|e| evaluation(&e))?;
         }
         // cel-go's optional library puts `first()`/`last()` on lists; cel-rust has no such
         // overload, so they are added here with cel-go's meaning (an optional element).
@@ -88,21 +89,18 @@ impl StatusExpr {
                 optional(list.first().cloned())
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| evaluation(&e))?;
         ctx.add_function(
             "last",
             |cel::extractors::This(list): cel::extractors::This<Arc<Vec<Value>>>| {
                 optional(list.last().cloned())
             },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| evaluation(&e))?;
         match self.program.execute(&ctx) {
             Ok(Value::String(s)) => Ok(s.to_string()),
-            Ok(other) => Err(format!(
-                "expression returned {}, not a string",
-                type_name(&other)
-            )),
-            Err(e) => Err(e.to_string()),
+            Ok(other) => Err(ConfigError::Returned(type_name(&other))),
+            Err(e) => Err(evaluation(&e)),
         }
     }
 }
@@ -235,7 +233,7 @@ mod tests {
         )
     }
 
-    fn eval(src: &str) -> Result<String, String> {
+    fn eval(src: &str) -> Result<String, ConfigError> {
         let (e, p, a) = vars();
         StatusExpr::compile(src)?.evaluate(&e, &p, &a)
     }
@@ -263,7 +261,7 @@ mod tests {
             "Kustomization/gitops-system/production/0c9c2e41"
         );
         assert!(
-            !eval("(event.involvedObject.kind + '/' + event.involvedObject.name + '/' + event.metadata.foo + '/' + provider.metadata.uid.split('-').first().value()).lowerAscii()").unwrap_err().is_empty()
+            !eval("(event.involvedObject.kind + '/' + event.involvedObject.name + '/' + event.metadata.foo + '/' + provider.metadata.uid.split('-').first().value()).lowerAscii()").unwrap_err().to_string().is_empty()
         );
     }
 

@@ -247,7 +247,7 @@ impl Deliverer {
             Some(Err(e)) => {
                 return Err(Box::new(End::Failed(DeliveryError::Provider {
                     name: name.to_string(),
-                    reason: e.to_string(),
+                    reason: e.clone(),
                 })));
             }
             None => return Err(Box::new(End::Skipped(Skip::NotCommitStatus))),

@@ -89,7 +89,10 @@ pub enum DeliveryError {
     },
     /// The Provider's configuration cannot make a forge (Flux's wording).
     #[error("failed to initialize notifier for provider '{name}': {reason}")]
-    Provider { name: String, reason: String },
+    Provider {
+        name: String,
+        reason: crate::config::error::ConfigError,
+    },
     /// The event cannot become a status on this forge.
     #[error(transparent)]
     Plan(#[from] notify::PlanError),
@@ -107,9 +110,8 @@ impl DeliveryError {
         match self {
             DeliveryError::Forge(e) => e.class() != Class::Permanent,
             DeliveryError::Store(e) => e.retry(),
-            DeliveryError::Expired { .. }
-            | DeliveryError::Provider { .. }
-            | DeliveryError::Plan(_) => false,
+            DeliveryError::Expired { .. } | DeliveryError::Plan(_) => false,
+            DeliveryError::Provider { reason, .. } => reason.retry(),
         }
     }
 
@@ -235,13 +237,43 @@ mod tests {
             expired.history_message("Kustomization/ns/app"),
             "not delivered within 1s (last error: none)"
         );
-        let plan = DeliveryError::from(notify::PlanError::MissingRevision);
-        assert!(!plan.retry());
-        assert_eq!(plan.name(), "plan");
-        let store = DeliveryError::from(StoreError::Unavailable);
-        assert!(store.retry());
-        assert_eq!(store.name(), "store");
-        assert!(!DeliveryError::from(StoreError::Closed).retry());
         assert_eq!(Skip::Progressing.to_string(), "progressing event");
+    }
+
+    #[test]
+    fn retry_and_name_table() {
+        use crate::config::error::ConfigError;
+        let provider = DeliveryError::Provider {
+            name: "p".into(),
+            reason: ConfigError::SecretNotFound {
+                namespace: "ns".into(),
+                name: "s".into(),
+            },
+        };
+        assert_eq!(
+            provider.to_string(),
+            "failed to initialize notifier for provider 'p': failed to get secret 'ns/s': secrets \"s\" not found"
+        );
+        let cases: Vec<(DeliveryError, bool, &str)> = vec![
+            (provider, false, "provider_invalid"),
+            (notify::PlanError::MissingRevision.into(), false, "plan"),
+            (StoreError::Unavailable.into(), true, "store"),
+            (StoreError::Storage("disk".into()).into(), true, "store"),
+            (StoreError::Closed.into(), false, "store"),
+        ];
+        for (error, retry, name) in cases {
+            assert_eq!(error.retry(), retry, "{error}");
+            assert_eq!(error.name(), name, "{error}");
+            assert_eq!(error.http_status(), None);
+        }
+        // A forge's answer is named after the class the forge layer gave it, never its status.
+        let after = Some(Duration::from_secs(1));
+        for (class, name) in [
+            (Class::Permanent, "forge_permanent"),
+            (Class::Transient { after: None }, "forge_transient"),
+            (Class::RateLimited { after }, "forge_rate_limited"),
+        ] {
+            assert_eq!(DeliveryError::forge_error_name(class), name);
+        }
     }
 }

@@ -109,7 +109,7 @@ pub fn validate(args: ValidateArgs) -> Report {
     for p in providers {
         if let Some(Err(e)) = &p.forge {
             let object = format!("Provider/{}", p.key());
-            problems.push(json!({"object": object, "field": "spec", "message": e, "text": format!("{object}: {e}")}));
+            problems.push(json!({"object": object, "field": "spec", "message": e.to_string(), "text": format!("{object}: {e}")}));
         }
     }
     let ok = problems.is_empty();
