@@ -110,7 +110,7 @@ impl StoreError {
     /// Whether the same write may succeed later (the store heals, the disk gets room).
     pub fn retry(&self) -> bool {
         !matches!(self, StoreError::Encode(_) | StoreError::Closed)
-            && self.name() != "value_too_large"
+            && !matches!(self, StoreError::Redb(e) if matches!(**e, redb::Error::ValueTooLarge(_)))
     }
 
     /// redb asks to be closed and re-opened after an I/O error.
@@ -1312,6 +1312,36 @@ mod tests {
 
     fn quiet() -> OnError {
         Arc::new(|_| {})
+    }
+
+    #[test]
+    fn errors_answer_retry_and_have_fixed_names() {
+        let redb = |e: redb::Error| StoreError::Redb(Arc::new(e));
+        let io = || std::io::Error::other("disk full");
+        let cases: Vec<(StoreError, bool, &str)> = vec![
+            (redb(redb::Error::Io(io())), true, "io"),
+            (redb(redb::Error::PreviousIo), true, "io"),
+            (redb(redb::Error::Corrupted("x".into())), true, "corrupted"),
+            (
+                redb(redb::Error::ValueTooLarge(1)),
+                false,
+                "value_too_large",
+            ),
+            (redb(redb::Error::DatabaseAlreadyOpen), true, "storage"),
+            (StoreError::Storage("x".into()), true, "storage"),
+            (
+                encode(serde_json::from_str::<u8>("x").unwrap_err()),
+                false,
+                "encode",
+            ),
+            (StoreError::Unavailable, true, "unavailable"),
+            (StoreError::Closed, false, "closed"),
+        ];
+        for (error, retry, name) in cases {
+            assert_eq!(error.retry(), retry, "{error}");
+            assert_eq!(error.name(), name, "{error}");
+            assert_eq!(error.needs_reopen(), name == "io", "{error}");
+        }
     }
 
     /// A store in `dir` that is opened again until the previous writer let go of the file.

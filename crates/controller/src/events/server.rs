@@ -20,6 +20,7 @@ use crate::events::budget::{self, BodyBudget, BodyError};
 use crate::events::forward::Forwarder;
 use crate::events::listener::plain;
 use crate::events::ratelimit::{Limiter, event_key, rfc1123_utc};
+use crate::events::refusal::Refusal;
 use crate::route::{self, RouteSettings, Routed};
 
 /// Flux's `ReadTimeout`: the whole request, body included.
@@ -187,11 +188,11 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
     let records =
         deliveries_for(&state, &catalog, &event, labels.as_ref(), Origin::Api).unwrap_or_default();
     let object = event.object_ref();
-    let refuse = |why: &str| {
+    let refuse = |why: Refusal| {
         // Give the token back: the sender will retry (Flux's recorder retries 5xx) and that
         // retry must not be taken for a duplicate.
         state.limiter.refund(&key);
-        tracing::warn!(object = %object, "{why}: asking the sender to retry");
+        tracing::warn!(object = %object, kind = why.name(), "{why}: asking the sender to retry");
         let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
@@ -226,7 +227,7 @@ async fn store_accepted(
     state: &EventState,
     records: Vec<crate::delivery::store::Pending>,
     incoming: Option<Incoming>,
-) -> Result<(), &'static str> {
+) -> Result<(), Refusal> {
     let (Some(forwarder), Some(incoming)) = (&state.forwarder, incoming) else {
         return match records.is_empty() {
             true => Ok(()),
@@ -235,7 +236,7 @@ async fn store_accepted(
     };
     // Refused deliveries must not leave a forward behind (the sender's retry brings it again).
     if !records.is_empty() && state.outbox.pending_len() + records.len() > state.max_pending {
-        return Err("too many pending deliveries (--max-pending)");
+        return Err(Refusal::MaxPending);
     }
     let forwarded = forwarder
         .accept(
@@ -244,15 +245,7 @@ async fn store_accepted(
             incoming.body,
             incoming.content_type.as_deref(),
         )
-        .map_err(|e| match e {
-            crate::events::forward::Refused::Full => {
-                "too many events waiting to be forwarded (--max-pending-forwards)"
-            }
-            crate::events::forward::Refused::FullBytes => {
-                "the events waiting to be forwarded use their byte budget (--max-pending-forward-bytes)"
-            }
-            crate::events::forward::Refused::Store(_) => "the forwarding store is unavailable",
-        })?;
+        .map_err(Refusal::from)?;
     let delivered = async {
         match records.is_empty() {
             true => Ok(()),
@@ -264,8 +257,8 @@ async fn store_accepted(
             .await
             .unwrap_or(Err(crate::delivery::store::StoreError::Closed))
             .map_err(|e| {
-                tracing::error!(error = %e, "cannot store the event for forwarding");
-                "the forwarding store is unavailable"
+                tracing::error!(error = %e, kind = e.name(), "cannot store the event for forwarding");
+                Refusal::ForwardStore(e)
             })
     };
     let (delivered, forwarded) = tokio::join!(delivered, forwarded);
@@ -349,9 +342,9 @@ pub fn deliveries_for(
 pub async fn store(
     state: &EventState,
     records: Vec<crate::delivery::store::Pending>,
-) -> Result<(), &'static str> {
+) -> Result<(), Refusal> {
     if state.outbox.pending_len() + records.len() > state.max_pending {
-        return Err("too many pending deliveries (--max-pending)");
+        return Err(Refusal::MaxPending);
     }
     let mut per_provider = std::collections::BTreeMap::<&str, usize>::new();
     for r in &records {
@@ -361,13 +354,13 @@ pub async fn store(
         .iter()
         .any(|(p, n)| state.outbox.pending_for(p) + n > state.max_pending_per_provider)
     {
-        return Err("too many pending deliveries for one Provider (--max-pending-per-provider)");
+        return Err(Refusal::MaxPendingPerProvider);
     }
     // Only once the deliveries are durable are they scheduled (and may the sender forget the
     // event).
     let entries = state.outbox.accept(records).await.map_err(|e| {
         tracing::error!(error = %e, kind = e.name(), "cannot store deliveries");
-        "the delivery store is unavailable"
+        Refusal::Store(e)
     })?;
     state.scheduler.accepted(entries);
     Ok(())

@@ -420,7 +420,7 @@ async fn heal(shared: &Shared, o: &ObjectState) {
         }
         // The next resync tries again.
         Err(why) => {
-            tracing::warn!(object = %event.object_ref(), "cannot heal from the object's state: {why}")
+            tracing::warn!(object = %event.object_ref(), kind = why.name(), "cannot heal from the object's state: {why}")
         }
     }
 }
