@@ -80,8 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         command: _,
         read_before_write,
     } = args;
-    let forward_targets =
-        crate::events::forward::parse_targets(&forward_events_to).map_err(anyhow::Error::msg)?;
+    let forward_targets = crate::events::forward::parse_targets(&forward_events_to)?;
     let gates = crate::ops::goflags::FeatureGates::resolve(
         &feature_gates.into_iter().map(|g| g.0).collect::<Vec<_>>(),
     )
@@ -258,12 +257,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         tracing::info!(targets = ?forward_targets, "forwarding accepted events");
         let (forwarder, run) = crate::events::forward::Forwarder::start(
-            outbox.database()?,
+            outbox.clone(),
             crate::events::forward::Settings {
                 targets: forward_targets,
-                min_retry_delay,
-                max_retry_delay,
-                max_age: delivery_max_age,
+                policy: crate::delivery::policy::Policy {
+                    min_retry_delay,
+                    max_retry_delay,
+                    max_age: delivery_max_age,
+                },
+                clock: crate::delivery::scheduler::Clock::system(),
                 max_in_flight_per_target: max_in_flight_per_host,
                 max_events: max_pending_forwards,
                 max_bytes: max_pending_forward_bytes as u64,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{EventReceiver, ForgeKind, Received, StubForge, StubOptions};
 
 /// Unmounts the tmpfs when the test ends, passed or not.
 struct Mount(PathBuf);
@@ -211,4 +211,155 @@ async fn a_full_disk_refuses_honestly_and_the_store_heals_when_space_is_freed() 
         assert_eq!(states, ["success"], "{sha}");
     }
     assert!(stub.violations().is_empty(), "{:?}", stub.violations());
+}
+
+/// Forwarded events live in the same store: with `--forward-events-to` set, the store still
+/// re-opens after the disk fault, and every event that got 202 is forwarded (and its forward
+/// recorded as finished) once space is freed.
+#[tokio::test]
+async fn with_forwarding_the_store_heals_too_and_every_accepted_event_is_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let Some(_mount) = Mount::tmpfs(&data, "8m") else {
+        return;
+    };
+    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let receiver = EventReceiver::start().await;
+    let manifests = github_manifests(dir.path(), &stub);
+    let data_flag = format!("--data-dir={}", data.display());
+    let target = format!("--forward-events-to={}", receiver.url());
+    let c = Controller::start(
+        &manifests,
+        &[
+            &data_flag,
+            &target,
+            "--min-retry-delay=100ms",
+            "--max-retry-delay=500ms",
+        ],
+        &[],
+    )
+    .await;
+
+    let mut sent = Sent::default();
+    for _ in 0..5 {
+        assert_eq!(sent.post(&c).await, 202);
+    }
+    let filler = data.join("filler");
+    fill(&filler);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    while refused < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "a full disk never made the store refuse; logs:\n{}",
+            c.logs()
+        );
+        if sent.post(&c).await == 503 {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        ready(&c).await,
+        503,
+        "not ready while the store cannot write"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    while sent.post(&c).await != 202 {
+        assert!(
+            freed.elapsed() < Duration::from_secs(20),
+            "events still refused {:?} after space was freed; logs:\n{}",
+            freed.elapsed(),
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready(&c).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready again; logs:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(sent.post(&c).await, 202);
+    }
+    let logs = c.logs();
+    assert!(
+        logs.contains("delivery store closed after an I/O error"),
+        "{logs}"
+    );
+    assert!(logs.contains("delivery store re-opened"), "{logs}");
+
+    // Every event that got 202 reaches the receiver, and its forward is recorded as finished.
+    let forwarded = |received: &[Received], sha: &str| {
+        received.iter().any(|r| {
+            (200..300).contains(&r.answered) && String::from_utf8_lossy(&r.body).contains(sha)
+        })
+    };
+    let all = receiver
+        .wait_for(Duration::from_secs(60), |r| {
+            sent.accepted.iter().all(|sha| forwarded(r, sha))
+        })
+        .await;
+    let received = receiver.received();
+    let missing: Vec<&String> = sent
+        .accepted
+        .iter()
+        .filter(|sha| !forwarded(&received, sha))
+        .collect();
+    assert!(
+        all,
+        "{} of {} accepted events never reached the receiver: {missing:?}\n{}",
+        missing.len(),
+        sent.accepted.len(),
+        c.logs()
+    );
+    let listing = |query: &'static str| {
+        let url = format!(
+            "{}/api/v1/deliveries?type=forward&limit=1000{query}",
+            c.pages_url
+        );
+        async move {
+            let list: Vec<serde_json::Value> =
+                reqwest::get(url).await.unwrap().json().await.unwrap();
+            list
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listing("&pending=true").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "forwards still pending after the receiver got them: {:?}\n{}",
+            listing("&pending=true").await,
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = listing("").await;
+    for sha in &sent.accepted {
+        let n = received
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains(sha.as_str()))
+            .count();
+        assert!(n >= 1, "{sha}");
+    }
+    assert!(
+        history.len() >= sent.accepted.len() && history.iter().all(|h| h["outcome"] == "forwarded"),
+        "{history:?}"
+    );
+    // And the statuses land too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent
+        .accepted
+        .iter()
+        .any(|sha| stub.statuses("o/r", sha).is_empty())
+    {
+        assert!(Instant::now() < deadline, "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

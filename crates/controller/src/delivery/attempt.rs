@@ -86,6 +86,8 @@ impl End {
 }
 
 impl Attempter for Deliverer {
+    type Entry = Entry;
+
     fn budget(&self, entry: &Entry) -> Option<Budget> {
         self.target(entry).ok().map(|t| t.budget)
     }

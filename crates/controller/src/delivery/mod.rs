@@ -173,17 +173,6 @@ pub enum Skip {
     SupersededProgressing,
 }
 
-/// Exponential backoff with jitter for anything else retried with `--min-retry-delay` and
-/// `--max-retry-delay` (forwarded events), by the same rule as deliveries.
-pub(crate) fn backoff_delay(min: Duration, max: Duration, attempts: u32) -> Duration {
-    let policy = Policy {
-        min_retry_delay: min,
-        max_retry_delay: max,
-        max_age: Duration::MAX,
-    };
-    policy.backoff(attempts, rand::Rng::random::<f64>(&mut rand::rng()))
-}
-
 /// Starts delivery with what the store held at start-up. The returned future ends after
 /// `shutdown`, once in-flight attempts finished or `grace` passed.
 pub fn start(

@@ -3,12 +3,13 @@
 //! [`Attempter`]'s business, so the queue is tested with a scripted one and tokio's paused
 //! clock ([`Clock`]).
 //!
-//! Rules: one attempt at a time per status key, so states keep their order; a newer state of a
+//! Rules: one attempt at a time per key, so states keep their order; a newer state of a status
 //! key replaces the queued older one (coalescing) and is sent as soon as the running attempt
-//! ends; a delivery whose credential's budget is spent waits for the reset (never past its
-//! deadline, where its next attempt expires it).
+//! ends, while forwarded events ([`Scheduled::COALESCE`] false) of one key are each sent, in
+//! sequence order; a delivery whose credential's budget is spent waits for the reset (never
+//! past its deadline, where its next attempt expires it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,40 @@ impl Clock {
 /// admitted, or told when to come back, just before they send).
 pub use crate::delivery::pacing::Pacer as Budgets;
 
+/// What the queue keeps of a pending item: its key, its sequence number and when it may go.
+pub trait Scheduled: Clone + Send + Sync + 'static {
+    /// Whether a newer entry of a key replaces a queued older one (a commit status: only its
+    /// newest state matters), or each is attempted in turn, in sequence order (a forwarded
+    /// event: every one is sent).
+    const COALESCE: bool;
+    /// One attempt at a time per key.
+    fn key(&self) -> &Arc<str>;
+    fn seq(&self) -> u64;
+    fn accepted_ms(&self) -> i64;
+    fn not_before_ms(&self) -> i64;
+    fn set_not_before_ms(&mut self, at: i64);
+}
+
+impl Scheduled for Entry {
+    const COALESCE: bool = true;
+
+    fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn accepted_ms(&self) -> i64 {
+        self.accepted_ms
+    }
+    fn not_before_ms(&self) -> i64 {
+        self.not_before_ms
+    }
+    fn set_not_before_ms(&mut self, at: i64) {
+        self.not_before_ms = at;
+    }
+}
+
 /// What the queue does with a key after an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
@@ -85,48 +120,72 @@ impl Next {
     }
 }
 
-/// Attempts deliveries for the queue.
+/// Attempts what the queue holds (deliveries, forwarded events).
 pub trait Attempter: Send + Sync + 'static {
-    /// The budget a delivery would spend, when it can be told without I/O (from the current
-    /// configuration); `None` if not (the attempt then finds out).
-    fn budget(&self, entry: &Entry) -> Option<Budget>;
+    type Entry: Scheduled;
+
+    /// The budget an attempt would spend, when it can be told without I/O (from the current
+    /// configuration); `None` if not (the attempt then finds out), or if there is none.
+    fn budget(&self, entry: &Self::Entry) -> Option<Budget>;
 
     /// One attempt; says what to do with the key next.
-    fn attempt(self: Arc<Self>, entry: Entry, budgets: Arc<Budgets>) -> BoxFuture<'static, Next>;
+    fn attempt(
+        self: Arc<Self>,
+        entry: Self::Entry,
+        budgets: Arc<Budgets>,
+    ) -> BoxFuture<'static, Next>;
 }
 
-enum Msg {
-    Accepted(Vec<Entry>),
+enum Msg<E> {
+    Accepted(Vec<E>),
     Ended { key: Arc<str>, seq: u64, next: Next },
 }
 
-/// Hands stored deliveries to the queue.
-#[derive(Clone)]
-pub struct Scheduler {
-    tx: mpsc::UnboundedSender<Msg>,
+/// Hands stored entries to the queue.
+pub struct Scheduler<E = Entry> {
+    tx: mpsc::UnboundedSender<Msg<E>>,
 }
 
-impl Scheduler {
-    /// Deliveries whose commit succeeded (only those: a delivery the store does not hold is
-    /// never attempted).
-    pub fn accepted(&self, entries: Vec<Entry>) {
+impl<E> Clone for Scheduler<E> {
+    fn clone(&self) -> Self {
+        Scheduler {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<E: Scheduled> Scheduler<E> {
+    /// Entries whose commit succeeded (only those: what the store does not hold is never
+    /// attempted).
+    pub fn accepted(&self, entries: Vec<E>) {
         if !entries.is_empty() {
             let _ = self.tx.send(Msg::Accepted(entries));
         }
     }
 }
 
-/// The latest entry per key, due times, and keys with an attempt running.
-#[derive(Default)]
-struct Queue {
-    latest: HashMap<Arc<str>, Entry>,
+/// Per key the entries waiting (the latest one only, if they coalesce; the first one is the
+/// one running, if any), due times, and keys with an attempt running.
+struct Queue<E> {
+    lanes: HashMap<Arc<str>, VecDeque<E>>,
     due: BTreeSet<(i64, Arc<str>)>,
     due_at: HashMap<Arc<str>, i64>,
     /// Key → the sequence number its running attempt started from.
     running: HashMap<Arc<str>, u64>,
 }
 
-impl Queue {
+impl<E> Default for Queue<E> {
+    fn default() -> Self {
+        Queue {
+            lanes: HashMap::new(),
+            due: BTreeSet::new(),
+            due_at: HashMap::new(),
+            running: HashMap::new(),
+        }
+    }
+}
+
+impl<E: Scheduled> Queue<E> {
     fn schedule(&mut self, key: Arc<str>, at: i64) {
         if let Some(old) = self.due_at.insert(key.clone(), at) {
             self.due.remove(&(old, key.clone()));
@@ -134,17 +193,32 @@ impl Queue {
         self.due.insert((at, key));
     }
 
-    fn accept(&mut self, entry: Entry) {
-        if self
-            .latest
-            .get(&entry.key)
-            .is_some_and(|l| l.seq >= entry.seq)
-        {
+    fn accept(&mut self, entry: E) {
+        let (key, at) = (entry.key().clone(), entry.not_before_ms());
+        let running = self.running.contains_key(&key);
+        let lane = self.lanes.entry(key.clone()).or_default();
+        if E::COALESCE {
+            if lane.back().is_some_and(|l| l.seq() >= entry.seq()) {
+                return;
+            }
+            lane.clear();
+            lane.push_back(entry);
+            if !running {
+                self.schedule(key, at);
+            }
             return;
         }
-        let (key, at) = (entry.key.clone(), entry.not_before_ms);
-        self.latest.insert(key.clone(), entry);
-        if !self.running.contains_key(&key) {
+        if lane.iter().any(|l| l.seq() == entry.seq()) {
+            return;
+        }
+        // In sequence order, but never before the one running.
+        let after = lane
+            .iter()
+            .rposition(|l| l.seq() < entry.seq())
+            .map_or(0, |i| i + 1)
+            .max(usize::from(running));
+        lane.insert(after, entry);
+        if !running && after == 0 {
             self.schedule(key, at);
         }
     }
@@ -152,22 +226,31 @@ impl Queue {
     /// An attempt ended; `at`: when to look at the key again, `None` when it is finished.
     fn ended(&mut self, key: Arc<str>, seq: u64, at: Option<i64>, now: i64) {
         self.running.remove(&key);
-        let newer = self.latest.get(&key).is_some_and(|l| l.seq != seq);
-        match at {
-            // A newer state arrived meanwhile: send it now.
-            _ if newer => self.schedule(key, now),
-            Some(at) => self.schedule(key, at),
-            None => {
-                self.latest.remove(&key);
-            }
+        let Some(lane) = self.lanes.get_mut(&key) else {
+            return;
+        };
+        if at.is_none() {
+            lane.retain(|l| l.seq() != seq);
         }
+        let Some(head) = lane.front() else {
+            self.lanes.remove(&key);
+            return;
+        };
+        let at = match at {
+            Some(at) if head.seq() == seq => at,
+            // A newer state arrived meanwhile: send it now.
+            _ if E::COALESCE => now,
+            // The next one of the key, at its own time.
+            _ => head.not_before_ms(),
+        };
+        self.schedule(key, at);
     }
 
     fn next_due(&self) -> Option<i64> {
         self.due.first().map(|(at, _)| *at)
     }
 
-    fn pop_due(&mut self, now: i64) -> Option<Entry> {
+    fn pop_due(&mut self, now: i64) -> Option<E> {
         loop {
             let (at, key) = self.due.first().cloned()?;
             if at > now {
@@ -175,7 +258,7 @@ impl Queue {
             }
             self.due.remove(&(at, key.clone()));
             self.due_at.remove(&key);
-            if let Some(entry) = self.latest.get(&key) {
+            if let Some(entry) = self.lanes.get(&key).and_then(|l| l.front()) {
                 return Some(entry.clone());
             }
         }
@@ -188,10 +271,10 @@ pub fn start<A: Attempter>(
     attempter: Arc<A>,
     clock: Clock,
     policy: Policy,
-    initial: Vec<Entry>,
+    initial: Vec<A::Entry>,
     shutdown: CancellationToken,
     grace: Duration,
-) -> (Scheduler, impl std::future::Future<Output = ()>) {
+) -> (Scheduler<A::Entry>, impl std::future::Future<Output = ()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let scheduler = Scheduler { tx: tx.clone() };
     // A restart is a natural moment to try again: what waited for a long backoff before the
@@ -200,7 +283,7 @@ pub fn start<A: Attempter>(
     let initial = initial
         .into_iter()
         .map(|mut e| {
-            e.not_before_ms = e.not_before_ms.min(soon);
+            e.set_not_before_ms(e.not_before_ms().min(soon));
             e
         })
         .collect();
@@ -213,12 +296,12 @@ async fn run<A: Attempter>(
     attempter: Arc<A>,
     clock: Clock,
     policy: Policy,
-    tx: mpsc::UnboundedSender<Msg>,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg<A::Entry>>,
+    mut rx: mpsc::UnboundedReceiver<Msg<A::Entry>>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let mut queue = Queue::default();
+    let mut queue = Queue::<A::Entry>::default();
     let budgets = Arc::new(Budgets::default());
     let mut tasks = JoinSet::new();
     loop {
@@ -243,19 +326,19 @@ async fn run<A: Attempter>(
             () = clock.sleep_until(next.unwrap_or_default()), if next.is_some() => {
                 let now = clock.now_ms();
                 while let Some(entry) = queue.pop_due(now) {
-                    let held = (!policy.expired(entry.accepted_ms, now))
+                    let held = (!policy.expired(entry.accepted_ms(), now))
                         .then(|| attempter.budget(&entry))
                         .flatten()
                         .and_then(|b| budgets.blocked_until(&b, now));
                     if let Some(until) = held {
-                        let at = until.min(policy.deadline(entry.accepted_ms) + 1);
-                        queue.schedule(entry.key.clone(), at);
+                        let at = until.min(policy.deadline(entry.accepted_ms()) + 1);
+                        queue.schedule(entry.key().clone(), at);
                         continue;
                     }
-                    queue.running.insert(entry.key.clone(), entry.seq);
+                    queue.running.insert(entry.key().clone(), entry.seq());
                     let (attempter, budgets, tx) = (attempter.clone(), budgets.clone(), tx.clone());
                     tasks.spawn(async move {
-                        let (key, seq) = (entry.key.clone(), entry.seq);
+                        let (key, seq) = (entry.key().clone(), entry.seq());
                         let next = attempter.attempt(entry, budgets).await;
                         let _ = tx.send(Msg::Ended { key, seq, next });
                     });
@@ -334,6 +417,8 @@ mod tests {
     }
 
     impl Attempter for Scripted {
+        type Entry = Entry;
+
         fn budget(&self, _: &Entry) -> Option<Budget> {
             self.budget.clone()
         }
@@ -564,6 +649,194 @@ mod tests {
         assert_near(sent[0].2, S);
         stop.cancel();
         run.await.unwrap();
+    }
+
+    /// An entry that does not coalesce, as a forwarded event's.
+    #[derive(Clone, Debug)]
+    struct Event {
+        key: Arc<str>,
+        seq: u64,
+        accepted_ms: i64,
+        not_before_ms: i64,
+    }
+
+    impl Scheduled for Event {
+        const COALESCE: bool = false;
+        fn key(&self) -> &Arc<str> {
+            &self.key
+        }
+        fn seq(&self) -> u64 {
+            self.seq
+        }
+        fn accepted_ms(&self) -> i64 {
+            self.accepted_ms
+        }
+        fn not_before_ms(&self) -> i64 {
+            self.not_before_ms
+        }
+        fn set_not_before_ms(&mut self, at: i64) {
+            self.not_before_ms = at;
+        }
+    }
+
+    fn event(key: &str, seq: u64) -> Event {
+        Event {
+            key: key.into(),
+            seq,
+            accepted_ms: T0,
+            not_before_ms: T0,
+        }
+    }
+
+    /// A receiver that takes 100 ms per request and fails the sequence numbers in `failing`
+    /// (transiently) as many times as they are listed; everything else is received.
+    struct Receiver {
+        clock: Clock,
+        failing: Mutex<Vec<u64>>,
+        attempts: Mutex<HashMap<u64, u32>>,
+        /// (key, seq, start and end since T0) of every request.
+        sent: Mutex<Vec<(String, u64, i64, i64)>>,
+    }
+
+    impl Receiver {
+        fn new(clock: Clock, failing: Vec<u64>) -> Arc<Receiver> {
+            Arc::new(Receiver {
+                clock,
+                failing: Mutex::new(failing),
+                attempts: Mutex::default(),
+                sent: Mutex::default(),
+            })
+        }
+
+        fn seqs(&self, key: &str) -> Vec<u64> {
+            let sent = self.sent.lock().unwrap();
+            sent.iter()
+                .filter(|(k, ..)| k == key)
+                .map(|(_, s, ..)| *s)
+                .collect()
+        }
+    }
+
+    impl Attempter for Receiver {
+        type Entry = Event;
+
+        fn budget(&self, _: &Event) -> Option<Budget> {
+            None
+        }
+
+        fn attempt(self: Arc<Self>, entry: Event, _: Arc<Budgets>) -> BoxFuture<'static, Next> {
+            Box::pin(async move {
+                let start = self.clock.now_ms() - T0;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = self.clock.now_ms();
+                self.sent
+                    .lock()
+                    .unwrap()
+                    .push((entry.key.to_string(), entry.seq, start, now - T0));
+                let attempts = {
+                    let mut a = self.attempts.lock().unwrap();
+                    let n = a.entry(entry.seq).or_default();
+                    *n += 1;
+                    *n
+                };
+                let mut failing = self.failing.lock().unwrap();
+                let answer = match failing.iter().position(|s| *s == entry.seq) {
+                    Some(i) => {
+                        failing.remove(i);
+                        transient()
+                    }
+                    None => Answer::Landed(notify::Outcome::Posted),
+                };
+                let decision = policy().decide(answer, attempts, entry.accepted_ms, now, 1.0);
+                Next::from_decision(decision, None)
+            })
+        }
+    }
+
+    fn start_receiver(
+        receiver: &Arc<Receiver>,
+        initial: Vec<Event>,
+    ) -> (Scheduler<Event>, CancellationToken) {
+        let shutdown = CancellationToken::new();
+        let (scheduler, run) = start(
+            receiver.clone(),
+            receiver.clock,
+            policy(),
+            initial,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        );
+        tokio::spawn(run);
+        (scheduler, shutdown)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_of_one_key_are_each_sent_one_at_a_time_in_order_keys_in_parallel() {
+        let receiver = Receiver::new(Clock::tokio_at(T0), Vec::new());
+        let (scheduler, _stop) = start_receiver(&receiver, Vec::new());
+        scheduler.accepted(vec![event("a", 1), event("a", 2), event("b", 3)]);
+        scheduler.accepted(vec![event("a", 4), event("b", 5)]);
+        run_for(5).await;
+        // Nothing coalesces: every event is sent, in order.
+        assert_eq!(receiver.seqs("a"), [1, 2, 4]);
+        assert_eq!(receiver.seqs("b"), [3, 5]);
+        let sent = receiver.sent.lock().unwrap().clone();
+        for key in ["a", "b"] {
+            let mine: Vec<_> = sent.iter().filter(|(k, ..)| k == key).collect();
+            for pair in mine.windows(2) {
+                assert!(
+                    pair[1].2 >= pair[0].3,
+                    "overlapping requests of {key}: {sent:?}"
+                );
+            }
+        }
+        // The keys went side by side: b's first went with a's first.
+        assert_near(sent.iter().find(|s| s.1 == 3).unwrap().2, 0);
+        assert_near(sent.iter().find(|s| s.1 == 4).unwrap().2, 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_event_holds_the_later_ones_of_its_key_only() {
+        let receiver = Receiver::new(Clock::tokio_at(T0), vec![1, 1]);
+        let (scheduler, _stop) = start_receiver(&receiver, Vec::new());
+        scheduler.accepted(vec![event("a", 1), event("a", 2), event("b", 3)]);
+        run_for(30).await;
+        assert_eq!(receiver.seqs("a"), [1, 1, 1, 2]);
+        let sent = receiver.sent.lock().unwrap().clone();
+        let starts: Vec<i64> = sent.iter().filter(|s| s.0 == "a").map(|s| s.2).collect();
+        // The policy's backoff (2 s, 4 s at jitter 1) after each 100 ms answer; 2 only after 1.
+        for (got, want) in starts.iter().zip([0, 2100, 6200, 6300]) {
+            assert_near(*got, want);
+        }
+        assert_near(sent.iter().find(|s| s.1 == 3).unwrap().2, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_committed_out_of_order_are_sent_in_sequence_order() {
+        let receiver = Receiver::new(Clock::tokio_at(T0), Vec::new());
+        let (scheduler, _stop) = start_receiver(&receiver, Vec::new());
+        scheduler.accepted(vec![event("a", 2)]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // 2 is at the receiver; 5 and 3 arrive, then 4 and 2 again (already queued).
+        scheduler.accepted(vec![event("a", 5), event("a", 3)]);
+        scheduler.accepted(vec![event("a", 4), event("a", 2)]);
+        run_for(5).await;
+        assert_eq!(receiver.seqs("a"), [2, 3, 4, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_restart_events_resume_in_order() {
+        let receiver = Receiver::new(Clock::tokio_at(T0), Vec::new());
+        let waiting = |seq| Event {
+            not_before_ms: T0 + 3000 * S,
+            ..event("a", seq)
+        };
+        let (_scheduler, stop) = start_receiver(&receiver, vec![waiting(7), waiting(8)]);
+        run_for(5).await;
+        assert_eq!(receiver.seqs("a"), [7, 8]);
+        let first = receiver.sent.lock().unwrap()[0].2;
+        assert_near(first, S);
+        stop.cancel();
     }
 
     #[test]

@@ -22,8 +22,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+mod forwards;
+
 pub use crate::delivery::record::{
     Attempt, Entry, Outcome, Pending, Verdict, now_ms, rfc3339, status_key,
+};
+pub use forwards::{
+    Forward, ForwardCounts, ForwardEntry, ForwardFilter, ForwardLog, ForwardOutcome,
+    ForwardVerdict, PendingForward,
 };
 
 /// Where [`Outbox::final_posted`] is remembered: a key of the posted table no status key can
@@ -160,10 +166,9 @@ enum Op {
     Flush(oneshot::Sender<()>),
     /// Keep a read's validator (issue 12): provider UID and the validator.
     Validate(String, notify::Validator),
+    /// A write to the forwarded events' tables (`--forward-events-to`).
+    Forward(forwards::ForwardOp, Reply<Vec<ForwardEntry>>),
 }
-
-/// Answers once accepted records are durable (the forwarded events' writer, issue 13).
-pub type Committed = oneshot::Receiver<Result<(), StoreError>>;
 
 /// Called with every store error, for the error counter.
 pub type OnError = Arc<dyn Fn(&StoreError) + Send + Sync>;
@@ -200,6 +205,12 @@ struct State {
     writable: AtomicBool,
     /// Transactions committed so far.
     commits: AtomicU64,
+    /// Next forwarded event id; persisted by the writer.
+    forward_event: AtomicU64,
+    /// What is stored for forwarding, as of the last successful commit.
+    forwards: Mutex<forwards::Counts>,
+    /// Re-opens so far: a commit that failed at the disk may still be found on it then.
+    reopened: tokio::sync::watch::Sender<u64>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -236,6 +247,9 @@ impl Outbox {
             pending: Mutex::new(loaded.pending),
             writable: AtomicBool::new(true),
             commits: AtomicU64::new(0),
+            forward_event: AtomicU64::new(loaded.forwards.next_event),
+            forwards: Mutex::new(loaded.forwards.counts),
+            reopened: tokio::sync::watch::Sender::new(0),
         });
         let writer = Writer {
             state: state.clone(),
@@ -243,6 +257,7 @@ impl Outbox {
             reopenable,
             db: Some(db),
             history: loaded.history,
+            forward_history: loaded.forwards.last_history,
             on_error,
         };
         std::thread::Builder::new()
@@ -297,6 +312,13 @@ impl Outbox {
         }
     }
 
+    /// Changes at every re-open after an I/O error. A commit whose error came from the disk
+    /// may have reached it all the same (its callers were told it failed); what the store
+    /// holds is then worth reading again.
+    pub fn reopened(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.reopened.subscribe()
+    }
+
     /// Whether the store can write: false from a failed write until one succeeds again.
     pub fn writable(&self) -> bool {
         self.state.writable.load(Ordering::Acquire)
@@ -330,12 +352,6 @@ impl Outbox {
             }
         }
         Ok(oldest)
-    }
-
-    /// The database, for other tables kept beside the deliveries (forwarded events). Whoever
-    /// keeps it keeps the store from re-opening after an I/O error.
-    pub fn database(&self) -> Result<Arc<Database>, StoreError> {
-        self.db()
     }
 
     /// Deliveries accepted and not yet finished.
@@ -697,6 +713,7 @@ struct Loaded {
     /// Outcomes per provider in the history.
     history: HashMap<String, u64>,
     next_id: u64,
+    forwards: forwards::Loaded,
 }
 
 fn init(db: &Database) -> Result<Loaded, StoreError> {
@@ -704,7 +721,7 @@ fn init(db: &Database) -> Result<Loaded, StoreError> {
     let mut entries = Vec::new();
     let mut pending = PendingCounts::default();
     let mut history: HashMap<String, u64> = HashMap::new();
-    let next_id;
+    let (next_id, forwards_loaded);
     {
         let table = txn.open_table(PENDING).map_err(storage)?;
         for entry in table.iter().map_err(storage)? {
@@ -751,6 +768,7 @@ fn init(db: &Database) -> Result<Loaded, StoreError> {
             }
         }
         let meta = txn.open_table(META).map_err(storage)?;
+        forwards_loaded = forwards::init(&txn)?;
         next_id = meta
             .get("seq")
             .map_err(storage)?
@@ -765,6 +783,7 @@ fn init(db: &Database) -> Result<Loaded, StoreError> {
         pending,
         history,
         next_id,
+        forwards: forwards_loaded,
     })
 }
 
@@ -777,6 +796,8 @@ struct Writer {
     db: Option<Arc<Database>>,
     /// Outcomes per provider in the history, as of the last commit.
     history: HashMap<String, u64>,
+    /// The last forward outcome's id, as of the last commit.
+    forward_history: u64,
     on_error: OnError,
 }
 
@@ -788,6 +809,8 @@ struct Applied {
     flushes: Vec<oneshot::Sender<()>>,
     pending: HashMap<String, isize>,
     history: HashMap<String, i64>,
+    forwarded: Vec<(Reply<Vec<ForwardEntry>>, Vec<ForwardEntry>)>,
+    forwards: forwards::Changes,
 }
 
 impl Applied {
@@ -865,9 +888,11 @@ impl Writer {
             return Err(StoreError::Unavailable);
         };
         let durable = batch.is_empty()
-            || batch
-                .iter()
-                .any(|op| matches!(op, Op::Accept(..) | Op::Flush(_)));
+            || batch.iter().any(|op| match op {
+                Op::Accept(..) | Op::Flush(_) => true,
+                Op::Forward(op, _) => op.durable(),
+                Op::Finish(..) | Op::Validate(..) => false,
+            });
         let result = self
             .write(&db, batch, durable, &mut applied)
             .and_then(|txn| txn.commit().map_err(storage));
@@ -887,6 +912,17 @@ impl Writer {
                     let n = self.history.entry(provider).or_default();
                     *n = (*n as i64 + delta).max(0) as u64;
                 }
+                self.state
+                    .forwards
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply(&applied.forwards);
+                if let Some(id) = applied.forwards.last_history() {
+                    self.forward_history = id;
+                }
+                for (reply, entries) in applied.forwarded {
+                    let _ = reply.send(Ok(entries));
+                }
                 for (reply, entries) in applied.accepted {
                     let _ = reply.send(Ok(entries));
                 }
@@ -905,6 +941,9 @@ impl Writer {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for reply in applied.finished {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (reply, _) in applied.forwarded {
                     let _ = reply.send(Err(e.clone()));
                 }
                 for f in applied.flushes {
@@ -957,6 +996,8 @@ impl Writer {
                 by_delivery: txn.open_table(HISTORY_BY_DELIVERY).map_err(storage)?,
                 by_seq: txn.open_table(PENDING_BY_SEQ).map_err(storage)?,
             };
+            // Opened at the first forward of the batch: without forwarding they stay unread.
+            let mut forward_tables: Option<forwards::Tables<'_>> = None;
             for op in ops.by_ref() {
                 match op {
                     Op::Accept(records, reply) => {
@@ -1001,11 +1042,27 @@ impl Writer {
                         }
                     }
                     Op::Flush(reply) => applied.flushes.push(reply),
+                    Op::Forward(op, reply) => {
+                        applied.forwarded.push((reply, Vec::new()));
+                        if forward_tables.is_none() {
+                            forward_tables =
+                                Some(forwards::Tables::open(&txn, self.forward_history)?);
+                        }
+                        if let Some(t) = forward_tables.as_mut() {
+                            let stored = t.apply(op, &mut applied.forwards)?;
+                            if let Some((_, entries)) = applied.forwarded.last_mut() {
+                                *entries = stored;
+                            }
+                        }
+                    }
                     Op::Validate(provider_uid, v) => {
                         crate::delivery::validators::keep(&txn, &provider_uid, &v)
                             .map_err(storage)?;
                     }
                 }
+            }
+            if let Some(t) = forward_tables {
+                t.close(&applied.forwards)?;
             }
             self.trim(&mut tables, applied)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
@@ -1111,8 +1168,18 @@ impl Writer {
         self.state.seq.fetch_max(loaded.next_id, Ordering::Relaxed);
         *self.state.pending.lock().unwrap_or_else(|p| p.into_inner()) = loaded.pending;
         self.history = loaded.history;
+        self.forward_history = loaded.forwards.last_history;
+        self.state
+            .forward_event
+            .fetch_max(loaded.forwards.next_event, Ordering::Relaxed);
+        *self
+            .state
+            .forwards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = loaded.forwards.counts;
         *self.state.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db.clone());
         self.db = Some(db);
+        self.state.reopened.send_modify(|n| *n += 1);
         Ok(())
     }
 }
@@ -1129,6 +1196,9 @@ fn answer(ops: Vec<Op>, error: &StoreError) {
             }
             Op::Flush(reply) => {
                 let _ = reply.send(());
+            }
+            Op::Forward(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
             }
             // Losing a validator costs an unconditional read later.
             Op::Validate(..) => {}

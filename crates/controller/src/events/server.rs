@@ -253,13 +253,10 @@ async fn store_accepted(
         }
     };
     let forwarded = async {
-        forwarded
-            .await
-            .unwrap_or(Err(crate::delivery::store::StoreError::Closed))
-            .map_err(|e| {
-                tracing::error!(error = %e, kind = e.name(), "cannot store the event for forwarding");
-                Refusal::ForwardStore(e)
-            })
+        forwarded.await.map_err(|e| {
+            tracing::error!(error = %e, kind = e.name(), "cannot store the event for forwarding");
+            Refusal::ForwardStore(e)
+        })
     };
     let (delivered, forwarded) = tokio::join!(delivered, forwarded);
     delivered.and(forwarded)

@@ -10,7 +10,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 use crate::delivery::store::{self, HistoryFilter, Outcome, Pending};
-use crate::events::forward::{ForwardOutcome, ListQuery, PendingForward, is_forward};
+use crate::delivery::store::{ForwardOutcome, PendingForward};
+use crate::events::forward::{ListQuery, is_forward};
 use crate::ops::cli::Output;
 
 pub async fn run(args: DeliveriesArgs) -> anyhow::Result<String> {

@@ -87,7 +87,7 @@ async fn list_deliveries(
             }
         };
         query
-            .merge(&*outbox.database()?, &filter, pending, deliveries)
+            .merge(&outbox, &filter, pending, deliveries)
             .map(serde_json::Value::Array)
     })
     .await;

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::delivery::store::{Attempt, HistoryFilter, Outbox, Outcome, Pending, Verdict, rfc3339};
-use crate::events::forward::{ForwardFilter, ForwardOutcome, PendingForward};
+use crate::delivery::store::{ForwardFilter, ForwardLog, ForwardOutcome, PendingForward};
 
 /// Rows on the index unless `?limit=` says otherwise, and the most it may ask for.
 const DEFAULT_ROWS: usize = 100;
@@ -641,18 +641,16 @@ async fn index(
         };
         let mut forwards = (Vec::new(), Vec::new());
         if with_forwards {
-            let db = &outbox.database()?;
-            let db = &**db;
             let ff = ForwardFilter {
                 limit: filter.limit,
                 outcome: Some(outcome.clone()).filter(|o| !o.is_empty()),
                 ..ForwardFilter::default()
             };
             if matches!(outcome.as_str(), "" | "pending") {
-                forwards.0 = crate::events::forward::pending(db, &ff)?;
+                forwards.0 = outbox.forward_pending(&ff)?;
             }
             if outcome != "pending" {
-                forwards.1 = crate::events::forward::history(db, &ff)?;
+                forwards.1 = outbox.forward_history(&ff)?;
             }
         }
         Ok::<_, crate::delivery::store::StoreError>((pending, history, forwards))
