@@ -94,6 +94,78 @@ async fn ready(c: &Controller) -> u16 {
         .unwrap_or(0)
 }
 
+/// Sends events while the disk in `data` fills up and after it is freed: 202s before, 503s
+/// (and not ready, and the error counted) while the store cannot write, 202s again within
+/// seconds of space being freed, without a restart. Returns what was sent.
+async fn through_a_full_disk(c: &Controller, data: &Path) -> Sent {
+    let mut sent = Sent::default();
+    for _ in 0..5 {
+        assert_eq!(sent.post(c).await, 202);
+    }
+
+    // Fill the disk, then keep sending until the store refuses.
+    let filler = data.join("filler");
+    fill(&filler);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    while refused < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "a full disk never made the store refuse; logs:\n{}",
+            c.logs()
+        );
+        if sent.post(c).await == 503 {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        ready(c).await,
+        503,
+        "not ready while the store cannot write"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"commit_status_store_errors_total{error="io"}"#),
+        "{metrics}"
+    );
+
+    // Free the space: within seconds the store writes again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    loop {
+        if sent.post(c).await == 202 {
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(20),
+            "events still refused {:?} after space was freed; logs:\n{}",
+            freed.elapsed(),
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready(c).await != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(sent.post(c).await, 202);
+    }
+    let logs = c.logs();
+    assert!(
+        logs.contains("delivery store closed after an I/O error"),
+        "{logs}"
+    );
+    assert!(logs.contains("delivery store writes again"), "{logs}");
+    sent
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_honestly_and_the_store_heals_when_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,71 +188,7 @@ async fn a_full_disk_refuses_honestly_and_the_store_heals_when_space_is_freed() 
     )
     .await;
 
-    let mut sent = Sent::default();
-    for _ in 0..5 {
-        assert_eq!(sent.post(&c).await, 202);
-    }
-
-    // Fill the disk, then keep sending until the store refuses.
-    let filler = data.join("filler");
-    fill(&filler);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut refused = 0;
-    while refused < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "a full disk never made the store refuse; logs:\n{}",
-            c.logs()
-        );
-        if sent.post(&c).await == 503 {
-            refused += 1;
-        }
-    }
-    assert_eq!(
-        ready(&c).await,
-        503,
-        "not ready while the store cannot write"
-    );
-    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains(r#"commit_status_store_errors_total{error="io"}"#),
-        "{metrics}"
-    );
-
-    // Free the space: within seconds the store writes again, without a restart.
-    std::fs::remove_file(&filler).unwrap();
-    let freed = Instant::now();
-    loop {
-        if sent.post(&c).await == 202 {
-            break;
-        }
-        assert!(
-            freed.elapsed() < Duration::from_secs(20),
-            "events still refused {:?} after space was freed; logs:\n{}",
-            freed.elapsed(),
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ready(&c).await != 200 {
-        assert!(Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for _ in 0..5 {
-        assert_eq!(sent.post(&c).await, 202);
-    }
-    let logs = c.logs();
-    assert!(
-        logs.contains("delivery store closed after an I/O error"),
-        "{logs}"
-    );
-    assert!(logs.contains("delivery store writes again"), "{logs}");
+    let sent = through_a_full_disk(&c, &data).await;
 
     // Every event that got 202 reaches the forge, in its state.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -241,59 +249,8 @@ async fn with_forwarding_the_store_heals_too_and_every_accepted_event_is_forward
     )
     .await;
 
-    let mut sent = Sent::default();
-    for _ in 0..5 {
-        assert_eq!(sent.post(&c).await, 202);
-    }
-    let filler = data.join("filler");
-    fill(&filler);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut refused = 0;
-    while refused < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "a full disk never made the store refuse; logs:\n{}",
-            c.logs()
-        );
-        if sent.post(&c).await == 503 {
-            refused += 1;
-        }
-    }
-    assert_eq!(
-        ready(&c).await,
-        503,
-        "not ready while the store cannot write"
-    );
-
-    std::fs::remove_file(&filler).unwrap();
-    let freed = Instant::now();
-    while sent.post(&c).await != 202 {
-        assert!(
-            freed.elapsed() < Duration::from_secs(20),
-            "events still refused {:?} after space was freed; logs:\n{}",
-            freed.elapsed(),
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ready(&c).await != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "never ready again; logs:\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for _ in 0..5 {
-        assert_eq!(sent.post(&c).await, 202);
-    }
-    let logs = c.logs();
-    assert!(
-        logs.contains("delivery store closed after an I/O error"),
-        "{logs}"
-    );
-    assert!(logs.contains("delivery store re-opened"), "{logs}");
+    let sent = through_a_full_disk(&c, &data).await;
+    assert!(c.logs().contains("delivery store re-opened"));
 
     // Every event that got 202 reaches the receiver, and its forward is recorded as finished.
     let forwarded = |received: &[Received], sha: &str| {
