@@ -83,10 +83,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let forward_targets = crate::events::forward::parse_targets(&forward_events_to)?;
     let gates = crate::ops::goflags::FeatureGates::resolve(
         &feature_gates.into_iter().map(|g| g.0).collect::<Vec<_>>(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    crate::ops::goflags::check_default_service_account(&gates, &default_service_account)
-        .map_err(anyhow::Error::msg)?;
+    )?;
+    crate::ops::goflags::check_default_service_account(&gates, &default_service_account)?;
     for gate in gates.on() {
         tracing::info!(gate, "feature gate enabled");
     }

@@ -33,7 +33,25 @@ pub trait LabelSource: Send + Sync {
     fn labels<'a>(
         &'a self,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>>;
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, LabelError>>;
+}
+
+/// Why an object's labels could not be read: the source's own error (the cluster's answer).
+/// The event is routed without the Alerts that need them; the next event asks again.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct LabelError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl LabelError {
+    /// Whether asking again may succeed: the object or the API server may be back.
+    pub fn retry(&self) -> bool {
+        true
+    }
+
+    /// A short, fixed name for metric labels and logs.
+    pub fn name(&self) -> &'static str {
+        "labels"
+    }
 }
 
 /// Where in Flux's pipeline a failure happened, which decides the words it is reported with.

@@ -171,7 +171,7 @@ async fn handle_event(State(state): State<EventState>, req: Request) -> Response
             match source.labels(&event).await {
                 Ok(l) => labels = Some(l),
                 Err(e) => {
-                    tracing::warn!(object = %event.object_ref(), error = %e, "cannot read the involved object's labels for matchLabels");
+                    tracing::warn!(object = %event.object_ref(), error = %e, kind = e.name(), "cannot read the involved object's labels for matchLabels");
                     for a in needing {
                         let key =
                             format!("{}/{}", a.alert.metadata.namespace, a.alert.metadata.name);

@@ -12,7 +12,7 @@ use kube::core::GroupVersionKind;
 
 use api::Event;
 
-use crate::config::hooks::LabelSource;
+use crate::config::hooks::{LabelError, LabelSource};
 
 /// How long an object's labels are reused.
 const TTL: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ impl KubeLabels {
         }
     }
 
-    async fn fetch(&self, event: &Event) -> Result<BTreeMap<String, String>, String> {
+    async fn fetch(&self, event: &Event) -> Result<BTreeMap<String, String>, LabelError> {
         let o = &event.involved_object;
         let key = (
             o.api_version.clone(),
@@ -69,9 +69,7 @@ impl KubeLabels {
                     None => ("", o.api_version.as_str()),
                 };
                 let gvk = GroupVersionKind::gvk(group, version, &o.kind);
-                let (resource, _) = kube::discovery::pinned_kind(&self.client, &gvk)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (resource, _) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
                 self.kinds
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -81,7 +79,7 @@ impl KubeLabels {
         };
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &o.namespace, &resource);
-        let meta = api.get_metadata(&o.name).await.map_err(|e| e.to_string())?;
+        let meta = api.get_metadata(&o.name).await?;
         let labels = meta.metadata.labels.unwrap_or_default();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CAP {
@@ -99,7 +97,13 @@ impl LabelSource for KubeLabels {
     fn labels<'a>(
         &'a self,
         event: &'a Event,
-    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>> {
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, LabelError>> {
         Box::pin(self.fetch(event))
+    }
+}
+
+impl From<kube::Error> for LabelError {
+    fn from(e: kube::Error) -> LabelError {
+        LabelError(Box::new(e))
     }
 }

@@ -34,7 +34,7 @@ pub const FINALIZER: &str = "finalizers.fluxcd.io";
 pub const CONTROLLER_NAME: &str = "commit-status-controller";
 
 /// Prints the CRDs of `group` (Flux's, ours, or both) as a YAML stream.
-pub fn crd_yaml(group: crate::kube::ApiGroup) -> Result<String, String> {
+pub fn crd_yaml(group: crate::kube::ApiGroup) -> Result<String, serde_saphyr::SerializeError> {
     let mut crds = Vec::new();
     if group.flux() {
         crds.extend([api::crd::alert_crd(), api::crd::provider_crd()]);
@@ -45,7 +45,7 @@ pub fn crd_yaml(group: crate::kube::ApiGroup) -> Result<String, String> {
     let mut out = String::new();
     for crd in crds {
         out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(&crd).map_err(|e| e.to_string())?);
+        out.push_str(&serde_saphyr::to_string(&crd)?);
     }
     Ok(out)
 }

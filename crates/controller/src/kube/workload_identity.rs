@@ -117,6 +117,38 @@ impl WorkloadIdentity for KubeWorkloadIdentity {
     }
 }
 
+/// Why a ServiceAccount's (or the controller's) identity cannot be had, in Flux's words. It
+/// crosses into the forge layer as text (the whole message after `failed to get token: `).
+#[derive(Debug, thiserror::Error)]
+enum IdentityError {
+    /// `reason`: the API server's message, or Flux's for a missing default ServiceAccount.
+    #[error("failed to get service account '{key}': {reason}")]
+    ServiceAccount { key: String, reason: String },
+    #[error(
+        "failed to get provider identity from service account '{key}' annotations: azure {what} is not set in the service account annotation {annotation}"
+    )]
+    Annotation {
+        key: String,
+        what: &'static str,
+        annotation: &'static str,
+    },
+    #[error("failed to create kubernetes token for service account '{key}': {reason}")]
+    Token { key: String, reason: String },
+    #[error("reading {FEDERATED_TOKEN_FILE_ENV} {file}: {source}")]
+    TokenFile {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("cannot tell which ServiceAccount the controller runs as: {0}")]
+    WhoAmI(String),
+    #[error(
+        "the controller runs as {0:?}, not as a ServiceAccount: set {CLIENT_ID_ENV}, {TENANT_ID_ENV} and {FEDERATED_TOKEN_FILE_ENV}, or give the Provider a token"
+    )]
+    NotServiceAccount(String),
+    #[error("failed to create provider access token for the controller: {0}")]
+    Controller(Box<IdentityError>),
+}
+
 /// The message of a Kubernetes API error as Go's client prints it.
 fn api_message(e: &kube::Error) -> String {
     match e {
@@ -136,25 +168,29 @@ async fn service_account_identity(
     namespace: &str,
     name: &str,
     default: bool,
-) -> Result<FederatedIdentity, String> {
+) -> Result<FederatedIdentity, IdentityError> {
     let key = format!("{namespace}/{name}");
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let sa = api.get(name).await.map_err(|e| {
-        if default && is_not_found(&e) {
-            format!("failed to get service account '{key}': {DEFAULT_SA_NOT_FOUND}")
-        } else {
-            format!("failed to get service account '{key}': {}", api_message(&e))
-        }
-    })?;
+    let sa = api
+        .get(name)
+        .await
+        .map_err(|e| IdentityError::ServiceAccount {
+            key: key.clone(),
+            reason: if default && is_not_found(&e) {
+                DEFAULT_SA_NOT_FOUND.to_owned()
+            } else {
+                api_message(&e)
+            },
+        })?;
     let annotations = sa.metadata.annotations.unwrap_or_default();
-    let annotation = |k: &str, what: &str| {
+    let annotation = |annotation: &'static str, what: &'static str| {
         annotations
-            .get(k)
+            .get(annotation)
             .map(|v| v.trim().to_owned())
-            .ok_or_else(|| {
-                format!(
-                    "failed to get provider identity from service account '{key}' annotations: azure {what} is not set in the service account annotation {k}"
-                )
+            .ok_or_else(|| IdentityError::Annotation {
+                key: key.clone(),
+                what,
+                annotation,
             })
     };
     let tenant_id = annotation(TENANT_ID_ANNOTATION, "tenant ID")?;
@@ -170,18 +206,17 @@ async fn service_account_identity(
     let answer = api
         .create_token_request(name, &PostParams::default(), &request)
         .await
-        .map_err(|e| {
-            format!(
-                "failed to create kubernetes token for service account '{key}': {}",
-                api_message(&e)
-            )
+        .map_err(|e| IdentityError::Token {
+            key: key.clone(),
+            reason: api_message(&e),
         })?;
     let token = answer
         .status
         .map(|s| s.token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            format!("failed to create kubernetes token for service account '{key}': empty token")
+        .ok_or_else(|| IdentityError::Token {
+            key: key.clone(),
+            reason: "empty token".to_owned(),
         })?;
     Ok(FederatedIdentity {
         tenant_id,
@@ -208,12 +243,11 @@ impl IdentitySource for ServiceAccountIdentity {
     }
 
     fn identity(&self) -> IdentityFuture<'_> {
-        Box::pin(service_account_identity(
-            &self.client,
-            &self.namespace,
-            &self.name,
-            self.default,
-        ))
+        Box::pin(async move {
+            service_account_identity(&self.client, &self.namespace, &self.name, self.default)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -225,16 +259,19 @@ struct ControllerIdentity {
 }
 
 impl ControllerIdentity {
-    async fn resolve(&self) -> Result<FederatedIdentity, String> {
+    async fn resolve(&self) -> Result<FederatedIdentity, IdentityError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         if let (Some(file), Some(client_id), Some(tenant_id)) = (
             env(FEDERATED_TOKEN_FILE_ENV),
             env(CLIENT_ID_ENV),
             env(TENANT_ID_ENV),
         ) {
-            let token = tokio::fs::read_to_string(&file)
-                .await
-                .map_err(|e| format!("reading {FEDERATED_TOKEN_FILE_ENV} {file}: {e}"))?;
+            let token = tokio::fs::read_to_string(&file).await.map_err(|source| {
+                IdentityError::TokenFile {
+                    file: file.clone(),
+                    source,
+                }
+            })?;
             return Ok(FederatedIdentity {
                 tenant_id,
                 client_id,
@@ -248,12 +285,7 @@ impl ControllerIdentity {
         let me = review
             .create(&PostParams::default(), &SelfSubjectReview::default())
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot tell which ServiceAccount the controller runs as: {}",
-                    api_message(&e)
-                )
-            })?;
+            .map_err(|e| IdentityError::WhoAmI(api_message(&e)))?;
         let user = me
             .status
             .and_then(|s| s.user_info)
@@ -263,9 +295,7 @@ impl ControllerIdentity {
             .strip_prefix(SA_USER_PREFIX)
             .and_then(|rest| rest.split_once(':'))
         else {
-            return Err(format!(
-                "the controller runs as {user:?}, not as a ServiceAccount: set {CLIENT_ID_ENV}, {TENANT_ID_ENV} and {FEDERATED_TOKEN_FILE_ENV}, or give the Provider a token"
-            ));
+            return Err(IdentityError::NotServiceAccount(user.clone()));
         };
         service_account_identity(&self.client, namespace, name, false).await
     }
@@ -282,9 +312,53 @@ impl IdentitySource for ControllerIdentity {
 
     fn identity(&self) -> IdentityFuture<'_> {
         Box::pin(async move {
-            self.resolve().await.map_err(|e| {
-                format!("failed to create provider access token for the controller: {e}")
-            })
+            self.resolve()
+                .await
+                .map_err(|e| IdentityError::Controller(Box::new(e)).to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_errors_keep_fluxs_words() {
+        let key = || "apps/sa".to_owned();
+        let cases = [
+            (
+                IdentityError::ServiceAccount {
+                    key: key(),
+                    reason: DEFAULT_SA_NOT_FOUND.into(),
+                },
+                format!("failed to get service account 'apps/sa': {DEFAULT_SA_NOT_FOUND}"),
+            ),
+            (
+                IdentityError::Annotation {
+                    key: key(),
+                    what: "tenant ID",
+                    annotation: TENANT_ID_ANNOTATION,
+                },
+                format!(
+                    "failed to get provider identity from service account 'apps/sa' annotations: azure tenant ID is not set in the service account annotation {TENANT_ID_ANNOTATION}"
+                ),
+            ),
+            (
+                IdentityError::Token {
+                    key: key(),
+                    reason: "empty token".into(),
+                },
+                "failed to create kubernetes token for service account 'apps/sa': empty token"
+                    .into(),
+            ),
+            (
+                IdentityError::Controller(Box::new(IdentityError::WhoAmI("forbidden".into()))),
+                "failed to create provider access token for the controller: cannot tell which ServiceAccount the controller runs as: forbidden".into(),
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
     }
 }

@@ -8,7 +8,7 @@ use clap::{CommandFactory as _, Parser};
 use crate::kube::ApiGroup;
 use crate::ops::cli::Progressing;
 use crate::ops::cli::{ExplainArgs, SendEventArgs, ValidateArgs};
-use crate::ops::goflags::{parse_feature_gates, parse_go_bool};
+use crate::ops::goflags::{FlagError, parse_feature_gates, parse_go_bool};
 use crate::ops::history::DeliveriesArgs;
 use crate::ops::telemetry::LogEncoding;
 
@@ -275,7 +275,7 @@ impl Args {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateList(pub Vec<(String, bool)>);
 
-fn parse_gate_list(s: &str) -> Result<GateList, String> {
+fn parse_gate_list(s: &str) -> Result<GateList, FlagError> {
     parse_feature_gates(s).map(GateList)
 }
 
@@ -315,8 +315,8 @@ pub struct CrdArgs {
 }
 
 /// Parses a byte count: `67108864`, `64Mi`, `512Ki`, `1Gi` (also `KiB`/`MiB`/`GiB`).
-pub fn parse_bytes(s: &str) -> Result<usize, String> {
-    let err = || format!("invalid size {s:?}: use bytes, or a number with Ki, Mi or Gi");
+pub fn parse_bytes(s: &str) -> Result<usize, FlagError> {
+    let err = || FlagError::Size(s.to_owned());
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let n: usize = s[..digits].parse().map_err(|_| err())?;
     let scale: usize = match &s[digits..] {
@@ -330,8 +330,8 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 /// Parses a Go duration (`300ms`, `1.5h`, `2h45m`, `5m`); units ns, us, µs, ms, s, m, h.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("invalid duration {s:?}: use a Go duration such as 30s, 5m or 1h");
+pub fn parse_go_duration(s: &str) -> Result<Duration, FlagError> {
+    let err = || FlagError::Duration(s.to_owned());
     if s == "0" {
         return Ok(Duration::ZERO);
     }

@@ -70,33 +70,62 @@ pub fn normalize_argv(
     out
 }
 
+/// A flag value, or a combination of flags, that cannot be used. The text is what the
+/// operator sees (after clap's `invalid value ... for '--flag'` for a single value).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FlagError {
+    #[error("invalid size {0:?}: use bytes, or a number with Ki, Mi or Gi")]
+    Size(String),
+    #[error("invalid duration {0:?}: use a Go duration such as 30s, 5m or 1h")]
+    Duration(String),
+    #[error(
+        "invalid boolean value {0:?}: use true or false (Go's 1, t, T, TRUE, True, 0, f, F, FALSE, False work too)"
+    )]
+    Bool(String),
+    /// Kubernetes' `MapStringBool` wording.
+    #[error("malformed pair, expect string=bool")]
+    GatePair,
+    #[error(
+        "invalid value of {gate}: {value}, err: strconv.ParseBool: parsing {value:?}: invalid syntax"
+    )]
+    GateValue { gate: String, value: String },
+    /// Flux's wording.
+    #[error("unable to load feature gates: feature-gate '{0}' not supported")]
+    UnknownGate(String),
+    /// Flux's `auth.ErrInconsistentObjectLevelConfiguration`.
+    #[error(
+        "invalid configuration: cannot set default service accounts when the feature gate {} is not enabled",
+        OBJECT_LEVEL_WORKLOAD_IDENTITY
+    )]
+    DefaultServiceAccountWithoutGate,
+}
+
 /// Go's `strconv.ParseBool`, which Go's (and pflag's) boolean flags use.
-pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+pub fn parse_go_bool(s: &str) -> Result<bool, FlagError> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!(
-            "invalid boolean value {s:?}: use true or false (Go's 1, t, T, TRUE, True, 0, f, F, FALSE, False work too)"
-        )),
+        _ => Err(FlagError::Bool(s.to_owned())),
     }
 }
 
 /// One `--feature-gates` value: comma-separated `Name=bool` pairs, as Kubernetes'
 /// `MapStringBool` flag parses them (with its error texts).
-pub fn parse_feature_gates(s: &str) -> Result<Vec<(String, bool)>, String> {
+pub fn parse_feature_gates(s: &str) -> Result<Vec<(String, bool)>, FlagError> {
     let mut out = Vec::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
-            return Err("malformed pair, expect string=bool".to_owned());
+            return Err(FlagError::GatePair);
         };
         let (k, v) = (k.trim(), v.trim());
         let b = match v {
             "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
             "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
             _ => {
-                return Err(format!(
-                    "invalid value of {k}: {v}, err: strconv.ParseBool: parsing {v:?}: invalid syntax"
-                ));
+                return Err(FlagError::GateValue {
+                    gate: k.to_owned(),
+                    value: v.to_owned(),
+                });
             }
         };
         out.push((k.to_owned(), b));
@@ -113,14 +142,12 @@ pub struct FeatureGates {
 impl FeatureGates {
     /// Repeated `--feature-gates` flags merge (later pairs win), as pflag's map flag does; a
     /// gate this controller does not know is refused with Flux's wording.
-    pub fn resolve(values: &[Vec<(String, bool)>]) -> Result<Self, String> {
+    pub fn resolve(values: &[Vec<(String, bool)>]) -> Result<Self, FlagError> {
         let mut gates: BTreeMap<&'static str, bool> =
             KNOWN_GATES.iter().map(|g| (*g, false)).collect();
         for (name, on) in values.iter().flatten() {
             let Some(known) = KNOWN_GATES.iter().find(|g| **g == name.as_str()) else {
-                return Err(format!(
-                    "unable to load feature gates: feature-gate '{name}' not supported"
-                ));
+                return Err(FlagError::UnknownGate(name.clone()));
             };
             gates.insert(known, *on);
         }
@@ -141,11 +168,9 @@ impl FeatureGates {
 pub fn check_default_service_account(
     gates: &FeatureGates,
     default_service_account: &str,
-) -> Result<(), String> {
+) -> Result<(), FlagError> {
     if !default_service_account.is_empty() && !gates.enabled(OBJECT_LEVEL_WORKLOAD_IDENTITY) {
-        return Err(format!(
-            "invalid configuration: cannot set default service accounts when the feature gate {OBJECT_LEVEL_WORKLOAD_IDENTITY} is not enabled"
-        ));
+        return Err(FlagError::DefaultServiceAccountWithoutGate);
     }
     Ok(())
 }
@@ -165,21 +190,20 @@ mod tests {
         assert!(!g.enabled(CACHE_SECRETS_AND_CONFIG_MAPS));
         let err = FeatureGates::resolve(&[parse_feature_gates("Nope=true").unwrap()]).unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "unable to load feature gates: feature-gate 'Nope' not supported"
         );
         assert_eq!(
-            parse_feature_gates("Foo").unwrap_err(),
+            parse_feature_gates("Foo").unwrap_err().to_string(),
             "malformed pair, expect string=bool"
         );
-        assert!(
-            parse_feature_gates("Foo=yes")
-                .unwrap_err()
-                .starts_with("invalid value of Foo: yes")
+        assert_eq!(
+            parse_feature_gates("Foo=yes").unwrap_err().to_string(),
+            "invalid value of Foo: yes, err: strconv.ParseBool: parsing \"yes\": invalid syntax"
         );
         assert!(check_default_service_account(&g, "sa").is_ok());
         let off = FeatureGates::resolve(&[]).unwrap();
-        assert!(check_default_service_account(&off, "sa").unwrap_err().contains(
+        assert!(check_default_service_account(&off, "sa").unwrap_err().to_string().contains(
             "cannot set default service accounts when the feature gate ObjectLevelWorkloadIdentity is not enabled"
         ));
     }
