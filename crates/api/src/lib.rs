@@ -4,6 +4,8 @@
 
 pub mod crd;
 pub mod event;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 pub mod manifest;
 
 pub use event::{DecodeError, Event, ObjectReference};

@@ -11,7 +11,7 @@ use sha1::Digest as _;
 use testkit::{ForgeKind, StubForge, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(15);
-const EXPR: &str = "  commitStatusExpr: \"'flux/' + event.involvedObject.name + '/production'\"";
+const EXPR: &str = "'flux/' + event.involvedObject.name + '/production'";
 
 fn sha1_hex(s: &str) -> String {
     hex::encode(sha1::Sha1::digest(s.as_bytes()))
@@ -22,16 +22,14 @@ async fn run(
     type_: &str,
     address: String,
     token: &str,
-    spec: &str,
+    expr: Option<&str>,
 ) -> (StubForge, Vec<testkit::RecordedRequest>, String) {
     let stub = StubForge::start(kind, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let address = address.replace("{base}", &stub.base_url());
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(type_, &address, &[("token", token)], spec),
-    );
+    let provider = Provider::forge(type_, &address)
+        .with_spec(|s| s.commit_status_expr = expr.map(str::to_owned));
+    Manifests::routed(provider, &[("token", token)]).write(dir.path(), "m.yaml");
     let env = [("BITBUCKET_API_BASE_URL", format!("{}/2.0", stub.base_url()))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let c = Controller::start(dir.path(), &[], &env).await.keep_dir(dir);
@@ -55,7 +53,7 @@ async fn cloud_access_token_is_bearer_and_expr_names_the_status() {
         "bitbucket",
         "https://bitbucket.org/ws/repo".into(),
         token,
-        EXPR,
+        Some(EXPR),
     )
     .await;
     for r in &reqs {
@@ -79,7 +77,7 @@ async fn cloud_api_token_with_email_stays_basic_and_names_stay_fluxs() {
         "bitbucket",
         "https://bitbucket.org/ws/repo".into(),
         "me@example.com:ATATT3xApiToken",
-        "",
+        None,
     )
     .await;
     use base64::Engine as _;
@@ -100,7 +98,7 @@ async fn server_expr_names_the_status() {
         "bitbucketserver",
         "{base}/scm/PRJ/my-repo.git".into(),
         "httpAccessToken",
-        EXPR,
+        Some(EXPR),
     )
     .await;
     let body: serde_json::Value = serde_json::from_slice(&reqs[0].body).unwrap();

@@ -24,11 +24,11 @@ fn run(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn validate_reports_every_problem_and_fails() {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "good.yaml",
-        &forge_manifests("github", "https://github.com/o/r", &[("token", "t")], ""),
-    );
+    Manifests::routed(
+        Provider::forge("github", "https://github.com/o/r"),
+        &[("token", "t")],
+    )
+    .write(dir.path(), "good.yaml");
     write(
         dir.path(),
         "bad.yaml",
@@ -71,7 +71,10 @@ fn validate_takes_our_api_group_as_it_takes_fluxs() {
         )
     };
     let dir = tempfile::tempdir().unwrap();
-    let good = forge_manifests("github", "https://github.com/o/r", &[("token", "t")], "");
+    let good = forge_manifests(
+        Provider::forge("github", "https://github.com/o/r"),
+        &[("token", "t")],
+    );
     assert!(good.contains("notification.toolkit.fluxcd.io/"), "{good}");
     write(dir.path(), "good.yaml", &ours(&good));
     let d = dir.path().to_str().unwrap();
@@ -96,16 +99,11 @@ fn validate_takes_our_api_group_as_it_takes_fluxs() {
 async fn explain_dry_run_then_send() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "ghp_explain_secret")],
-            "",
-        ),
-    );
+    Manifests::routed(
+        Provider::forge("github", &format!("{}/o/r", stub.base_url())),
+        &[("token", "ghp_explain_secret")],
+    )
+    .write(dir.path(), "m.yaml");
     write(
         dir.path(),
         "other.yaml",
@@ -158,16 +156,7 @@ async fn explain_dry_run_then_send() {
 async fn send_event_reaches_a_running_controller() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    github(&stub).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), &[], &[]).await;
     let url = c.events_url.clone();
     let rev = format!("main@sha1:{SHA}");

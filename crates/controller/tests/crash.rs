@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 use testkit::{ForgeKind, Matcher, ScriptedResponse, StubForge, StubOptions};
 
 #[tokio::test]
@@ -31,25 +30,19 @@ async fn sigkill_with_pending_deliveries_loses_nothing() {
         .map(|i| format!("{:040x}", 0xabc0_u64 + i))
         .collect();
     for (i, sha) in shas.iter().enumerate() {
-        let md = json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{sha}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"});
-        let progressing = kustomization_event(
-            "app",
-            "info",
-            "Progressing",
-            &format!("progressing {i}"),
-            md.clone(),
-        );
+        let event = Event::test("flux-system", "app").commit(sha);
+        let progressing = event
+            .clone()
+            .progressing()
+            .message(&format!("progressing {i}"))
+            .to_json();
         assert_eq!(c.post(&progressing).await.status(), 202);
         let last = if i % 2 == 0 {
-            success_event("app", sha)
+            event.to_json()
         } else {
-            kustomization_event(
-                "app",
-                "error",
-                "HealthCheckFailed",
-                &format!("failed {i}"),
-                md,
-            )
+            event
+                .failed("HealthCheckFailed", &format!("failed {i}"))
+                .to_json()
         };
         assert_eq!(c.post(&last).await.status(), 202);
     }

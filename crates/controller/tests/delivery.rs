@@ -17,16 +17,12 @@ async fn github(args: &[&str]) -> (Controller, StubForge, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    write(
-        &manifests,
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "  timeout: 1s",
-        ),
-    );
+    Manifests::routed(
+        Provider::forge("github", &format!("{}/o/r", stub.base_url()))
+            .with_spec(|s| s.timeout = Some("1s".into())),
+        &[("token", "t")],
+    )
+    .write(&manifests, "m.yaml");
     let data = format!("--data-dir={}", dir.path().join("data").display());
     let mut all: Vec<&str> = vec![&data];
     all.extend_from_slice(args);
@@ -250,13 +246,10 @@ async fn a_full_queue_answers_503_and_the_retry_is_not_a_duplicate() {
 async fn newer_states_replace_queued_older_ones() {
     let (c, stub, _d) = github(&["--min-retry-delay=30s", "--max-retry-delay=30s"]).await;
     stub.push_response(Matcher::post(".*"), ScriptedResponse::status(503));
-    let progressing = kustomization_event(
-        "flux-system",
-        "info",
-        "Progressing",
-        "Reconciliation in progress",
-        json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
-    );
+    let progressing = Event::test("flux-system", "flux-system")
+        .progressing()
+        .commit(SHA)
+        .to_json();
     c.post(&progressing).await;
     stub.wait_for(1, WAIT).await.unwrap();
     // While the pending state waits for its retry, the success arrives and replaces it.
@@ -333,13 +326,10 @@ async fn with_public_url_a_repeated_state_costs_no_request() {
     // The link to our delivery page differs per delivery; it must not hide a repeat.
     let (c, stub, _d) = github(&["--public-url=https://csc.example.com"]).await;
     for message in ["Applied revision (first)", "Applied revision (second)"] {
-        let ev = kustomization_event(
-            "flux-system",
-            "info",
-            "ReconciliationSucceeded",
-            message,
-            json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
-        );
+        let ev = Event::test("flux-system", "flux-system")
+            .message(message)
+            .commit(SHA)
+            .to_json();
         c.post(&ev).await;
         stub.wait_for(1, WAIT).await.unwrap();
     }

@@ -42,11 +42,8 @@ async fn start(kind: ForgeKind, args: &[&str]) -> (Controller, StubForge) {
     let stub = StubForge::start(kind, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let (type_, address, token) = provider_for(kind, &stub.base_url());
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(type_, &address, &[("token", token)], ""),
-    );
+    Manifests::routed(Provider::forge(type_, &address), &[("token", token)])
+        .write(dir.path(), "m.yaml");
     let api = format!("{}/2.0", stub.base_url());
     let env = [("BITBUCKET_API_BASE_URL", api.as_str())];
     let c = Controller::start(dir.path(), args, &env)

@@ -9,11 +9,11 @@ use serde_json::json;
 
 async fn controller() -> Controller {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests("github", "http://127.0.0.1:9/o/r", &[("token", "t")], ""),
-    );
+    Manifests::routed(
+        Provider::forge("github", "http://127.0.0.1:9/o/r"),
+        &[("token", "t")],
+    )
+    .write(dir.path(), "m.yaml");
     Controller::start(dir.path(), &["--rate-limit-interval=10m"], &[])
         .await
         .keep_dir(dir)

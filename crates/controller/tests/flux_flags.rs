@@ -25,16 +25,11 @@ async fn metrics(c: &Controller) -> String {
 async fn flux_deployment_args_with_patch_style_repeats() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "forge.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/org/repo", stub.base_url()),
-            &[("token", "ghp_flags")],
-            "",
-        ),
-    );
+    Manifests::routed(
+        Provider::forge("github", &format!("{}/org/repo", stub.base_url())),
+        &[("token", "ghp_flags")],
+    )
+    .write(dir.path(), "forge.yaml");
     let port = free_port();
     let args: Vec<String> = [
         "--manifests",
@@ -111,11 +106,11 @@ async fn flux_deployment_args_with_patch_style_repeats() {
 #[tokio::test]
 async fn handler_label_is_fixed_without_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "forge.yaml",
-        &forge_manifests("github", "https://github.com/o/r", &[("token", "t")], ""),
-    );
+    Manifests::routed(
+        Provider::forge("github", "https://github.com/o/r"),
+        &[("token", "t")],
+    )
+    .write(dir.path(), "forge.yaml");
     let c = Controller::start(dir.path(), &["-export-http-path-metrics=false"], &[])
         .await
         .keep_dir(dir);

@@ -25,11 +25,8 @@ async fn setup(
 ) -> Case {
     let stub = StubForge::start(kind, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "forge.yaml",
-        &forge_manifests(type_, &address(&stub.base_url()), secret, ""),
-    );
+    Manifests::routed(Provider::forge(type_, &address(&stub.base_url())), secret)
+        .write(dir.path(), "forge.yaml");
     let env = [("BITBUCKET_API_BASE_URL", format!("{}/2.0", stub.base_url()))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let controller = Controller::start(dir.path(), args, &env)
@@ -83,13 +80,10 @@ async fn github_enterprise_exchange() {
     assert!(c.stub.violations().is_empty(), "{:?}", c.stub.violations());
 
     // A failure for the same commit replaces the state under the same context.
-    let failed = kustomization_event(
-        "flux-system",
-        "error",
-        "HealthCheckFailed",
-        "Health check failed after 30s",
-        json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}")}),
-    );
+    let failed = Event::test("flux-system", "flux-system")
+        .failed("HealthCheckFailed", "Health check failed after 30s")
+        .only_meta(&[(REVISION_KEY, &format!("main@sha1:{SHA}"))])
+        .to_json();
     assert_eq!(c.controller.post(&failed).await.status(), 202);
     c.stub.wait_for(2, WAIT).await.unwrap();
     let statuses = c.stub.statuses("my-org/my-repo", SHA);
@@ -183,13 +177,10 @@ async fn gitlab_progressing_posts_running_then_success() {
         &[],
     )
     .await;
-    let progressing = kustomization_event(
-        "flux-system",
-        "info",
-        "Progressing",
-        "Reconciliation in progress",
-        json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
-    );
+    let progressing = Event::test("flux-system", "flux-system")
+        .progressing()
+        .commit(SHA)
+        .to_json();
     c.controller.post(&progressing).await;
     c.stub.wait_for(1, WAIT).await.unwrap();
     c.controller.post(&success_event("flux-system", SHA)).await;
@@ -214,13 +205,10 @@ async fn progressing_skip_restores_flux_behaviour() {
         &["--progressing-status=skip"],
     )
     .await;
-    let progressing = kustomization_event(
-        "flux-system",
-        "info",
-        "Progressing",
-        "Reconciliation in progress",
-        json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}"), "kustomize.toolkit.fluxcd.io/commit_status": "update"}),
-    );
+    let progressing = Event::test("flux-system", "flux-system")
+        .progressing()
+        .commit(SHA)
+        .to_json();
     c.controller.post(&progressing).await;
     assert!(
         c.controller.wait_log("progressing event", WAIT).await,
@@ -410,16 +398,12 @@ async fn bitbucket_server_with_spec_username_and_password_only_secret() {
     let stub = StubForge::start(ForgeKind::BitbucketServer, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let address = format!("{}/context/scm/PRJ/my-repo.git", stub.base_url());
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "bitbucketserver",
-            &address,
-            &[("password", "s3cret")],
-            "  username: flux-bot",
-        ),
-    );
+    Manifests::routed(
+        Provider::forge("bitbucketserver", &address)
+            .with_spec(|s| s.username = Some("flux-bot".into())),
+        &[("password", "s3cret")],
+    )
+    .write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), &[], &[]).await;
     c.post(&success_event("flux-system", SHA)).await;
     let reqs = stub
@@ -452,13 +436,16 @@ async fn bitbucket_server_with_spec_username_and_password_only_secret() {
 async fn templated_link_and_description() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let manifests = forge_manifests("github", &format!("{}/o/r", stub.base_url()), &[("token", "t")], "")
-        .replacen(
-            "  uid: ",
-            "  annotations:\n    commit-status-controller/target-url: \"'https://grafana.example.com/d/flux?var-ks=' + event.involvedObject.name\"\n    commit-status-controller/description: \"'prod-eu: ' + event.reason\"\n  uid: ",
-            1,
+    let provider = Provider::forge("github", &format!("{}/o/r", stub.base_url()))
+        .annotation(
+            "commit-status-controller/target-url",
+            "'https://grafana.example.com/d/flux?var-ks=' + event.involvedObject.name",
+        )
+        .annotation(
+            "commit-status-controller/description",
+            "'prod-eu: ' + event.reason",
         );
-    write(dir.path(), "m.yaml", &manifests);
+    Manifests::routed(provider, &[("token", "t")]).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), &[], &[]).await;
     c.post(&success_event("flux-system", SHA)).await;
     let reqs = stub

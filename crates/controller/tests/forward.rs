@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use testkit::{EventReceiver, ForgeKind, Received, StubForge, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -199,7 +199,11 @@ async fn a_429_means_received_and_other_4xx_fail_with_the_answer() {
     receiver.push_answer(429, "Too Many Requests");
     receiver.push_answer(400, "bad event: unknown field \"x\"");
     for (i, name) in ["dup", "bad", "fine"].into_iter().enumerate() {
-        let ev = kustomization_event(name, "info", "Progressing", "m", json!({}));
+        let ev = Event::test("flux-system", name)
+            .progressing()
+            .message("m")
+            .only_meta(&[])
+            .to_json();
         assert_eq!(c.post(&ev).await.status(), 202);
         assert!(
             receiver.wait_for(WAIT, |r| r.len() > i).await,
@@ -285,13 +289,12 @@ async fn refused_events_are_not_forwarded() {
     );
     assert_eq!(post(&c, &big, Some("application/json")).await.status(), 202);
     // 429: 1,000 concurrent copies of one event, carrying a token in its metadata.
-    let ev = serde_json::to_vec(&kustomization_event(
-        "copies",
-        "info",
-        "ReconciliationSucceeded",
-        "m",
-        json!({"kustomize.toolkit.fluxcd.io/token": "tok-s3cret"}),
-    ))
+    let ev = serde_json::to_vec(
+        &Event::test("flux-system", "copies")
+            .message("m")
+            .only_meta(&[("kustomize.toolkit.fluxcd.io/token", "tok-s3cret")])
+            .to_json(),
+    )
     .unwrap();
     let client = reqwest::Client::new();
     let mut posts = tokio::task::JoinSet::new();
@@ -344,7 +347,13 @@ async fn a_full_forward_store_answers_503_and_userinfo_stays_secret() {
     let c = Controller::start(&manifests, &args, &[]).await;
 
     let events: Vec<Value> = (0..3)
-        .map(|i| kustomization_event(&format!("o{i}"), "info", "Progressing", "m", json!({})))
+        .map(|i| {
+            Event::test("flux-system", &format!("o{i}"))
+                .progressing()
+                .message("m")
+                .only_meta(&[])
+                .to_json()
+        })
         .collect();
     assert_eq!(c.post(&events[0]).await.status(), 202);
     assert_eq!(c.post(&events[1]).await.status(), 202);

@@ -1261,13 +1261,11 @@ async fn commit_statuses_heal_from_the_objects_state() {
         || c.logs(),
     )
     .await;
-    let mut git = kustomization_event(
-        "podinfo",
-        "info",
-        "Succeeded",
-        "stored artifact for commit",
-        json!({"event.toolkit.fluxcd.io/commit": HEAL_X}),
-    );
+    let mut git = Event::test("flux-system", "podinfo")
+        .reason("Succeeded")
+        .message("stored artifact for commit")
+        .only_meta(&[("event.toolkit.fluxcd.io/commit", HEAL_X)])
+        .to_json();
     git["involvedObject"]["namespace"] = json!("apps");
     git["involvedObject"]["kind"] = json!("GitRepository");
     git["involvedObject"]["apiVersion"] = json!("source.toolkit.fluxcd.io/v1");

@@ -14,16 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 async fn invalid_objects_are_reported_and_skipped() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "good.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    github(&stub).write(dir.path(), "good.yaml");
     write(
         dir.path(),
         "bad.yaml",
@@ -73,16 +64,7 @@ async fn hot_reload_adds_edits_and_deletes() {
     let c = Controller::start(dir.path(), &[], &[]).await;
 
     // Added: takes effect within 2 s.
-    write(
-        dir.path(),
-        "forge.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    github(&stub).write(dir.path(), "forge.yaml");
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.post(&success_event("flux-system", SHA)).await;
     stub.wait_for(1, WAIT)
@@ -90,16 +72,11 @@ async fn hot_reload_adds_edits_and_deletes() {
         .unwrap_or_else(|r| panic!("{r:?}\n{}", c.logs()));
 
     // Edited: the repository changes.
-    write(
-        dir.path(),
-        "forge.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/other", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    Manifests::routed(
+        Provider::forge("github", &format!("{}/o/other", stub.base_url())),
+        &[("token", "t")],
+    )
+    .write(dir.path(), "forge.yaml");
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.post(&success_event("second", SHA)).await;
     stub.wait_for(2, WAIT)
@@ -126,27 +103,17 @@ async fn no_secret_reaches_the_logs() {
     stub.require_auth("Bearer something-else");
     let dir = tempfile::tempdir().unwrap();
     let token = "ghp_TopSecretTokenValue0123456789";
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", token)],
-            "",
-        ),
-    );
+    Manifests::routed(
+        Provider::forge("github", &format!("{}/o/r", stub.base_url())),
+        &[("token", token)],
+    )
+    .write(dir.path(), "m.yaml");
     // A provider whose secret is half-present fails at dispatch; its password must not leak.
-    write(
-        dir.path(),
-        "half.yaml",
-        &forge_manifests(
-            "gitlab",
-            "https://gitlab.example.com/g/p",
-            &[("password", "hunter2-password")],
-            "",
-        ),
-    );
+    Manifests::routed(
+        Provider::forge("gitlab", "https://gitlab.example.com/g/p"),
+        &[("password", "hunter2-password")],
+    )
+    .write(dir.path(), "half.yaml");
     let c = Controller::start(dir.path(), &["--log-level=trace"], &[]).await;
     c.post(&success_event("flux-system", SHA)).await;
     assert!(
@@ -167,11 +134,11 @@ async fn no_secret_reaches_the_logs() {
 #[tokio::test]
 async fn reading_the_manifests_does_not_trigger_reloads() {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests("github", "https://github.com/o/r", &[("token", "t")], ""),
-    );
+    Manifests::routed(
+        Provider::forge("github", "https://github.com/o/r"),
+        &[("token", "t")],
+    )
+    .write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), &[], &[]).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(c.count_log("manifests loaded"), 1, "{}", c.logs());

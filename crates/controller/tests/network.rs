@@ -25,13 +25,12 @@ async fn all_requests_go_through_the_provider_proxy() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = "  proxySecretRef:\n    name: proxy";
-    let manifests = forge_manifests(
-        "gitlab",
-        &format!("{}/g/p", stub.base_url()),
-        &[("token", "t")],
-        extra,
-    );
+    let provider = Provider::forge("gitlab", &format!("{}/g/p", stub.base_url())).with_spec(|s| {
+        s.proxy_secret_ref = Some(api::LocalObjectReference {
+            name: "proxy".into(),
+        })
+    });
+    let manifests = forge_manifests(provider, &[("token", "t")]);
     let proxy_secret = format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: proxy\n  namespace: flux-system\nstringData:\n  address: {}\n  username: pu\n  password: proxy-pass-xyz\n",
         proxy.url()
@@ -69,13 +68,9 @@ async fn https_forge_with_custom_ca_and_mtls() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = "  certSecretRef:\n    name: tls";
-    let manifests = forge_manifests(
-        "github",
-        &format!("{}/o/r", stub.base_url()),
-        &[("token", "t")],
-        extra,
-    );
+    let provider = Provider::forge("github", &format!("{}/o/r", stub.base_url()))
+        .with_spec(|s| s.cert_secret_ref = Some(api::LocalObjectReference { name: "tls".into() }));
+    let manifests = forge_manifests(provider, &[("token", "t")]);
     let tls_secret = format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\n  namespace: flux-system\ntype: kubernetes.io/tls\nstringData:\n  ca.crt: |\n{}  tls.crt: |\n{}  tls.key: |\n{}",
         indent(&pki.ca_cert_pem),
@@ -104,13 +99,9 @@ async fn unknown_authority_is_refused() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = "  certSecretRef:\n    name: tls";
-    let manifests = forge_manifests(
-        "github",
-        &format!("{}/o/r", stub.base_url()),
-        &[("token", "t")],
-        extra,
-    );
+    let provider = Provider::forge("github", &format!("{}/o/r", stub.base_url()))
+        .with_spec(|s| s.cert_secret_ref = Some(api::LocalObjectReference { name: "tls".into() }));
+    let manifests = forge_manifests(provider, &[("token", "t")]);
     let tls_secret = format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\n  namespace: flux-system\nstringData:\n  ca.crt: |\n{}",
         indent(&pki.other_ca_cert_pem)
@@ -137,10 +128,9 @@ async fn each_attempt_is_bounded_by_the_provider_timeout() {
     );
     let dir = tempfile::tempdir().unwrap();
     let manifests = forge_manifests(
-        "github",
-        &format!("{}/o/r", stub.base_url()),
+        Provider::forge("github", &format!("{}/o/r", stub.base_url()))
+            .with_spec(|s| s.timeout = Some("500ms".into())),
         &[("token", "t")],
-        "  timeout: 500ms",
     );
     write(dir.path(), "m.yaml", &manifests);
     let c = Controller::start(dir.path(), &[], &[]).await;

@@ -146,16 +146,7 @@ async fn statuses_link_to_delivery_pages_that_a_browser_renders() {
         ScriptedResponse::status(503),
     );
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    github(&stub).write(dir.path(), "m.yaml");
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
     let c = Controller::start(
@@ -174,16 +165,10 @@ async fn statuses_link_to_delivery_pages_that_a_browser_renders() {
     // Two statuses of one object (success, then refused), and one of another that stays queued.
     assert_eq!(c.post(&success_event("apps", SHA)).await.status(), 202);
     wait_until(&c, "", |h| h.len() == 1).await;
-    let failed = kustomization_event(
-        "apps",
-        "error",
-        "HealthCheckFailed",
-        FAILURE_MESSAGE,
-        json!({
-            "kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{REFUSED}"),
-            "kustomize.toolkit.fluxcd.io/commit_status": "update",
-        }),
-    );
+    let failed = Event::test("flux-system", "apps")
+        .failed("HealthCheckFailed", FAILURE_MESSAGE)
+        .commit(REFUSED)
+        .to_json();
     assert_eq!(c.post(&failed).await.status(), 202);
     let history = wait_until(&c, "", |h| h.len() == 2).await;
     assert_eq!(c.post(&success_event("infra", QUEUED)).await.status(), 202);

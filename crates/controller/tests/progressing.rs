@@ -17,31 +17,23 @@ const OTHER: &str = "0b5a2f3c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a";
 /// The event kustomize-controller's `r.event(...)` records after a server-side apply that
 /// changed something, while Ready is still `Progressing`.
 fn change_set(sha: &str) -> Value {
-    kustomization_event(
-        "apps",
-        "info",
-        "Progressing",
-        "ConfigMap/apps/web-config configured\nDeployment/apps/web created\nService/apps/web unchanged",
-        json!({
-            "kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{sha}"),
-            "kustomize.toolkit.fluxcd.io/originRevision": format!("v1.2.3@sha1:{sha}"),
-        }),
-    )
+    Event::test("flux-system", "apps")
+        .progressing()
+        .message("ConfigMap/apps/web-config configured\nDeployment/apps/web created\nService/apps/web unchanged")
+        .only_meta(&[
+            (REVISION_KEY, &format!("main@sha1:{sha}")),
+            (
+                "kustomize.toolkit.fluxcd.io/originRevision",
+                &format!("v1.2.3@sha1:{sha}"),
+            ),
+        ])
+        .to_json()
 }
 
 async fn start(args: &[&str]) -> (Controller, StubForge) {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    github(&stub).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), args, &[]).await.keep_dir(dir);
     (c, stub)
 }
@@ -130,13 +122,7 @@ async fn change_set_event_posts_pending_once_per_commit() {
 #[tokio::test]
 async fn a_failed_commit_is_not_turned_back_to_pending() {
     let (c, stub) = start(&[]).await;
-    let failed = kustomization_event(
-        "apps",
-        "error",
-        "HealthCheckFailed",
-        "health check failed after 5m0s: timeout waiting for: [Deployment/apps/web status: 'InProgress']",
-        json!({"kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{SHA}")}),
-    );
+    let failed = Event::test("flux-system", "apps").failed("HealthCheckFailed", "health check failed after 5m0s: timeout waiting for: [Deployment/apps/web status: 'InProgress']").only_meta(&[(REVISION_KEY, &format!("main@sha1:{SHA}"))]).to_json();
     c.post(&failed).await;
     assert_eq!(wait_states(&stub, SHA, &["failure"]).await, ["failure"]);
     history(&c, 1).await;

@@ -19,20 +19,14 @@ const OTHER_SHA: [&str; 4] = [
     "d4dfe267b54f38b46b487f6e938a6fd508278c07",
 ];
 
-/// A controller for one forge of `kind` (Provider type `type_`) at `address`.
+/// A controller for one forge: `provider`, with its Secret holding `secret`.
 async fn controller(
-    type_: &str,
-    address: &str,
+    provider: Provider,
     secret: &[(&str, &str)],
-    extra_spec: &str,
     args: &[&str],
 ) -> (Controller, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(type_, address, secret, extra_spec),
-    );
+    Manifests::routed(provider, secret).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), args, &[]).await;
     (c, dir)
 }
@@ -57,10 +51,8 @@ async fn redirects_to_another_origin_never_carry_a_token() {
         // The recording server on another origin: it must never be reached at all.
         let recorder = StubForge::start(kind, StubOptions::default()).await;
         let (c, _dir) = controller(
-            type_,
-            &format!("{}/o/r", stub.base_url()),
+            Provider::forge(type_, &format!("{}/o/r", stub.base_url())),
             &[("token", token)],
-            "",
             // With the duplicate-check read, so that reads meet redirects too.
             &[
                 "--min-retry-delay=50ms",
@@ -110,10 +102,8 @@ async fn redirects_to_another_origin_never_carry_a_token() {
 async fn every_forge_wait_is_capped_at_max_retry_delay() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let (c, _dir) = controller(
-        "github",
-        &format!("{}/o/r", stub.base_url()),
+        Provider::forge("github", &format!("{}/o/r", stub.base_url())),
         &[("token", "ghp_CappedWaits")],
-        "",
         &["--min-retry-delay=50ms", "--max-retry-delay=2s"],
     )
     .await;
@@ -159,10 +149,8 @@ async fn every_forge_wait_is_capped_at_max_retry_delay() {
 async fn a_delivery_held_by_a_spent_budget_still_expires_at_its_max_age() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let (c, _dir) = controller(
-        "github",
-        &format!("{}/o/r", stub.base_url()),
+        Provider::forge("github", &format!("{}/o/r", stub.base_url())),
         &[("token", "ghp_BudgetToken")],
-        "",
         &[
             "--min-retry-delay=50ms",
             "--max-retry-delay=1h",
@@ -319,11 +307,11 @@ async fn run_explain(dir: &std::path::Path, name: &str) -> (i32, String, String)
 async fn a_broken_secret_file_is_reported_without_its_text() {
     let dir = tempfile::tempdir().unwrap();
     let token = "ghp_YamlSyntaxErrorToken";
-    write(
-        dir.path(),
-        "a.yaml",
-        &forge_manifests("github", "https://github.com/o/r", &[("token", "t")], ""),
-    );
+    Manifests::routed(
+        Provider::forge("github", "https://github.com/o/r"),
+        &[("token", "t")],
+    )
+    .write(dir.path(), "a.yaml");
     write(
         dir.path(),
         "secret.yaml",
@@ -366,11 +354,11 @@ async fn a_broken_secret_file_is_reported_without_its_text() {
 #[tokio::test]
 async fn console_logs_carry_no_colour_codes_into_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests("github", "https://github.com/o/r", &[("token", "t")], ""),
-    );
+    Manifests::routed(
+        Provider::forge("github", "https://github.com/o/r"),
+        &[("token", "t")],
+    )
+    .write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), &["--log-encoding=console"], &[]).await;
     assert!(c.wait_log("INFO", WAIT).await, "{}", c.logs());
     assert!(!c.logs().contains('\u{1b}'), "{:?}", c.logs());
@@ -380,10 +368,8 @@ async fn console_logs_carry_no_colour_codes_into_a_pipe() {
 async fn the_sweep_finds_a_secret_in_the_logs_and_on_the_pages() {
     let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let (mut c, _dir) = controller(
-        "github",
-        &format!("{}/o/r", stub.base_url()),
+        Provider::forge("github", &format!("{}/o/r", stub.base_url())),
         &[("token", "t")],
-        "",
         &["--log-level=info"],
     )
     .await;
@@ -422,10 +408,12 @@ async fn a_socks5h_proxy_resolves_the_forge_name_and_its_password_stays_secret()
         dir.path(),
         "m.yaml",
         &(forge_manifests(
-            "gitlab",
-            &address,
+            Provider::forge("gitlab", &address).with_spec(|s| {
+                s.proxy_secret_ref = Some(api::LocalObjectReference {
+                    name: "proxy".into(),
+                })
+            }),
             &[("token", "glpat-ThroughSocks")],
-            "  proxySecretRef: {name: proxy}",
         ) + &proxy),
     );
     let c = Controller::start(dir.path(), &[], &[]).await;

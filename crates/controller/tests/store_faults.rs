@@ -14,7 +14,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::json;
 use testkit::{EventReceiver, ForgeKind, Received, StubForge, StubOptions};
 
 /// Unmounts the tmpfs when the test ends, passed or not.
@@ -53,17 +52,12 @@ fn fill(path: &Path) {
 }
 
 fn event(sha: &str, i: u64) -> serde_json::Value {
-    kustomization_event(
-        "app",
-        "info",
-        "ReconciliationSucceeded",
-        // Room for the records to need new pages of the store.
-        &format!("event {i}: {}", "x".repeat(8 * 1024)),
-        json!({
-            "kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{sha}"),
-            "kustomize.toolkit.fluxcd.io/commit_status": "update",
-        }),
-    )
+    // Room for the records to need new pages of the store.
+    let message = format!("event {i}: {}", "x".repeat(8 * 1024));
+    Event::test("flux-system", "app")
+        .message(&message)
+        .commit(sha)
+        .to_json()
 }
 
 /// Events sent so far, and the commits of those answered 202.

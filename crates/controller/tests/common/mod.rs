@@ -13,8 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const SHA: &str = "5394cb7f48332b2de7c17dd8b8384bbc84b7e738";
-pub const UID: &str = "0c9c2e41-d2f9-4f9b-9c41-bebc1984d67a";
+// Each test binary uses its own part of the fixtures.
+#[allow(unused_imports)]
+pub use api::fixtures::{Manifests, REVISION_KEY, SHA, UID};
+#[allow(unused_imports)]
+pub use api::{Alert, Event, Provider, Secret};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -269,58 +272,18 @@ impl Drop for Controller {
     }
 }
 
-/// A Flux-shaped kustomize-controller event.
-pub fn kustomization_event(
-    name: &str,
-    severity: &str,
-    reason: &str,
-    message: &str,
-    metadata: serde_json::Value,
-) -> serde_json::Value {
-    serde_json::json!({
-        "involvedObject": {
-            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-            "kind": "Kustomization",
-            "namespace": "flux-system",
-            "name": name,
-            "uid": "7d0cdc51-ddcf-4743-b223-83ca5c699632",
-        },
-        "severity": severity,
-        "timestamp": "2026-11-25T07:26:19Z",
-        "message": message,
-        "reason": reason,
-        "metadata": metadata,
-        "reportingController": "kustomize-controller",
-        "reportingInstance": "kustomize-controller-7f5c8b6d9c-x2x9z",
-    })
-}
-
-/// The success event kustomize-controller sends at the end of a reconciliation.
+/// The success event kustomize-controller sends at the end of a reconciliation of
+/// Kustomization `flux-system/<name>` at `sha`, as JSON.
 pub fn success_event(name: &str, sha: &str) -> serde_json::Value {
-    kustomization_event(
-        name,
-        "info",
-        "ReconciliationSucceeded",
-        "Reconciliation finished in 2.1s, next run in 10m0s",
-        serde_json::json!({
-            "kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{sha}"),
-            "kustomize.toolkit.fluxcd.io/commit_status": "update",
-        }),
-    )
+    Event::test("flux-system", name).commit(sha).to_json()
 }
 
 /// The `Progressing` event kustomize-controller sends when a reconciliation starts.
 pub fn progressing_event(name: &str, sha: &str) -> serde_json::Value {
-    kustomization_event(
-        name,
-        "info",
-        "Progressing",
-        "Reconciliation in progress",
-        serde_json::json!({
-            "kustomize.toolkit.fluxcd.io/revision": format!("main@sha1:{sha}"),
-            "kustomize.toolkit.fluxcd.io/commit_status": "update",
-        }),
-    )
+    Event::test("flux-system", name)
+        .progressing()
+        .commit(sha)
+        .to_json()
 }
 
 /// A controller started with `args` on one GitHub Provider (`flux-system/github`, Alert for
@@ -330,16 +293,7 @@ pub async fn with_github_stub(
 ) -> (Controller, testkit::StubForge, tempfile::TempDir) {
     let stub = testkit::StubForge::start(testkit::ForgeKind::GitHub, Default::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    github(&stub).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), args, &[]).await;
     (c, stub, dir)
 }
@@ -349,68 +303,25 @@ pub fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
-/// A Provider + Alert (+ Secret) for one forge, in namespace flux-system, watching
-/// Kustomization `*`.
-pub fn forge_manifests(
-    type_: &str,
-    address: &str,
-    secret: &[(&str, &str)],
-    extra_spec: &str,
-) -> String {
-    let mut secret_yaml = String::new();
-    for (k, v) in secret {
-        secret_yaml.push_str(&format!("  {k}: {}\n", serde_json::to_string(v).unwrap()));
-    }
-    format!(
-        r#"apiVersion: notification.toolkit.fluxcd.io/v1beta3
-kind: Provider
-metadata:
-  name: {type_}
-  namespace: flux-system
-  uid: {UID}
-spec:
-  type: {type_}
-  address: {address}
-  secretRef:
-    name: {type_}-token
-{extra_spec}
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: {type_}-token
-  namespace: flux-system
-stringData:
-{secret_yaml}---
-apiVersion: notification.toolkit.fluxcd.io/v1beta3
-kind: Alert
-metadata:
-  name: {type_}
-  namespace: flux-system
-spec:
-  providerRef:
-    name: {type_}
-  eventSources:
-    - kind: Kustomization
-      name: '*'
-"#
+/// `provider`, its Secret holding `secret` and an Alert for every Kustomization, as one
+/// manifest file's text.
+pub fn forge_manifests(provider: Provider, secret: &[(&str, &str)]) -> String {
+    Manifests::routed(provider, secret).yaml()
+}
+
+/// The GitHub Provider `flux-system/github` for `stub`'s `o/r`, its Secret (`token: t`) and an
+/// Alert for every Kustomization: the setup most binary tests start from.
+pub fn github(stub: &testkit::StubForge) -> Manifests {
+    Manifests::routed(
+        Provider::forge("github", &format!("{}/o/r", stub.base_url())),
+        &[("token", "t")],
     )
 }
 
-/// A `manifests` directory in `dir` with a GitHub Provider for `stub`'s `o/r`, its Secret and
-/// an Alert: the setup most binary tests start from.
+/// A `manifests` directory in `dir` holding [`github`]'s manifests.
 pub fn github_manifests(dir: &Path, stub: &testkit::StubForge) -> PathBuf {
     let manifests = dir.join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    write(
-        &manifests,
-        "m.yaml",
-        &forge_manifests(
-            "github",
-            &format!("{}/o/r", stub.base_url()),
-            &[("token", "t")],
-            "",
-        ),
-    );
+    github(stub).write(&manifests, "m.yaml");
     manifests
 }
