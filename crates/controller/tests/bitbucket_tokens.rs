@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use sha1::Digest as _;
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(15);
 const EXPR: &str = "'flux/' + event.involvedObject.name + '/production'";
@@ -23,8 +23,8 @@ async fn run(
     address: String,
     token: &str,
     expr: Option<&str>,
-) -> (StubForge, Vec<testkit::RecordedRequest>, String) {
-    let stub = StubForge::start(kind, StubOptions::default()).await;
+) -> (Forge, Vec<testkit::RecordedRequest>, String) {
+    let stub = Forge::start(kind, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let address = address.replace("{base}", &stub.base_url());
     let provider = Provider::forge(type_, &address)

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{ForgeKind, StubOptions};
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_commit-status-controller"))
@@ -97,7 +97,7 @@ fn validate_takes_our_api_group_as_it_takes_fluxs() {
 
 #[tokio::test]
 async fn explain_dry_run_then_send() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     Manifests::routed(
         Provider::forge("github", &format!("{}/o/r", stub.base_url())),
@@ -154,7 +154,7 @@ async fn explain_dry_run_then_send() {
 
 #[tokio::test]
 async fn send_event_reaches_a_running_controller() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     github(&stub).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), &[], &[]).await;

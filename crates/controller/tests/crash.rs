@@ -6,11 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use testkit::{ForgeKind, Matcher, ScriptedResponse, StubForge, StubOptions};
+use testkit::{ForgeKind, Matcher, ScriptedResponse, StubOptions};
 
 #[tokio::test]
 async fn sigkill_with_pending_deliveries_loses_nothing() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     // The forge is down while events arrive.
     for _ in 0..10_000 {
         stub.push_response(Matcher::any_method(".*"), ScriptedResponse::status(503));

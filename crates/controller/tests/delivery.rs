@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use testkit::{ForgeKind, Matcher, ScriptedResponse, StubForge, StubOptions};
+use testkit::{ForgeKind, Matcher, ScriptedResponse, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(15);
 const FAST_RETRY: [&str; 2] = ["--min-retry-delay=50ms", "--max-retry-delay=200ms"];
 
-async fn github(args: &[&str]) -> (Controller, StubForge, tempfile::TempDir) {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+async fn github(args: &[&str]) -> (Controller, Forge, tempfile::TempDir) {
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
@@ -46,7 +46,7 @@ async fn wait_history(c: &Controller, n: usize) -> Vec<Value> {
     }
 }
 
-fn states(stub: &StubForge, sha: &str) -> Vec<String> {
+fn states(stub: &Forge, sha: &str) -> Vec<String> {
     stub.statuses("o/r", sha)
         .iter()
         .map(|s| s["state"].as_str().unwrap_or_default().to_string())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 const FAST_RETRY: [&str; 2] = ["--min-retry-delay=50ms", "--max-retry-delay=200ms"];
@@ -38,8 +38,8 @@ fn provider_for(kind: ForgeKind, base: &str) -> (&'static str, String, &'static 
     }
 }
 
-async fn start(kind: ForgeKind, args: &[&str]) -> (Controller, StubForge) {
-    let stub = StubForge::start(kind, StubOptions::default()).await;
+async fn start(kind: ForgeKind, args: &[&str]) -> (Controller, Forge) {
+    let stub = Forge::start(kind, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let (type_, address, token) = provider_for(kind, &stub.base_url());
     Manifests::routed(Provider::forge(type_, &address), &[("token", token)])

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -23,7 +23,7 @@ async fn metrics(c: &Controller) -> String {
 
 #[tokio::test]
 async fn flux_deployment_args_with_patch_style_repeats() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     Manifests::routed(
         Provider::forge("github", &format!("{}/org/repo", stub.base_url())),

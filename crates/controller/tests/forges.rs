@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Case {
     controller: Controller,
-    stub: StubForge,
+    stub: Forge,
 }
 
 async fn setup(
@@ -23,7 +23,7 @@ async fn setup(
     secret: &[(&str, &str)],
     args: &[&str],
 ) -> Case {
-    let stub = StubForge::start(kind, StubOptions::default()).await;
+    let stub = Forge::start(kind, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     Manifests::routed(Provider::forge(type_, &address(&stub.base_url())), secret)
         .write(dir.path(), "forge.yaml");
@@ -395,7 +395,7 @@ async fn gitea_and_forgejo_exchange() {
 
 #[tokio::test]
 async fn bitbucket_server_with_spec_username_and_password_only_secret() {
-    let stub = StubForge::start(ForgeKind::BitbucketServer, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::BitbucketServer, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let address = format!("{}/context/scm/PRJ/my-repo.git", stub.base_url());
     Manifests::routed(
@@ -434,7 +434,7 @@ async fn bitbucket_server_with_spec_username_and_password_only_secret() {
 
 #[tokio::test]
 async fn templated_link_and_description() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::forge("github", &format!("{}/o/r", stub.base_url()))
         .annotation(

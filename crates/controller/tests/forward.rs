@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use testkit::{EventReceiver, ForgeKind, Received, StubForge, StubOptions};
+use testkit::{EventReceiver, ForgeKind, Received, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 const FAST_RETRY: [&str; 2] = ["--min-retry-delay=50ms", "--max-retry-delay=200ms"];
 
 /// Manifests for a GitHub stub (so events also become commit statuses), a data directory.
-fn setup(stub: &StubForge) -> (tempfile::TempDir, std::path::PathBuf, String) {
+fn setup(stub: &Forge) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let manifests = github_manifests(dir.path(), stub);
     let data = format!("--data-dir={}", dir.path().join("data").display());
@@ -71,7 +71,7 @@ fn raw_event(name: &str, i: usize, sha: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn forwards_survive_an_outage_and_a_sigkill_byte_for_byte_and_in_order() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let receiver = EventReceiver::start().await;
     receiver.stop();
     let (_dir, manifests, data) = setup(&stub);
@@ -188,7 +188,7 @@ async fn forwards_survive_an_outage_and_a_sigkill_byte_for_byte_and_in_order() {
 
 #[tokio::test]
 async fn a_429_means_received_and_other_4xx_fail_with_the_answer() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let receiver = EventReceiver::start().await;
     let (_dir, manifests, data) = setup(&stub);
     let target = format!("--forward-events-to={}", receiver.url());
@@ -268,7 +268,7 @@ async fn a_429_means_received_and_other_4xx_fail_with_the_answer() {
 
 #[tokio::test]
 async fn refused_events_are_not_forwarded() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let receiver = EventReceiver::start().await;
     let (_dir, manifests, data) = setup(&stub);
     let target = format!("--forward-events-to={}", receiver.url());
@@ -334,7 +334,7 @@ async fn refused_events_are_not_forwarded() {
 
 #[tokio::test]
 async fn a_full_forward_store_answers_503_and_userinfo_stays_secret() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let receiver = EventReceiver::start().await;
     receiver.stop();
     let (_dir, manifests, data) = setup(&stub);

@@ -17,7 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use serde_json::{Value, json};
-use testkit::{EventReceiver, ForgeKind, StubForge, StubOptions};
+use testkit::{EventReceiver, ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -226,7 +226,7 @@ async fn until<F: std::future::Future<Output = bool>>(
     }
 }
 
-fn objects(ns: &str, stub: &StubForge, repo: &str, version: &str, token: &str) -> String {
+fn objects(ns: &str, stub: &Forge, repo: &str, version: &str, token: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Secret
@@ -255,10 +255,7 @@ spec:
 }
 
 fn event_in(ns: &str, name: &str, sha: &str, message: &str) -> Value {
-    let mut e = success_event(name, sha);
-    e["involvedObject"]["namespace"] = json!(ns);
-    e["message"] = json!(message);
-    e
+    Event::test(ns, name).commit(sha).message(message).to_json()
 }
 
 /// A namespaced `v1beta3` Provider or Alert API.
@@ -416,7 +413,7 @@ async fn kubernetes_mode_end_to_end() {
     ))
     .await;
 
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     apply_yaml(
         &admin,
         &objects("apps", &stub, "r", "v1beta3", "ghp_k8s_token"),
@@ -712,7 +709,7 @@ async fn beside_flux_our_group_only_and_every_event_forwarded() {
         ],
     )
     .await;
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     // Left in Flux's group: a github Provider we must ignore, and a Slack one that is Flux's.
     apply_yaml(
         &admin,
@@ -936,7 +933,7 @@ async fn start_healing_controller(
     spawn_in_cluster(server, admin, "csc-heal", &args).await.0
 }
 
-async fn until_status(stub: &StubForge, sha: &str, what: &str, c: &Controller) {
+async fn until_status(stub: &Forge, sha: &str, what: &str, c: &Controller) {
     until(
         what,
         || async { !stub.statuses("o/r", sha).is_empty() },
@@ -945,14 +942,14 @@ async fn until_status(stub: &StubForge, sha: &str, what: &str, c: &Controller) {
     .await;
 }
 
-fn states(stub: &StubForge, sha: &str) -> Vec<String> {
+fn states(stub: &Forge, sha: &str) -> Vec<String> {
     stub.statuses("o/r", sha)
         .iter()
         .map(|s| s["state"].as_str().unwrap_or_default().to_string())
         .collect()
 }
 
-fn posts_for(stub: &StubForge, sha: &str) -> usize {
+fn posts_for(stub: &Forge, sha: &str) -> usize {
     stub.requests()
         .iter()
         .filter(|r| r.method == "POST" && r.path.contains(sha))
@@ -980,7 +977,7 @@ async fn commit_statuses_heal_from_the_objects_state() {
     )
     .unwrap();
     let (server, admin) = cluster(&kustomize_crd).await;
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     // One Alert: `podinfo` by name, and any Kustomization labelled team=a.
     let objects = objects("apps", &stub, "r", "v1beta3", "ghp_heal_token").replace(
         "    - kind: Kustomization\n      name: '*'\n",
@@ -1261,14 +1258,12 @@ async fn commit_statuses_heal_from_the_objects_state() {
         || c.logs(),
     )
     .await;
-    let mut git = Event::test("flux-system", "podinfo")
+    let git = Event::test("apps", "podinfo")
+        .object_kind("GitRepository", "source.toolkit.fluxcd.io/v1")
         .reason("Succeeded")
         .message("stored artifact for commit")
         .only_meta(&[("event.toolkit.fluxcd.io/commit", HEAL_X)])
         .to_json();
-    git["involvedObject"]["namespace"] = json!("apps");
-    git["involvedObject"]["kind"] = json!("GitRepository");
-    git["involvedObject"]["apiVersion"] = json!("source.toolkit.fluxcd.io/v1");
     assert_eq!(c.post(&git).await.status(), 202);
     until_status(&stub, HEAL_X, "the GitRepository event's status", &c).await;
     // Several resyncs later: still reported once, the chart version never posted nor warned
@@ -1440,7 +1435,7 @@ async fn api_server_jwks(admin: &Client) -> jsonwebtoken::jwk::JwkSet {
     serde_json::from_str(&admin.request_text(req).await.unwrap()).unwrap()
 }
 
-fn azure_objects(ns: &str, name: &str, stub: &StubForge, service_account: Option<&str>) -> String {
+fn azure_objects(ns: &str, name: &str, stub: &Forge, service_account: Option<&str>) -> String {
     let sa = service_account.map_or(String::new(), |s| format!("  serviceAccountName: {s}\n"));
     format!(
         r#"apiVersion: notification.toolkit.fluxcd.io/v1beta3
@@ -1483,7 +1478,7 @@ async fn azure_devops_workload_identity() {
     ))
     .await;
     let entra = EntraStub::start(api_server_jwks(&admin).await).await;
-    let stub = StubForge::start(ForgeKind::AzureDevOps, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::AzureDevOps, StubOptions::default()).await;
     annotated_service_account(
         &admin,
         "apps",

@@ -6,13 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn invalid_objects_are_reported_and_skipped() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     github(&stub).write(dir.path(), "good.yaml");
     write(
@@ -54,7 +54,7 @@ async fn invalid_objects_are_reported_and_skipped() {
 
 #[tokio::test]
 async fn hot_reload_adds_edits_and_deletes() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
@@ -99,7 +99,7 @@ async fn hot_reload_adds_edits_and_deletes() {
 
 #[tokio::test]
 async fn no_secret_reaches_the_logs() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     stub.require_auth("Bearer something-else");
     let dir = tempfile::tempdir().unwrap();
     let token = "ghp_TopSecretTokenValue0123456789";

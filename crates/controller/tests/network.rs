@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use testkit::{
-    ForgeKind, ForwardProxy, Matcher, ProxyOptions, ScriptedResponse, StubForge, StubOptions,
-    TestPki,
+    ForgeKind, ForwardProxy, Matcher, ProxyOptions, ScriptedResponse, StubOptions, TestPki,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -19,7 +18,7 @@ fn indent(pem: &str) -> String {
 
 #[tokio::test]
 async fn all_requests_go_through_the_provider_proxy() {
-    let stub = StubForge::start(ForgeKind::GitLab, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitLab, StubOptions::default()).await;
     let proxy = ForwardProxy::start(ProxyOptions {
         require_basic_auth: Some(("pu".into(), "proxy-pass-xyz".into())),
     })
@@ -59,7 +58,7 @@ async fn all_requests_go_through_the_provider_proxy() {
 #[tokio::test]
 async fn https_forge_with_custom_ca_and_mtls() {
     let pki = TestPki::new();
-    let stub = StubForge::start(
+    let stub = Forge::start(
         ForgeKind::GitHub,
         StubOptions {
             tls: Some(pki.server_tls_with_client_auth()),
@@ -90,7 +89,7 @@ async fn https_forge_with_custom_ca_and_mtls() {
 #[tokio::test]
 async fn unknown_authority_is_refused() {
     let pki = TestPki::new();
-    let stub = StubForge::start(
+    let stub = Forge::start(
         ForgeKind::GitHub,
         StubOptions {
             tls: Some(pki.server_tls()),
@@ -119,7 +118,7 @@ async fn unknown_authority_is_refused() {
 
 #[tokio::test]
 async fn each_attempt_is_bounded_by_the_provider_timeout() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     stub.push_response(
         Matcher::post(".*"),
         ScriptedResponse::status(201)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use testkit::{ForgeKind, Matcher, ScriptedResponse, StubForge, StubOptions};
+use testkit::{ForgeKind, Matcher, ScriptedResponse, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(15);
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -133,7 +133,7 @@ async fn statuses_link_to_delivery_pages_that_a_browser_renders() {
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: `apt-get install chromium` (hack/test.sh does it)"
     );
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     stub.push_response(
         Matcher::post(&format!("/statuses/{REFUSED}$")),
         ScriptedResponse::json(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use testkit::{ForgeKind, StubForge, StubOptions};
+use testkit::{ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(15);
 const OTHER: &str = "0b5a2f3c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a";
@@ -30,15 +30,15 @@ fn change_set(sha: &str) -> Value {
         .to_json()
 }
 
-async fn start(args: &[&str]) -> (Controller, StubForge) {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+async fn start(args: &[&str]) -> (Controller, Forge) {
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     github(&stub).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), args, &[]).await.keep_dir(dir);
     (c, stub)
 }
 
-fn states(stub: &StubForge, sha: &str) -> Vec<String> {
+fn states(stub: &Forge, sha: &str) -> Vec<String> {
     stub.statuses("o/r", sha)
         .iter()
         .map(|s| s["state"].as_str().unwrap_or_default().to_string())
@@ -62,7 +62,7 @@ async fn history(c: &Controller, n: usize) -> Vec<Value> {
     }
 }
 
-async fn wait_states(stub: &StubForge, sha: &str, want: &[&str]) -> Vec<String> {
+async fn wait_states(stub: &Forge, sha: &str, want: &[&str]) -> Vec<String> {
     let deadline = Instant::now() + WAIT;
     loop {
         let s = states(stub, sha);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::Value;
-use testkit::{ForgeKind, Matcher, ScriptedResponse, SocksProxy, StubForge, StubOptions};
+use testkit::{ForgeKind, Matcher, ScriptedResponse, SocksProxy, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
 const OTHER_SHA: [&str; 4] = [
@@ -47,9 +47,9 @@ async fn redirects_to_another_origin_never_carry_a_token() {
             "authorization",
         ),
     ] {
-        let stub = StubForge::start(kind, StubOptions::default()).await;
+        let stub = Forge::start(kind, StubOptions::default()).await;
         // The recording server on another origin: it must never be reached at all.
-        let recorder = StubForge::start(kind, StubOptions::default()).await;
+        let recorder = Forge::start(kind, StubOptions::default()).await;
         let (c, _dir) = controller(
             Provider::forge(type_, &format!("{}/o/r", stub.base_url())),
             &[("token", token)],
@@ -100,7 +100,7 @@ async fn redirects_to_another_origin_never_carry_a_token() {
 
 #[tokio::test]
 async fn every_forge_wait_is_capped_at_max_retry_delay() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let (c, _dir) = controller(
         Provider::forge("github", &format!("{}/o/r", stub.base_url())),
         &[("token", "ghp_CappedWaits")],
@@ -147,7 +147,7 @@ async fn every_forge_wait_is_capped_at_max_retry_delay() {
 
 #[tokio::test]
 async fn a_delivery_held_by_a_spent_budget_still_expires_at_its_max_age() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let (c, _dir) = controller(
         Provider::forge("github", &format!("{}/o/r", stub.base_url())),
         &[("token", "ghp_BudgetToken")],
@@ -185,7 +185,7 @@ async fn a_delivery_held_by_a_spent_budget_still_expires_at_its_max_age() {
 
 #[tokio::test]
 async fn proxy_and_address_credentials_are_never_shown() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let base = stub.base_url();
     let authority = base.trim_start_matches("http://");
     let closed = free_port();
@@ -366,7 +366,7 @@ async fn console_logs_carry_no_colour_codes_into_a_pipe() {
 
 #[tokio::test]
 async fn the_sweep_finds_a_secret_in_the_logs_and_on_the_pages() {
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let (mut c, _dir) = controller(
         Provider::forge("github", &format!("{}/o/r", stub.base_url())),
         &[("token", "t")],
@@ -395,7 +395,7 @@ async fn the_sweep_finds_a_secret_in_the_logs_and_on_the_pages() {
 
 #[tokio::test]
 async fn a_socks5h_proxy_resolves_the_forge_name_and_its_password_stays_secret() {
-    let stub = StubForge::start(ForgeKind::GitLab, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitLab, StubOptions::default()).await;
     let socks = SocksProxy::start(Some(("socks-user".into(), "S0cksPassw0rd".into()))).await;
     // A host name the proxy resolves: with socks5h the controller never looks it up itself.
     let address = format!("http://localhost:{}/g/p", stub.addr().port());

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use testkit::{EventReceiver, ForgeKind, Received, StubForge, StubOptions};
+use testkit::{EventReceiver, ForgeKind, Received, StubOptions};
 
 /// Unmounts the tmpfs when the test ends, passed or not.
 struct Mount(PathBuf);
@@ -168,7 +168,7 @@ async fn a_full_disk_refuses_honestly_and_the_store_heals_when_space_is_freed() 
     let Some(_mount) = Mount::tmpfs(&data, "8m") else {
         return;
     };
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let manifests = github_manifests(dir.path(), &stub);
     let data_flag = format!("--data-dir={}", data.display());
     let c = Controller::start(
@@ -226,7 +226,7 @@ async fn with_forwarding_the_store_heals_too_and_every_accepted_event_is_forward
     let Some(_mount) = Mount::tmpfs(&data, "8m") else {
         return;
     };
-    let stub = StubForge::start(ForgeKind::GitHub, StubOptions::default()).await;
+    let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
     let receiver = EventReceiver::start().await;
     let manifests = github_manifests(dir.path(), &stub);
     let data_flag = format!("--data-dir={}", data.display());

@@ -272,6 +272,38 @@ impl Drop for Controller {
     }
 }
 
+/// A [`testkit::StubForge`] that fails the test when it is dropped if any request it got broke
+/// its forge's contract (`/work/shared/contracts`), so that every test talking to a forge checks
+/// the requests against the contract, whatever else it asserts.
+pub struct Forge(testkit::StubForge);
+
+impl Forge {
+    pub async fn start(kind: testkit::ForgeKind, opts: testkit::StubOptions) -> Forge {
+        Forge(testkit::StubForge::start(kind, opts).await)
+    }
+}
+
+impl std::ops::Deref for Forge {
+    type Target = testkit::StubForge;
+
+    fn deref(&self) -> &testkit::StubForge {
+        &self.0
+    }
+}
+
+impl Drop for Forge {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let violations = self.0.violations();
+            assert!(
+                violations.is_empty(),
+                "requests to the {:?} stub broke its contract: {violations:#?}",
+                self.0.kind()
+            );
+        }
+    }
+}
+
 /// The success event kustomize-controller sends at the end of a reconciliation of
 /// Kustomization `flux-system/<name>` at `sha`, as JSON.
 pub fn success_event(name: &str, sha: &str) -> serde_json::Value {
@@ -288,10 +320,8 @@ pub fn progressing_event(name: &str, sha: &str) -> serde_json::Value {
 
 /// A controller started with `args` on one GitHub Provider (`flux-system/github`, Alert for
 /// every Kustomization) pointing at a fresh stub forge.
-pub async fn with_github_stub(
-    args: &[&str],
-) -> (Controller, testkit::StubForge, tempfile::TempDir) {
-    let stub = testkit::StubForge::start(testkit::ForgeKind::GitHub, Default::default()).await;
+pub async fn with_github_stub(args: &[&str]) -> (Controller, Forge, tempfile::TempDir) {
+    let stub = Forge::start(testkit::ForgeKind::GitHub, Default::default()).await;
     let dir = tempfile::tempdir().unwrap();
     github(&stub).write(dir.path(), "m.yaml");
     let c = Controller::start(dir.path(), args, &[]).await;
@@ -311,7 +341,7 @@ pub fn forge_manifests(provider: Provider, secret: &[(&str, &str)]) -> String {
 
 /// The GitHub Provider `flux-system/github` for `stub`'s `o/r`, its Secret (`token: t`) and an
 /// Alert for every Kustomization: the setup most binary tests start from.
-pub fn github(stub: &testkit::StubForge) -> Manifests {
+pub fn github(stub: &Forge) -> Manifests {
     Manifests::routed(
         Provider::forge("github", &format!("{}/o/r", stub.base_url())),
         &[("token", "t")],
@@ -319,7 +349,7 @@ pub fn github(stub: &testkit::StubForge) -> Manifests {
 }
 
 /// A `manifests` directory in `dir` holding [`github`]'s manifests.
-pub fn github_manifests(dir: &Path, stub: &testkit::StubForge) -> PathBuf {
+pub fn github_manifests(dir: &Path, stub: &Forge) -> PathBuf {
     let manifests = dir.join("manifests");
     std::fs::create_dir(&manifests).unwrap();
     github(stub).write(&manifests, "m.yaml");
