@@ -328,6 +328,35 @@ pub fn status_event<'a>(
 }
 
 #[cfg(test)]
+impl Outcome {
+    /// How `p` ended: `verdict` after one attempt, with no answer of the forge kept.
+    pub fn test(p: &Pending, verdict: Verdict) -> Outcome {
+        Outcome {
+            id: 0,
+            time: rfc3339(0),
+            outcome: verdict,
+            provider: p.provider.clone(),
+            alert: p.alert.clone(),
+            object: p.object.clone(),
+            repository: p.repository.clone(),
+            forge: p.forge.clone(),
+            commit: p.sha.clone(),
+            status: p.status_id.clone(),
+            state: p.state.clone(),
+            description: p.description.clone(),
+            attempts: 1,
+            http_status: None,
+            message: None,
+            event_message: p.message.clone(),
+            accepted: rfc3339(p.accepted_ms),
+            delivery: p.seq,
+            timeline: Vec::new(),
+            target_url: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

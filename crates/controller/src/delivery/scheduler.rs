@@ -848,4 +848,90 @@ mod tests {
         assert_eq!(b.blocked_until("x", 100), None);
         assert_eq!(b.blocked_until("y", 0), None);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn different_keys_are_attempted_side_by_side() {
+        let clock = Clock::tokio_at(T0);
+        let forge = Scripted::new(clock, Vec::new());
+        let (scheduler, _stop, _run) = start_on(&forge, Vec::new());
+        scheduler.accepted(vec![
+            entry("a", 1, T0),
+            entry("b", 2, T0),
+            entry("c", 3, T0),
+        ]);
+        run_for(1).await;
+        let sent = forge.sent();
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        // Each answer takes 100 ms: none waited for another's.
+        for (_, _, t) in &sent {
+            assert_near(*t, 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forges_retry_after_replaces_the_backoff_within_the_cap() {
+        let clock = Clock::tokio_at(T0);
+        let after = |secs| {
+            Answer::Failed(Class::Transient {
+                after: Some(Duration::from_secs(secs)),
+            })
+        };
+        // 20 s as asked; 600 s capped at --max-retry-delay (60 s).
+        let forge = Scripted::new(clock, vec![after(20), after(600)]);
+        let (scheduler, _stop, _run) = start_on(&forge, Vec::new());
+        scheduler.accepted(vec![entry("a", 1, T0)]);
+        run_for(120).await;
+        let times: Vec<i64> = forge.sent().iter().map(|(_, _, t)| *t).collect();
+        assert_eq!(times.len(), 3, "{times:?}");
+        assert_near(times[1], 100 + 20 * S);
+        assert_near(times[2], times[1] + 100 + 60 * S);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_is_attempted_once() {
+        let clock = Clock::tokio_at(T0);
+        let forge = Scripted::new(clock, vec![Answer::Failed(Class::Permanent)]);
+        let (scheduler, _stop, _run) = start_on(&forge, Vec::new());
+        scheduler.accepted(vec![entry("a", 1, T0)]);
+        run_for(3600).await;
+        assert_eq!(forge.sent().len(), 1, "{:?}", forge.sent());
+        assert!(forge.expired.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_past_its_max_age_at_start_up_expires_unsent() {
+        let clock = Clock::tokio_at(T0);
+        let forge = Scripted::new(clock, Vec::new());
+        let stale = entry("old", 1, T0 - 2 * 3600 * S);
+        let (_scheduler, _stop, _run) = start_on(&forge, vec![stale, entry("new", 2, T0)]);
+        run_for(10).await;
+        let sent: Vec<String> = forge.sent().into_iter().map(|(k, _, _)| k).collect();
+        assert_eq!(sent, ["new"]);
+        let expired = forge.expired.lock().unwrap().clone();
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        assert_eq!(expired[0].0, "old");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_running_attempts_only_for_the_grace_period() {
+        let clock = Clock::tokio_at(T0);
+        let forge = Arc::new(Scripted {
+            delay: Duration::from_secs(600),
+            ..Arc::into_inner(Scripted::new(clock, Vec::new())).unwrap()
+        });
+        let (scheduler, stop, run) = start_on(&forge, Vec::new());
+        scheduler.accepted(vec![entry("a", 1, T0)]);
+        run_for(1).await;
+        assert_eq!(forge.sent().len(), 1);
+        let stopped = tokio::time::Instant::now();
+        stop.cancel();
+        run.await.unwrap();
+        // The grace period is 5 s (see `start_on`); the attempt was abandoned, not awaited.
+        let waited = stopped.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+            "{waited:?}"
+        );
+        assert!(forge.attempts.lock().unwrap().is_empty(), "never answered");
+    }
 }

@@ -1430,28 +1430,24 @@ mod tests {
     }
 
     fn outcome(p: &Pending) -> Box<Outcome> {
-        Box::new(Outcome {
-            id: 0,
-            time: rfc3339(0),
-            outcome: Verdict::Posted,
-            provider: p.provider.clone(),
-            alert: p.alert.clone(),
-            object: p.object.clone(),
-            repository: p.repository.clone(),
-            forge: p.forge.clone(),
-            commit: p.sha.clone(),
-            status: p.status_id.clone(),
-            state: p.state.clone(),
-            description: p.description.clone(),
-            attempts: 1,
-            http_status: None,
-            message: None,
-            event_message: p.message.clone(),
-            accepted: rfc3339(p.accepted_ms),
-            delivery: p.seq,
-            timeline: Vec::new(),
-            target_url: None,
-        })
+        Box::new(Outcome::test(p, Verdict::Posted))
+    }
+
+    /// An attempt of `p` that got a 503: try again at `not_before_ms`.
+    fn retry_503(p: &Pending, attempts: u32, not_before_ms: i64) -> Finish {
+        Finish::Retry {
+            key: p.key(),
+            seq: p.seq,
+            attempts,
+            not_before_ms,
+            error: "503".into(),
+            attempt: Attempt {
+                time: rfc3339(0),
+                result: "retrying".into(),
+                http_status: Some(503),
+                message: None,
+            },
+        }
     }
 
     /// Sends an already numbered batch, as `accept` does after numbering.
@@ -1540,12 +1536,11 @@ mod tests {
         assert!(outbox.load(&first[0].key).unwrap().0.is_some());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_events_for_one_status_leave_the_newest_on_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let (outbox, _) = open_dir(dir.path());
+    /// `n` concurrent writers of one status key (alternately success and failure); what each
+    /// got stored.
+    async fn same_key_writers(outbox: &Outbox, n: usize) -> Vec<Entry> {
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..64 {
+        for i in 0..n {
             let outbox = outbox.clone();
             tasks.spawn(async move {
                 let state = if i % 2 == 0 { "success" } else { "failure" };
@@ -1559,6 +1554,14 @@ mod tests {
         while let Some(entries) = tasks.join_next().await {
             stored.extend(entries.unwrap());
         }
+        stored
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_events_for_one_status_leave_the_newest_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = open_dir(dir.path());
+        let stored = same_key_writers(&outbox, 64).await;
         let newest = outbox.state.seq.load(Ordering::Relaxed) - 1;
         assert!(stored.iter().any(|e| e.seq == newest));
         let key = Pending::test("a", "s").key();
@@ -1598,22 +1601,7 @@ mod tests {
         let entries = outbox.accept(vec![Pending::test("a", "s")]).await.unwrap();
         let (record, _) = outbox.load(&entries[0].key).unwrap();
         let record = record.unwrap();
-        outbox
-            .finish(Finish::Retry {
-                key: record.key(),
-                seq: record.seq,
-                attempts: 1,
-                not_before_ms: 42,
-                error: "503".into(),
-                attempt: Attempt {
-                    time: rfc3339(0),
-                    result: "retrying".into(),
-                    http_status: Some(503),
-                    message: None,
-                },
-            })
-            .await
-            .unwrap();
+        outbox.finish(retry_503(&record, 1, 42)).await.unwrap();
         let (retried, _) = outbox.load(&record.key()).unwrap();
         let retried = retried.unwrap();
         assert_eq!((retried.attempts, retried.not_before_ms), (1, 42));
@@ -1640,14 +1628,29 @@ mod tests {
     }
 
     /// Memory that fails every write while `full` is set, like a disk without room; shared, so
-    /// that a re-open sees what was committed before.
+    /// that a re-open sees what was committed before. What was last synced is kept apart: it is
+    /// what a power loss leaves ([`Disk::after_power_loss`]).
     #[derive(Debug, Clone, Default)]
     struct Disk {
         bytes: Arc<Mutex<Vec<u8>>>,
         full: Arc<AtomicBool>,
+        synced: Arc<Mutex<Vec<u8>>>,
+        /// Held by a test to stop the writer in its next fsync.
+        hold: Arc<Mutex<()>>,
+        /// fsyncs begun so far.
+        syncs: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Disk {
+        /// The disk as a power loss would leave it: what the last fsync made durable.
+        fn after_power_loss(&self) -> Disk {
+            let synced = self.synced.lock().unwrap().clone();
+            Disk {
+                bytes: Arc::new(Mutex::new(synced)),
+                ..Disk::default()
+            }
+        }
+
         fn check(&self) -> std::io::Result<()> {
             if self.full.load(Ordering::SeqCst) {
                 return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
@@ -1678,7 +1681,11 @@ mod tests {
             Ok(())
         }
         fn sync_data(&self) -> std::io::Result<()> {
-            self.check()
+            self.check()?;
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            let _held = self.hold.lock().unwrap_or_else(|p| p.into_inner());
+            *self.synced.lock().unwrap() = self.bytes.lock().unwrap().clone();
+            Ok(())
         }
         fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
             self.check()?;
@@ -1767,5 +1774,165 @@ mod tests {
                 .len(),
             51
         );
+    }
+
+    /// Sends one accept for each batch and polls them all once, so that every batch is queued
+    /// at the writer before anything else runs; the answers come with the returned future.
+    async fn queue_accepts(
+        outbox: &Outbox,
+        batches: Vec<Vec<Pending>>,
+    ) -> impl std::future::Future<Output = Vec<Result<Vec<Entry>, StoreError>>> {
+        let mut all = Box::pin(futures::future::join_all(
+            batches
+                .into_iter()
+                .map(|b| outbox.accept(b))
+                .collect::<Vec<_>>(),
+        ));
+        assert!(futures::poll!(&mut all).is_pending());
+        all
+    }
+
+    // The lock is held across awaits on purpose: it stops the writer thread in an fsync.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn writers_queued_behind_a_commit_share_the_next_one_and_survive_a_power_loss() {
+        let disk = Disk::default();
+        let (outbox, _) = on_disk(&disk, Arc::default());
+        let before = outbox.state.commits.load(Ordering::Relaxed);
+        // The first commit is held at its fsync, so that the writers below queue up behind it.
+        let hold = disk.hold.lock().unwrap();
+        let syncs = disk.syncs.load(Ordering::SeqCst);
+        let first = queue_accepts(&outbox, vec![vec![Pending::test("first", "s")]]).await;
+        wait_until("the first commit reaches its fsync", || {
+            disk.syncs.load(Ordering::SeqCst) > syncs
+        })
+        .await;
+        let batches = (0..50)
+            .map(|i| vec![Pending::test(&format!("{i:040x}"), "s").of(&format!("ns/p{}", i % 3))])
+            .collect();
+        let rest = queue_accepts(&outbox, batches).await;
+        drop(hold);
+        let mut answered: Vec<Entry> = first.await.into_iter().flat_map(|r| r.unwrap()).collect();
+        for r in rest.await {
+            assert_eq!(r.as_ref().map(Vec::len).ok(), Some(1), "{r:?}");
+            answered.extend(r.unwrap());
+        }
+        assert_eq!(
+            outbox.state.commits.load(Ordering::Relaxed) - before,
+            2,
+            "the held commit, then one for the 50 writers queued behind it"
+        );
+        assert_eq!(outbox.pending_len(), 51);
+        assert_eq!(outbox.pending_for("ns/p0"), 17);
+
+        // Every answered record was synced before its answer: a power loss keeps them all.
+        let (after, loaded) = on_disk(&disk.after_power_loss(), Arc::default());
+        answered.sort_by_key(|e| e.seq);
+        assert_eq!(loaded, answered, "all of them, oldest first");
+        assert_eq!(after.pending_len(), 51);
+        assert_eq!(after.pending_for("ns/p2"), 16);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_same_key_writes_leave_the_newest_after_a_power_loss() {
+        let disk = Disk::default();
+        let (outbox, _) = on_disk(&disk, Arc::default());
+        let stored = same_key_writers(&outbox, 64).await;
+        let newest = stored.iter().map(|e| e.seq).max().unwrap();
+        let (after, loaded) = on_disk(&disk.after_power_loss(), Arc::default());
+        assert_eq!(loaded.len(), 1, "{loaded:?}");
+        assert_eq!(loaded[0].seq, newest);
+        assert_eq!(after.pending_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_older_record_arriving_after_a_restart_replaces_nothing() {
+        let disk = Disk::default();
+        let (outbox, _) = on_disk(&disk, Arc::default());
+        outbox.accept(vec![Pending::test("b", "s")]).await.unwrap();
+        let newer = outbox.accept(vec![Pending::test("a", "s")]).await.unwrap();
+        let newer_seq = newer[0].seq;
+
+        let (outbox, loaded) = on_disk(&disk.after_power_loss(), Arc::default());
+        assert_eq!(loaded.len(), 2);
+        // Numbered before the restart, stored after it: older than what is stored.
+        let older = Pending {
+            seq: newer_seq - 1,
+            ..Pending::test("a", "s").in_state("pending")
+        };
+        let stored = send_numbered(&outbox, vec![older.clone()]).await.unwrap();
+        assert!(stored.unwrap().is_empty(), "superseded, not stored");
+        // Nor does an attempt of the older record change the newer one.
+        outbox.finish(retry_503(&older, 3, 99)).await.unwrap();
+        let (record, _) = outbox.load(&older.key()).unwrap();
+        let record = record.unwrap();
+        assert_eq!(
+            (record.seq, record.attempts, record.not_before_ms),
+            (newer_seq, 0, 0)
+        );
+        // A record numbered after the restart does replace it.
+        let next = outbox.accept(vec![Pending::test("a", "s")]).await.unwrap();
+        assert!(
+            next[0].seq > newer_seq,
+            "numbering goes on after the restart"
+        );
+        assert_eq!(
+            outbox.load(&older.key()).unwrap().0.unwrap().seq,
+            next[0].seq
+        );
+        assert_eq!(outbox.pending_len(), 2);
+    }
+
+    #[tokio::test]
+    async fn recovery_after_a_power_loss_loads_what_is_pending_oldest_first() {
+        let disk = Disk::default();
+        let (outbox, _) = on_disk(&disk, Arc::default());
+        let mut stored = Vec::new();
+        for (i, provider) in ["ns/p", "ns/q", "ns/p", "ns/q", "ns/p"].iter().enumerate() {
+            let record = Pending::test(&format!("{i:040x}"), "s").of(provider);
+            stored.extend(outbox.accept(vec![record]).await.unwrap());
+        }
+        let record = |i: usize| outbox.load(&stored[i].key).unwrap().0.unwrap();
+        let (retried, done) = (record(1), record(3));
+        outbox.finish(retry_503(&retried, 2, 1234)).await.unwrap();
+        outbox
+            .finish(Finish::Done {
+                key: done.key(),
+                seq: done.seq,
+                fingerprint: Some("fp".into()),
+                final_state: true,
+                outcome: outcome(&done),
+            })
+            .await
+            .unwrap();
+        // Outcomes alone skip the fsync; a flush makes them durable too.
+        outbox.flush().await;
+
+        let (after, loaded) = on_disk(&disk.after_power_loss(), Arc::default());
+        let mut want = vec![
+            stored[0].clone(),
+            stored[1].clone(),
+            stored[2].clone(),
+            stored[4].clone(),
+        ];
+        want[1].not_before_ms = 1234;
+        assert_eq!(loaded, want);
+        assert_eq!(
+            (after.pending_for("ns/p"), after.pending_for("ns/q")),
+            (3, 1)
+        );
+        let (record, posted) = after.load(&stored[1].key).unwrap();
+        assert_eq!(record.unwrap().attempts, 2);
+        assert_eq!(posted, None);
+        assert_eq!(after.posted(&stored[3].key).unwrap().as_deref(), Some("fp"));
+        let history = after.history(&HistoryFilter::default()).unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].delivery, stored[3].seq);
+        // Numbering goes on above everything stored before the loss.
+        let next = after
+            .accept(vec![Pending::test("next", "s")])
+            .await
+            .unwrap();
+        assert!(next[0].seq > history[0].id, "{next:?} {history:?}");
     }
 }
