@@ -364,6 +364,9 @@ pub async fn store(
 }
 
 #[cfg(test)]
+mod oneshot_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

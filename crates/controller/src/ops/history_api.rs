@@ -99,6 +99,9 @@ async fn list_deliveries(
 }
 
 #[cfg(test)]
+mod oneshot_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use tower::ServiceExt as _;
