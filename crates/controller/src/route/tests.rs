@@ -4,87 +4,38 @@
 
 use std::collections::BTreeMap;
 
-use api::{
-    Alert, AlertSpec, CrossNamespaceObjectReference, LocalObjectReference, ObjectMeta, Provider,
-    ProviderSpec, Secret,
-};
+use api::fixtures::{SHA, UID};
+use api::{Alert, CrossNamespaceObjectReference, Provider, Secret};
 use notify::ClientCache;
 
 use super::*;
 use crate::config::catalog::Objects;
 
-const UID: &str = "0c9c2e41-d2f9-4f9b-9c41-bebc1984d67a";
-const SHA: &str = "5394cb7f48332b2de7c17dd8b8384bbc84b7e738";
-
-fn meta(ns: &str, name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: name.into(),
-        namespace: ns.into(),
-        uid: UID.into(),
-        ..Default::default()
-    }
-}
-
 fn provider(ns: &str, name: &str, type_: &str) -> Provider {
-    Provider {
-        api_version: "notification.toolkit.fluxcd.io/v1beta3".into(),
-        kind: "Provider".into(),
-        metadata: meta(ns, name),
-        spec: ProviderSpec {
-            type_: type_.into(),
-            address: Some("https://github.com/o/r".into()),
-            secret_ref: Some(LocalObjectReference { name: "tok".into() }),
-            ..Default::default()
-        },
-    }
+    Provider::test(ns, name).of_type(type_).secret_ref("tok")
 }
 
 fn alert(ns: &str, name: &str, sources: Vec<CrossNamespaceObjectReference>) -> Alert {
-    Alert {
-        api_version: "notification.toolkit.fluxcd.io/v1beta3".into(),
-        kind: "Alert".into(),
-        metadata: meta(ns, name),
-        spec: AlertSpec {
-            provider_ref: LocalObjectReference { name: "p".into() },
-            event_severity: "info".into(),
-            event_sources: sources,
-            ..Default::default()
-        },
-    }
+    Alert::test(ns, name).provider("p").sources(sources)
 }
 
 fn source(kind: &str, name: &str, ns: Option<&str>) -> CrossNamespaceObjectReference {
-    CrossNamespaceObjectReference {
-        kind: kind.into(),
-        name: name.into(),
-        namespace: ns.map(Into::into),
-        ..Default::default()
+    let source = CrossNamespaceObjectReference::test(kind, name);
+    match ns {
+        Some(ns) => source.in_namespace(ns),
+        None => source,
     }
 }
 
 fn secret(ns: &str) -> Secret {
-    Secret {
-        metadata: meta(ns, "tok"),
-        type_: String::new(),
-        data: BTreeMap::from([("token".to_string(), b"ghp_x".to_vec())]),
-    }
+    Secret::test(ns, "tok").with("token", "ghp_x")
 }
 
 fn event(ns: &str, name: &str, severity: &str, md: &[(&str, &str)]) -> Event {
-    let mut e = Event::default();
-    e.involved_object.kind = "Kustomization".into();
-    e.involved_object.namespace = ns.into();
-    e.involved_object.name = name.into();
-    e.involved_object.api_version = "kustomize.toolkit.fluxcd.io/v1".into();
-    e.severity = severity.into();
-    e.reason = "ReconciliationSucceeded".into();
-    e.message = "some excluded message".into();
-    e.metadata = Some(
-        md.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    e
+    Event::test(ns, name)
+        .severity(severity)
+        .message("some excluded message")
+        .only_meta(md)
 }
 
 fn catalog(providers: Vec<Provider>, alerts: Vec<Alert>, secrets: Vec<Secret>) -> Catalog {
