@@ -1380,7 +1380,7 @@ mod tests {
 
     use super::*;
 
-    fn quiet() -> OnError {
+    pub(super) fn quiet() -> OnError {
         Arc::new(|_| {})
     }
 
@@ -1415,7 +1415,7 @@ mod tests {
     }
 
     /// A store in `dir` that is opened again until the previous writer let go of the file.
-    fn open_dir(dir: &Path) -> (Outbox, Vec<Entry>) {
+    pub(super) fn open_dir(dir: &Path) -> (Outbox, Vec<Entry>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match Outbox::open(Some(dir), quiet()) {
@@ -1631,9 +1631,9 @@ mod tests {
     /// that a re-open sees what was committed before. What was last synced is kept apart: it is
     /// what a power loss leaves ([`Disk::after_power_loss`]).
     #[derive(Debug, Clone, Default)]
-    struct Disk {
+    pub(super) struct Disk {
         bytes: Arc<Mutex<Vec<u8>>>,
-        full: Arc<AtomicBool>,
+        pub(super) full: Arc<AtomicBool>,
         synced: Arc<Mutex<Vec<u8>>>,
         /// Held by a test to stop the writer in its next fsync.
         hold: Arc<Mutex<()>>,
@@ -1699,7 +1699,10 @@ mod tests {
         }
     }
 
-    fn on_disk(disk: &Disk, errors: Arc<Mutex<Vec<&'static str>>>) -> (Outbox, Vec<Entry>) {
+    pub(super) fn on_disk(
+        disk: &Disk,
+        errors: Arc<Mutex<Vec<&'static str>>>,
+    ) -> (Outbox, Vec<Entry>) {
         let backend = disk.clone();
         let opener: Opener = Box::new(move || {
             let mut builder = Database::builder();
@@ -1715,7 +1718,7 @@ mod tests {
         Outbox::open_with(opener, true, on_error).unwrap()
     }
 
-    async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    pub(super) async fn wait_until(what: &str, f: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !f() {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");

@@ -698,3 +698,174 @@ fn scan<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    use super::super::tests::{Disk, on_disk, open_dir, quiet, wait_until};
+    use super::*;
+
+    fn forward(target: &str, object: &str, bytes: u64) -> Forward {
+        Forward {
+            event: 0,
+            target: target.into(),
+            object: object.into(),
+            reason: "ReconciliationSucceeded".into(),
+            content_type: Some("application/json".into()),
+            bytes,
+            accepted_ms: 1_000,
+            not_before_ms: 1_000,
+            attempts: 0,
+            last_error: None,
+            attempt_log: Vec::new(),
+        }
+    }
+
+    fn ended(f: Forward, verdict: ForwardVerdict) -> ForwardOutcome {
+        ForwardOutcome::of(f, verdict, super::super::rfc3339(2_000), Some(202), None)
+    }
+
+    fn all() -> ForwardFilter {
+        ForwardFilter {
+            limit: 100,
+            ..ForwardFilter::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_stored_once_and_freed_when_its_last_forward_ends() {
+        let (store, _) = Outbox::open(None, quiet()).unwrap();
+        let body = Bytes::from_static(br#"{"event":1}"#);
+        let n = body.len() as u64;
+        let fs = vec![
+            forward("http://a/", "K/ns/o", n),
+            forward("http://b/", "K/ns/o", n),
+        ];
+        let entries = store.accept_forwards(body.clone(), fs).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].event, entries[1].event);
+        assert_ne!(entries[0].lane, entries[1].lane, "one lane per receiver");
+        let counts = store.forward_counts();
+        assert_eq!((counts.events, counts.bytes, counts.forwards), (1, n, 2));
+
+        let event = entries[0].event;
+        let (record, stored) = store.load_forward(event, "http://a/").unwrap().unwrap();
+        assert_eq!(stored.as_deref(), Some(&body[..]));
+        assert_eq!(record.event, event);
+        store
+            .finish_forward(ended(record, ForwardVerdict::Forwarded))
+            .await
+            .unwrap();
+        assert!(store.load_forward(event, "http://a/").unwrap().is_none());
+        let counts = store.forward_counts();
+        assert_eq!((counts.events, counts.bytes, counts.forwards), (1, n, 1));
+
+        let (record, _) = store.load_forward(event, "http://b/").unwrap().unwrap();
+        store
+            .finish_forward(ended(record, ForwardVerdict::AlreadyReceived))
+            .await
+            .unwrap();
+        assert_eq!(store.forward_counts(), ForwardCounts::default());
+        let history = store.forward_history(&all()).unwrap();
+        let targets: Vec<&str> = history.iter().map(|o| o.target.as_str()).collect();
+        assert_eq!(targets, ["http://b/", "http://a/"], "newest first");
+        assert!(history[0].id > history[1].id);
+        assert!(store.forward_pending(&all()).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_retry_keeps_the_updated_record_only_while_the_forward_is_pending() {
+        let (store, _) = Outbox::open(None, quiet()).unwrap();
+        let entries = store
+            .accept_forwards(
+                Bytes::from_static(b"{}"),
+                vec![forward("http://a/", "o", 2)],
+            )
+            .await
+            .unwrap();
+        let event = entries[0].event;
+        let (mut record, _) = store.load_forward(event, "http://a/").unwrap().unwrap();
+        record.attempts = 1;
+        record.not_before_ms = 5_000;
+        record.last_error = Some("HTTP 503".into());
+        store.retry_forward(record.clone()).await.unwrap();
+        let (kept, _) = store.load_forward(event, "http://a/").unwrap().unwrap();
+        assert_eq!(kept, record);
+        assert_eq!(store.forward_entries().unwrap()[0].not_before_ms, 5_000);
+        store
+            .finish_forward(ended(kept, ForwardVerdict::Failed))
+            .await
+            .unwrap();
+        // A late retry of a finished forward does not bring it back.
+        store.retry_forward(record).await.unwrap();
+        assert!(store.load_forward(event, "http://a/").unwrap().is_none());
+        assert_eq!(store.forward_counts().forwards, 0);
+    }
+
+    #[tokio::test]
+    async fn pending_forwards_and_their_numbering_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_dir(dir.path());
+        let big = Bytes::from(vec![b'x'; 100 * 1024]);
+        let first = store
+            .accept_forwards(big, vec![forward("http://a/", "o", 100 * 1024)])
+            .await
+            .unwrap();
+        drop(store);
+
+        let (store, _) = open_dir(dir.path());
+        let entries = store.forward_entries().unwrap();
+        assert_eq!(entries, first, "only the scheduling data, as accepted");
+        let counts = store.forward_counts();
+        assert_eq!(
+            (counts.events, counts.bytes, counts.forwards),
+            (1, 100 * 1024, 1)
+        );
+        let next = store
+            .accept_forwards(
+                Bytes::from_static(b"{}"),
+                vec![forward("http://a/", "o", 2)],
+            )
+            .await
+            .unwrap();
+        assert!(next[0].event > first[0].event);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_changes_no_count_and_forwards_are_kept_through_the_reopen() {
+        let disk = Disk::default();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (store, _) = on_disk(&disk, errors.clone());
+        let reopened = store.reopened();
+        let kept = store
+            .accept_forwards(
+                Bytes::from_static(b"{}"),
+                vec![forward("http://a/", "o", 2)],
+            )
+            .await
+            .unwrap();
+
+        disk.full.store(true, Ordering::SeqCst);
+        let body = Bytes::from(vec![b'y'; 64 * 1024]);
+        let refused = store
+            .accept_forwards(body.clone(), vec![forward("http://a/", "o", 64 * 1024)])
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let counts = store.forward_counts();
+        assert_eq!((counts.events, counts.bytes, counts.forwards), (1, 2, 1));
+        assert!(errors.lock().unwrap().contains(&"io"), "{errors:?}");
+
+        disk.full.store(false, Ordering::SeqCst);
+        wait_until("the store writes again", || store.writable()).await;
+        assert!(reopened.has_changed().unwrap(), "the re-open is announced");
+        assert_eq!(store.forward_entries().unwrap(), kept);
+        let stored = store
+            .accept_forwards(body, vec![forward("http://a/", "o", 64 * 1024)])
+            .await
+            .unwrap();
+        assert!(stored[0].event > kept[0].event);
+        assert_eq!(store.forward_counts().forwards, 2);
+    }
+}
