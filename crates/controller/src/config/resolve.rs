@@ -325,48 +325,25 @@ pub fn forge_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api::{LocalObjectReference, ObjectMeta, ProviderSpec};
+    use api::{LocalObjectReference, ProviderSpec};
     use std::collections::HashMap;
     use std::sync::Arc;
 
     fn secret(name: &str, data: &[(&str, &str)]) -> ((String, String), Arc<Secret>) {
-        let s = Secret {
-            metadata: ObjectMeta {
-                name: name.into(),
-                namespace: "ns".into(),
-                ..Default::default()
-            },
-            type_: String::new(),
-            data: data
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        };
+        let s = Secret::test("ns", name).with_all(data);
         (("ns".into(), name.into()), Arc::new(s))
     }
 
     fn provider(spec: ProviderSpec) -> Provider {
         Provider {
-            api_version: "notification.toolkit.fluxcd.io/v1beta3".into(),
-            kind: "Provider".into(),
-            metadata: ObjectMeta {
-                name: "p".into(),
-                namespace: "ns".into(),
-                ..Default::default()
-            },
             spec,
+            ..Provider::test("ns", "p")
         }
     }
 
+    /// A GitHub Provider's spec with its token in Secret `secret`.
     fn spec_with(secret: &str) -> ProviderSpec {
-        ProviderSpec {
-            type_: "github".into(),
-            address: Some("https://github.com/o/r".into()),
-            secret_ref: Some(LocalObjectReference {
-                name: secret.into(),
-            }),
-            ..Default::default()
-        }
+        Provider::test("ns", "p").secret_ref(secret).spec
     }
 
     #[test]
