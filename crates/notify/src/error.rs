@@ -150,6 +150,18 @@ pub enum PlanError {
         /// The error itself.
         inner: Box<PlanError>,
     },
+    /// A planned [`crate::forge::Status`] this forge cannot build requests from: it was
+    /// planned for another forge kind (the Provider changed its type since), or names a state
+    /// the forge has no word for.
+    #[error("cannot send a status planned for {planned} with a {forge} provider: {reason}")]
+    NotBuildable {
+        /// The forge the status was planned for.
+        planned: ForgeKind,
+        /// The forge asked to build its requests.
+        forge: ForgeKind,
+        /// What does not fit.
+        reason: String,
+    },
 }
 
 fn unsupported_severity(forge: &ForgeKind) -> &'static str {

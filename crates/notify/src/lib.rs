@@ -21,7 +21,9 @@ mod transport;
 pub use credentials::{ClientCache, Credentials, GitHubApp};
 pub use error::{Class, ConfigError, DeliveryError, PlanError, Retry};
 pub use exchange::{Exchange, MAX_VALIDATED_BYTES, RateLimit, Validator};
-pub use forge::{Forge, ForgeConfig, ForgeKind, Outcome, Plan, ProgressingMode, StatusEvent};
+pub use forge::{
+    Forge, ForgeConfig, ForgeKind, Outcome, Plan, ProgressingMode, Status, StatusEvent,
+};
 pub use request::ForgeRequest;
 pub use secret::Secret;
 pub use transport::{NetworkConfig, PROXY_SCHEMES, ProxyConfig, TlsConfig, error_chain};

@@ -200,7 +200,7 @@ impl Protocol for AzureDevOps {
         Ok(duplicate(&existing.value, wanted))
     }
 
-    fn write_request(&self, _ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
+    fn write_request(&self, wanted: &Wanted) -> ForgeRequest {
         let context = JsonObject::new(true)
             .str("genre", wanted.genre.as_deref().unwrap_or(GENRE))
             .str("name", &wanted.context);

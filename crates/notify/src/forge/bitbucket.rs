@@ -119,6 +119,11 @@ impl Protocol for Bitbucket {
             .link()
             .map(|u| checked_target_url(ForgeKind::Bitbucket, u, true, None))
             .transpose()?;
+        let name = if ev.status_id_from_expr {
+            truncate_chars(ev.status_id, MAX_NAME_CHARS)
+        } else {
+            truncate_chars(&object_name(ev.kind, ev.name), MAX_NAME_CHARS)
+        };
         // The key is limited to 40 characters; a SHA-1 hex of the ID always fits.
         Ok(Wanted {
             sha,
@@ -126,7 +131,7 @@ impl Protocol for Bitbucket {
             description,
             context: sha1_hex(ev.status_id),
             genre: None,
-            name: None,
+            name: Some(name),
             target_url,
         })
     }
@@ -146,17 +151,12 @@ impl Protocol for Bitbucket {
             && existing.description.as_deref().unwrap_or_default() == wanted.description)
     }
 
-    fn write_request(&self, ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
-        let name = if ev.status_id_from_expr {
-            truncate_chars(ev.status_id, MAX_NAME_CHARS)
-        } else {
-            truncate_chars(&object_name(ev.kind, ev.name), MAX_NAME_CHARS)
-        };
+    fn write_request(&self, wanted: &Wanted) -> ForgeRequest {
         let body = JsonObject::new(true)
             .str("key", &wanted.context)
             .str("url", wanted.target_url.as_deref().unwrap_or(STATUS_URL))
             .str("state", wanted.state)
-            .str("name", &name)
+            .str("name", wanted.name.as_deref().unwrap_or_default())
             .str("description", &wanted.description)
             .finish();
         self.request(Method::POST, self.statuses_url(&wanted.sha))

@@ -210,7 +210,7 @@ impl Protocol for BitbucketServer {
             && Some(field(&existing.name)) == wanted.name)
     }
 
-    fn write_request(&self, _ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
+    fn write_request(&self, wanted: &Wanted) -> ForgeRequest {
         // Flux encodes with `json.NewEncoder`: HTML escaped, newline at the end.
         let mut body = JsonObject::new(true)
             .str("description", &wanted.description)

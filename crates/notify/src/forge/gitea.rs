@@ -149,7 +149,7 @@ impl Protocol for Gitea {
         Ok(duplicate(&existing, wanted))
     }
 
-    fn write_request(&self, _ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
+    fn write_request(&self, wanted: &Wanted) -> ForgeRequest {
         let url = format!("{}/statuses/{}", self.repo_url(), path_segment(&wanted.sha));
         // The SDK marshals with `json.Marshal`: HTML escaped, no trailing newline, and the
         // empty `target_url` always present.

@@ -186,7 +186,7 @@ impl Protocol for GitHub {
         Ok(duplicate(&existing, wanted))
     }
 
-    fn write_request(&self, _ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
+    fn write_request(&self, wanted: &Wanted) -> ForgeRequest {
         let url = format!("{}/statuses/{}", self.repo_url(), path_segment(&wanted.sha));
         // go-github encodes without HTML escaping and ends the body with a newline.
         // go-github's field order; `target_url` is omitted when empty, as Flux never sets it.

@@ -131,7 +131,7 @@ impl Protocol for GitLab {
         Ok(duplicate(&existing, wanted))
     }
 
-    fn write_request(&self, _ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest {
+    fn write_request(&self, wanted: &Wanted) -> ForgeRequest {
         let url = format!(
             "{}projects/{}/statuses/{}",
             self.api,

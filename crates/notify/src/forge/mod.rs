@@ -39,7 +39,8 @@ use azure_identity::AzureAuth;
 use github_app::AppAuth;
 
 /// The Git forges Flux can post commit statuses to (Provider `spec.type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ForgeKind {
     /// github.com and GitHub Enterprise Server.
     GitHub,
@@ -169,6 +170,32 @@ pub enum Outcome {
     AlreadyInState,
 }
 
+/// A planned status, complete and free of credentials: what [`Forge::requests`] builds the
+/// exchange from at send time, with the credentials current then. Planning ([`Forge::plan`])
+/// happens once; a status kept (stored, retried) keeps this.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// The forge it was planned for; another kind cannot send it.
+    pub forge: ForgeKind,
+    /// The commit status ID of the event.
+    pub status_id: String,
+    pub sha: String,
+    /// In the forge's words.
+    pub state: String,
+    /// As sent (after the forge's length limit).
+    pub description: String,
+    /// The forge's identifier for the status: GitHub/Azure context name, GitLab name,
+    /// Bitbucket key.
+    pub context: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genre: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The link, already checked against the forge's rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+}
+
 /// The planned exchange: pure data, also what a dry run prints.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -184,10 +211,28 @@ pub struct Plan {
     pub read: Option<ForgeRequest>,
     /// Request that writes the status.
     pub write: ForgeRequest,
+    forge: ForgeKind,
     wanted: Wanted,
 }
 
 impl Plan {
+    /// The planned status, to keep and build this plan's requests from again
+    /// ([`Forge::requests`]).
+    pub fn status(&self) -> Status {
+        let w = &self.wanted;
+        Status {
+            forge: self.forge,
+            status_id: self.status_id.clone(),
+            sha: w.sha.clone(),
+            state: w.state.to_owned(),
+            description: w.description.clone(),
+            context: w.context.clone(),
+            genre: w.genre.clone(),
+            name: w.name.clone(),
+            target_url: w.target_url.clone(),
+        }
+    }
+
     /// The plan without its duplicate-check read: the write alone, for forges where writing
     /// a state they already show does no harm (see the README, "One request per status").
     pub fn without_read(mut self) -> Self {
@@ -247,7 +292,8 @@ pub(crate) struct Wanted {
     pub context: String,
     /// Azure DevOps context genre.
     pub genre: Option<String>,
-    /// Bitbucket Server's status name (compared by its duplicate rule).
+    /// The status name of the Bitbucket forges (Bitbucket Server's duplicate rule compares
+    /// it).
     pub name: Option<String>,
     /// The link the status carries, already checked against the forge's rules.
     pub target_url: Option<String>,
@@ -297,7 +343,7 @@ pub(crate) trait Protocol: Send + Sync + fmt::Debug {
     fn is_duplicate(&self, wanted: &Wanted, body: &[u8]) -> Result<bool, serde_json::Error>;
 
     /// Writes the status.
-    fn write_request(&self, ev: &StatusEvent<'_>, wanted: &Wanted) -> ForgeRequest;
+    fn write_request(&self, wanted: &Wanted) -> ForgeRequest;
 
     /// Credential values as they appear on the wire, to scrub from error texts.
     fn secret_values(&self) -> Vec<String>;
@@ -603,15 +649,50 @@ impl Forge {
             None => describe::description(ev.reason),
         };
         let wanted = protocol.wanted(ev, sha, state, description)?;
-        Ok(Some(Plan {
+        Ok(Some(self.exchange_for(ev.status_id, wanted)))
+    }
+
+    /// The exchange of a status planned earlier ([`Plan::status`]), with this forge's current
+    /// address and credentials. Pure; nothing is planned again.
+    pub fn requests(&self, status: &Status) -> Result<Plan, PlanError> {
+        let protocol = &self.inner.protocol;
+        let refuse = |reason: String| PlanError::NotBuildable {
+            planned: status.forge,
+            forge: protocol.kind(),
+            reason,
+        };
+        if status.forge != protocol.kind() {
+            return Err(refuse("the provider's type changed".to_owned()));
+        }
+        let state = [State::Success, State::Failure, State::InProgress]
+            .into_iter()
+            .map(|s| protocol.state_name(s))
+            .find(|name| *name == status.state)
+            .ok_or_else(|| refuse(format!("unknown state {:?}", status.state)))?;
+        let wanted = Wanted {
+            sha: status.sha.clone(),
+            state,
+            description: status.description.clone(),
+            context: status.context.clone(),
+            genre: status.genre.clone(),
+            name: status.name.clone(),
+            target_url: status.target_url.clone(),
+        };
+        Ok(self.exchange_for(&status.status_id, wanted))
+    }
+
+    fn exchange_for(&self, status_id: &str, wanted: Wanted) -> Plan {
+        let protocol = &self.inner.protocol;
+        Plan {
             sha: wanted.sha.clone(),
             state: wanted.state.to_owned(),
             description: wanted.description.clone(),
-            status_id: ev.status_id.to_owned(),
+            status_id: status_id.to_owned(),
             read: Some(protocol.read_request(&wanted)),
-            write: protocol.write_request(ev, &wanted),
+            write: protocol.write_request(&wanted),
+            forge: protocol.kind(),
             wanted,
-        }))
+        }
     }
 
     /// The only I/O: read existing (dedup per forge), then write unless duplicate. Each HTTP
@@ -909,5 +990,7 @@ fn decode_message(e: &serde_json::Error) -> String {
     }
 }
 
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod tests;
