@@ -227,6 +227,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         object_level_workload_identity: gates
             .enabled(crate::ops::goflags::OBJECT_LEVEL_WORKLOAD_IDENTITY),
+        public_url: public_url.as_deref().map(Into::into),
     };
     let delivery_shutdown = CancellationToken::new();
     let (scheduler, deliveries) = delivery::start(

@@ -14,10 +14,11 @@ use notify::{Exchange, Forge, Outcome as Sent, Plan};
 
 use crate::config::catalog::SharedCatalog;
 use crate::delivery::pacing::Gate;
+use crate::delivery::plan::{self, PROGRESSING, Prepared};
 use crate::delivery::policy::{Answer, Decision};
 use crate::delivery::scheduler::{Attempter, Budget, Budgets, Next};
 use crate::delivery::store::{
-    Attempt, Entry, Finish, Outbox, Outcome, Pending, StoreError, Verdict, rfc3339,
+    Attempt, Entry, Finish, Outbox, Pending, StoreError, Verdict, rfc3339,
 };
 use crate::delivery::{DeliveryError, Settings, Skip};
 use crate::metrics::{AttemptLabels, BudgetLabels, ErrorLabels, ForgeLabel, OutcomeLabels};
@@ -26,9 +27,6 @@ use crate::metrics::{AttemptLabels, BudgetLabels, ErrorLabels, ForgeLabel, Outco
 const RECORD_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 /// Longest wait between two tries; the store itself retries its writes at most this far apart.
 const RECORD_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The reason of events that post the in-progress state.
-pub(crate) const PROGRESSING: &str = "Progressing";
 
 /// A pending record as an attempt reads it: the record, what was last posted for its key, and
 /// whether a final state was ever posted for it.
@@ -135,36 +133,37 @@ impl Deliverer {
             Ok(None) => return Next::Done,
             Err(e) => return self.store_failed(&entry, e),
         };
-        let own_link = self.link(&mut record);
         if final_posted && record.reason == PROGRESSING {
             // kustomize-controller sends one on every drift correction; posting it would turn a
             // finished commit back to pending and spend the forge's per-commit status cap.
             let end = End::Skipped(Skip::SupersededProgressing);
             return self.end_early(record, end).await;
         }
-        let event = crate::delivery::record::status_event(&record, &target.provider);
-        let plan = match target.forge.plan(&event, self.settings.progressing) {
-            Ok(Some(plan)) if self.settings.read_before_write => plan,
-            // Writing a state the forge already shows is harmless on every forge (GitHub, Gitea
-            // and Azure append, Bitbucket updates by key, GitLab refuses with a 400 that means
-            // "already set"), so the duplicate check's read is only made on request.
-            Ok(Some(plan)) => plan.without_read(),
-            Ok(None) => {
-                return self
-                    .end_early(record, End::Skipped(Skip::Progressing))
-                    .await;
-            }
-            Err(e) => return self.end_early(record, End::Failed(e.into())).await,
-        };
-        // Our delivery page's link names this delivery, so it differs between deliveries of the
-        // same state; left in the fingerprint, no repeat (an event and a healed state that
-        // agree, a resync) would ever be recognised as already posted.
-        let fingerprint = match own_link {
-            Some(link) => plan.fingerprint_without(&link),
-            None => plan.fingerprint(),
-        };
+        if record.delivery.planned.is_none() {
+            // Stored by an earlier build, which planned at send time with the current Provider.
+            record.status_id_from_expr = target.provider.exprs.status.is_some();
+        }
+        let settings = &self.settings;
+        let public_url = settings.public_url.as_deref();
+        let (plan, fingerprint) =
+            match plan::requests(&target.forge, &mut record, settings.progressing, public_url) {
+                Ok(Some(Prepared { plan, fingerprint })) if settings.read_before_write => {
+                    (plan, fingerprint)
+                }
+                // Writing a state the forge already shows is harmless on every forge (GitHub,
+                // Gitea and Azure append, Bitbucket updates by key, GitLab refuses with a 400
+                // that means "already set"), so the duplicate check's read is only made on
+                // request.
+                Ok(Some(Prepared { plan, fingerprint })) => (plan.without_read(), fingerprint),
+                Ok(None) => {
+                    return self
+                        .end_early(record, End::Skipped(Skip::Progressing))
+                        .await;
+                }
+                Err(e) => return self.end_early(record, End::Failed(e.into())).await,
+            };
         if posted.as_deref() == Some(fingerprint.as_str()) {
-            tracing::debug!(provider = %record.provider, object = %record.object, commit = %record.sha, status = %record.status_id, state = %record.state, "commit status already posted, skipping");
+            tracing::debug!(provider = %record.delivery.provider, object = %record.delivery.object, commit = %record.delivery.sha, status = %record.delivery.status_id, state = %record.delivery.state, "commit status already posted, skipping");
             let end = End::Landed {
                 verdict: Verdict::AlreadySet,
                 fingerprint,
@@ -310,20 +309,6 @@ impl Deliverer {
         Next::RetryAt(self.now() + self.settings.min_retry_delay.as_millis() as i64)
     }
 
-    /// `--public-url`: link the status to its delivery page unless the Provider has a link.
-    /// Returns our link when the status carries it.
-    fn link(&self, record: &mut Pending) -> Option<String> {
-        let own = self
-            .settings
-            .public_url
-            .as_ref()
-            .map(|base| format!("{}/deliveries/{}", base.trim_end_matches('/'), record.seq))?;
-        if record.target_url.is_none() {
-            record.target_url = Some(own.clone());
-        }
-        (record.target_url.as_deref() == Some(own.as_str())).then_some(own)
-    }
-
     /// Sends the plan and counts the attempt.
     async fn send(
         &self,
@@ -336,12 +321,15 @@ impl Deliverer {
         let started = std::time::Instant::now();
         // With --read-before-write the read is conditional when a validator for it is kept.
         let kept = match &plan.read {
-            Some(read) => self.validator(&record.provider_uid, &read.url).await,
+            Some(read) => {
+                self.validator(&record.delivery.provider_uid, &read.url)
+                    .await
+            }
             None => None,
         };
         let (result, exchange) = forge.execute_with(plan, kept.as_ref()).await;
         if let Some(v) = exchange.validator.clone() {
-            self.outbox.keep_validator(&record.provider_uid, v);
+            self.outbox.keep_validator(&record.delivery.provider_uid, v);
         }
         let answered = result
             .as_ref()
@@ -359,7 +347,7 @@ impl Deliverer {
         let m = &self.settings.metrics;
         crate::delivery::pacing::count(m, record, &exchange);
         let forge_label = ForgeLabel {
-            forge: record.forge.clone(),
+            forge: record.delivery.forge.clone(),
         };
         m.attempt_duration
             .get_or_create(&forge_label)
@@ -370,15 +358,15 @@ impl Deliverer {
         };
         m.attempts
             .get_or_create(&AttemptLabels {
-                forge: record.forge.clone(),
+                forge: record.delivery.forge.clone(),
                 status_class: crate::metrics::status_class(status),
             })
             .inc();
         if let Some(left) = forge.rate_limit_remaining() {
             m.budget_remaining
                 .get_or_create(&BudgetLabels {
-                    forge: record.forge.clone(),
-                    provider: record.provider.clone(),
+                    forge: record.delivery.forge.clone(),
+                    provider: record.delivery.provider.clone(),
                 })
                 .set(left as i64);
         }
@@ -386,7 +374,10 @@ impl Deliverer {
             if matches!(e.class(), notify::Class::RateLimited { .. }) {
                 m.rate_limited.get_or_create(&forge_label).inc();
             }
-            self.count_error(&record.forge, DeliveryError::forge_error_name(e.class()));
+            self.count_error(
+                &record.delivery.forge,
+                DeliveryError::forge_error_name(e.class()),
+            );
         }
         (result, exchange)
     }
@@ -419,7 +410,7 @@ impl Deliverer {
                     Sent::Posted => Verdict::Posted,
                     Sent::AlreadySet | Sent::AlreadyInState => Verdict::AlreadySet,
                 };
-                tracing::info!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, state = %plan.state, attempts, already_set = verdict == Verdict::AlreadySet, "commit status posted");
+                tracing::info!(provider = %r.delivery.provider, alert = %r.delivery.alert, object = %r.delivery.object, commit = %r.delivery.sha, status = %r.delivery.status_id, state = %plan.state, attempts, already_set = verdict == Verdict::AlreadySet, "commit status posted");
                 let (http_status, note) = match sent {
                     Sent::AlreadySet if exchange.not_modified => (
                         Some(304),
@@ -433,7 +424,7 @@ impl Deliverer {
                         Some(400),
                         Some(format!(
                             "{} already shows this state: it refused the transition (HTTP 400 \"Cannot transition status\"), so nothing changed",
-                            r.forge
+                            r.delivery.forge
                         )),
                     ),
                     Sent::Posted | Sent::AlreadySet => (None, None),
@@ -460,7 +451,7 @@ impl Deliverer {
             Err(e) => e,
         };
         let message = crate::config::hooks::failure_message(
-            &r.object,
+            &r.delivery.object,
             crate::config::hooks::Stage::Send,
             &e.to_string(),
         );
@@ -470,22 +461,22 @@ impl Deliverer {
                 record.log(self.attempt_entry("failed", Some(&e)));
                 let r = &record;
                 let end = if verdict == Verdict::Expired {
-                    tracing::error!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification: delivery expired");
+                    tracing::error!(provider = %r.delivery.provider, alert = %r.delivery.alert, object = %r.delivery.object, commit = %r.delivery.sha, status = %r.delivery.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification: delivery expired");
                     End::Expired(e.into())
                 } else {
-                    tracing::error!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification");
+                    tracing::error!(provider = %r.delivery.provider, alert = %r.delivery.alert, object = %r.delivery.object, commit = %r.delivery.sha, status = %r.delivery.status_id, http_status = e.status(), attempts, error = %message, "failed to send notification");
                     End::Failed(e.into())
                 };
                 return self.end(record, end).await;
             }
         };
         let retry_in = std::time::Duration::from_millis((at - self.now()).max(0) as u64);
-        tracing::warn!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, http_status = e.status(), attempts, retry_in = ?retry_in, error = %message, "commit status not delivered yet, will retry");
+        tracing::warn!(provider = %r.delivery.provider, alert = %r.delivery.alert, object = %r.delivery.object, commit = %r.delivery.sha, status = %r.delivery.status_id, http_status = e.status(), attempts, retry_in = ?retry_in, error = %message, "commit status not delivered yet, will retry");
         self.settings
             .metrics
             .retries
             .get_or_create(&ForgeLabel {
-                forge: r.forge.clone(),
+                forge: r.delivery.forge.clone(),
             })
             .inc();
         let finish = Finish::Retry {
@@ -546,12 +537,12 @@ impl Deliverer {
         };
         if let Some(e) = end.error() {
             self.settings.notices.warning(
-                &r.alert,
+                &r.delivery.alert,
                 crate::config::hooks::reason::DISPATCH_FAILED,
-                e.notice(&r.object),
+                e.notice(&r.delivery.object),
             );
             if !matches!(e, DeliveryError::Forge(_)) {
-                self.count_error(&r.forge, e.name());
+                self.count_error(&r.delivery.forge, e.name());
             }
         }
         let (fingerprint, message) = match end {
@@ -559,36 +550,18 @@ impl Deliverer {
                 fingerprint, note, ..
             } => (Some(fingerprint), note),
             End::Skipped(skip) => (None, Some(skip.to_string())),
-            End::Failed(ref e) | End::Expired(ref e) => (None, Some(e.history_message(&r.object))),
+            End::Failed(ref e) | End::Expired(ref e) => {
+                (None, Some(e.history_message(&r.delivery.object)))
+            }
         };
         let now = self.now();
+        let forge = r.delivery.forge.clone();
         let finish = Finish::Done {
             key: r.key(),
             seq: r.seq,
             final_state: fingerprint.is_some() && r.reason != PROGRESSING,
             fingerprint,
-            outcome: Box::new(Outcome {
-                id: 0,
-                time: rfc3339(now),
-                outcome: verdict,
-                provider: r.provider.clone(),
-                alert: r.alert.clone(),
-                object: r.object.clone(),
-                repository: r.repository.clone(),
-                forge: r.forge.clone(),
-                commit: r.sha.clone(),
-                status: r.status_id.clone(),
-                state: r.state.clone(),
-                description: r.description.clone(),
-                attempts: r.attempts,
-                http_status,
-                message,
-                event_message: r.message.clone(),
-                accepted: rfc3339(r.accepted_ms),
-                delivery: r.seq,
-                timeline: r.attempt_log.clone(),
-                target_url: r.target_url.clone(),
-            }),
+            outcome: Box::new(r.into_outcome(rfc3339(now), verdict, http_status, message)),
         };
         if let Err(e) = self.record_end(finish).await {
             tracing::warn!(error = %e, "cannot record how a delivery ended; it stays pending");
@@ -598,7 +571,7 @@ impl Deliverer {
             .metrics
             .deliveries
             .get_or_create(&OutcomeLabels {
-                forge: r.forge.clone(),
+                forge,
                 outcome: verdict.name().into(),
             })
             .inc();
@@ -640,10 +613,10 @@ impl Deliverer {
 fn report(r: &Pending, end: &End) {
     match end {
         End::Failed(e) | End::Expired(e) => {
-            tracing::error!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, error = %e.notice(&r.object), kind = e.name(), "failed to send notification")
+            tracing::error!(provider = %r.delivery.provider, alert = %r.delivery.alert, object = %r.delivery.object, commit = %r.delivery.sha, status = %r.delivery.status_id, error = %e.notice(&r.delivery.object), kind = e.name(), "failed to send notification")
         }
         End::Skipped(skip) => {
-            tracing::info!(provider = %r.provider, alert = %r.alert, object = %r.object, commit = %r.sha, status = %r.status_id, reason = %skip, "commit status skipped")
+            tracing::info!(provider = %r.delivery.provider, alert = %r.delivery.alert, object = %r.delivery.object, commit = %r.delivery.sha, status = %r.delivery.status_id, reason = %skip, "commit status skipped")
         }
         End::Landed { .. } => {}
     }

@@ -18,6 +18,7 @@
 
 pub mod attempt;
 pub mod pacing;
+pub mod plan;
 pub mod policy;
 pub mod record;
 pub mod scheduler;
@@ -198,7 +199,7 @@ pub fn start(
 /// would turn a finished commit back to pending and spend the forge's per-commit status cap.
 /// (The attempt checks the same on the record it loads; healing asks before storing one.)
 pub fn superseded_progressing(outbox: &Outbox, record: &crate::delivery::store::Pending) -> bool {
-    record.reason == crate::delivery::attempt::PROGRESSING
+    record.reason == crate::delivery::plan::PROGRESSING
         && outbox.final_posted(&record.key()).unwrap_or(false)
 }
 

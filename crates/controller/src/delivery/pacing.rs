@@ -267,8 +267,8 @@ pub fn report(metrics: &Metrics, pacer: &Pacer, budget: &str, record: &Pending) 
         metrics
             .pacing
             .get_or_create(&PacingLabels {
-                forge: record.forge.clone(),
-                provider: record.provider.clone(),
+                forge: record.delivery.forge.clone(),
+                provider: record.delivery.provider.clone(),
                 state: pace.as_str().to_owned(),
             })
             .set(i64::from(pace == current));
@@ -282,8 +282,8 @@ pub fn count(metrics: &Metrics, record: &Pending, exchange: &Exchange) {
             metrics
                 .forge_requests
                 .get_or_create(&RequestLabels {
-                    forge: record.forge.clone(),
-                    provider: record.provider.clone(),
+                    forge: record.delivery.forge.clone(),
+                    provider: record.delivery.provider.clone(),
                     kind: kind.to_owned(),
                 })
                 .inc_by(u64::from(n));

@@ -1,6 +1,8 @@
-//! The values the delivery store keeps: a pending delivery ([`Pending`], stored whole), what the
-//! scheduler keeps of it in memory ([`Entry`]: key and scheduling data only), one attempt of its
-//! time line, and the outcome that ends it. Records are bounded in size before they are stored.
+//! The values the delivery store keeps: the delivery routing computed ([`Delivery`]), a pending
+//! one ([`Pending`]: the delivery, the event it came from and its scheduling, stored whole), what
+//! the scheduler keeps of it in memory ([`Entry`]: key and scheduling data only), one attempt of
+//! its time line, and the outcome that ends it (embedding the delivery). Records are bounded in
+//! size before they are stored.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,9 +49,52 @@ const PLANNED_KEYS: [&str; 4] = ["commit", "originRevision", "revision", "summar
 /// Attempts kept per delivery for its time line; older ones are dropped.
 pub const ATTEMPT_LOG_CAP: usize = 50;
 
-/// A delivery to make: what is needed to plan it again at send time. It holds no secret:
-/// credentials are looked up in the current configuration when the attempt starts, so a
-/// rotated token is picked up by the next retry.
+/// One commit status to deliver, as routing computed it (see [`super::plan`]): complete and
+/// free of credentials, which are looked up in the current configuration when it is sent, so a
+/// rotated token is picked up by the next attempt.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    /// `namespace/name` of the Provider and its UID.
+    pub provider: String,
+    /// Empty in outcomes read back: the history does not keep it.
+    #[serde(default)]
+    pub provider_uid: String,
+    /// `namespace/name` of the Alert.
+    pub alert: String,
+    /// `Kind/namespace/name` of the involved object.
+    pub object: String,
+    /// Never with the user info or query of the Provider's address.
+    pub repository: String,
+    /// The Provider `spec.type`.
+    pub forge: String,
+    pub sha: String,
+    pub status_id: String,
+    /// In the forge's words.
+    pub state: String,
+    pub description: String,
+    /// From the Provider's target-URL template, or our delivery page (`--public-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// The event message (the forge's description cannot hold it), up to
+    /// [`MAX_MESSAGE_BYTES`].
+    #[serde(default)]
+    pub message: String,
+    /// The message was longer than [`MAX_MESSAGE_BYTES`] and ends with [`CUT_MARK`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub message_cut: bool,
+    /// What the forge's requests are built from. `None` in records stored by earlier builds
+    /// (they are planned when sent) and in outcomes (the history does not keep it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned: Option<notify::Status>,
+}
+
+impl Delivery {
+    pub fn key(&self) -> String {
+        status_key(&self.provider_uid, &self.sha, &self.status_id)
+    }
+}
+
+/// A delivery to make: the delivery, the event it was planned from, and its scheduling.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Pending {
     pub seq: u64,
@@ -58,36 +103,20 @@ pub struct Pending {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// `namespace/name` of the Provider and its UID.
-    pub provider: String,
-    pub provider_uid: String,
-    pub alert: String,
-    pub object: String,
-    pub repository: String,
-    pub forge: String,
-    pub sha: String,
-    pub status_id: String,
-    pub state: String,
-    pub description: String,
+    #[serde(flatten)]
+    pub delivery: Delivery,
     /// The event as the forge planned it.
     pub kind: String,
     pub name: String,
     pub reason: String,
     pub severity: String,
     pub metadata: BTreeMap<String, String>,
-    /// The event message (the forge's description cannot hold it), up to
-    /// [`MAX_MESSAGE_BYTES`].
-    #[serde(default)]
-    pub message: String,
-    /// The message was longer than [`MAX_MESSAGE_BYTES`] and ends with [`CUT_MARK`].
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub message_cut: bool,
-    /// From the Provider's target-URL template, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_url: Option<String>,
     /// From the Provider's description template, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description_override: Option<String>,
+    /// The status name came from the Provider's `spec.commitStatusExpr`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub status_id_from_expr: bool,
     /// Attempts that did not settle the delivery, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempt_log: Vec<Attempt>,
@@ -110,23 +139,8 @@ pub struct Attempt {
 }
 
 impl Pending {
-    /// What the forge plans the status from.
-    pub fn status_event(&self) -> notify::StatusEvent<'_> {
-        notify::StatusEvent {
-            target_url: self.target_url.as_deref(),
-            description: self.description_override.as_deref(),
-            status_id: &self.status_id,
-            kind: &self.kind,
-            name: &self.name,
-            reason: &self.reason,
-            severity: &self.severity,
-            metadata: &self.metadata,
-            status_id_from_expr: false,
-        }
-    }
-
     pub fn key(&self) -> String {
-        status_key(&self.provider_uid, &self.sha, &self.status_id)
+        self.delivery.key()
     }
 
     /// What the scheduler keeps of this delivery.
@@ -134,7 +148,7 @@ impl Pending {
         Entry {
             key: self.key().into(),
             seq: self.seq,
-            provider: self.provider.as_str().into(),
+            provider: self.delivery.provider.as_str().into(),
             accepted_ms: self.accepted_ms,
             not_before_ms: self.not_before_ms,
         }
@@ -143,8 +157,8 @@ impl Pending {
     /// Cuts the message and the metadata to their bounds, so that what one event stores (and
     /// what an attempt reads back) is bounded whatever the sender put in it.
     pub fn bound(&mut self) {
-        if cut(&mut self.message, MAX_MESSAGE_BYTES) {
-            self.message_cut = true;
+        if cut(&mut self.delivery.message, MAX_MESSAGE_BYTES) {
+            self.delivery.message_cut = true;
         }
         let metadata = std::mem::take(&mut self.metadata);
         let (planned, other): (Vec<_>, Vec<_>) = metadata
@@ -168,6 +182,31 @@ impl Pending {
         if self.attempt_log.len() > ATTEMPT_LOG_CAP {
             let excess = self.attempt_log.len() - ATTEMPT_LOG_CAP;
             self.attempt_log.drain(..excess);
+        }
+    }
+
+    /// The history's entry for how this delivery ended.
+    pub fn into_outcome(
+        self,
+        time: String,
+        outcome: Verdict,
+        http_status: Option<u16>,
+        message: Option<String>,
+    ) -> Outcome {
+        Outcome {
+            id: 0,
+            time,
+            outcome,
+            attempts: self.attempts,
+            http_status,
+            message,
+            accepted: rfc3339(self.accepted_ms),
+            seq: self.seq,
+            timeline: self.attempt_log,
+            delivery: Delivery {
+                planned: None,
+                ..self.delivery
+            },
         }
     }
 }
@@ -231,37 +270,120 @@ impl Verdict {
     }
 }
 
-/// One entry of the delivery history.
+/// One entry of the delivery history: how a delivery ended, and the delivery.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(from = "OutcomeRecord", into = "OutcomeRecord")]
 pub struct Outcome {
     pub id: u64,
     pub time: String,
     pub outcome: Verdict,
-    pub provider: String,
-    pub alert: String,
-    pub object: String,
-    pub repository: String,
-    pub forge: String,
-    pub commit: String,
-    pub status: String,
-    pub state: String,
-    pub description: String,
+    pub delivery: Delivery,
     pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What the forge answered, or why nothing was sent.
     pub message: Option<String>,
-    #[serde(default)]
-    pub event_message: String,
     pub accepted: String,
-    /// The delivery this outcome ends (its sequence number when accepted).
-    #[serde(default)]
-    pub delivery: u64,
+    /// The sequence number of the delivery when accepted.
+    pub seq: u64,
     /// Every attempt at the forge, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<Attempt>,
+}
+
+/// An [`Outcome`] as the history stores and lists it (the fields of the history's JSON, older
+/// than the delivery value it embeds now).
+#[derive(Clone, Serialize, Deserialize)]
+struct OutcomeRecord {
+    id: u64,
+    time: String,
+    outcome: Verdict,
+    provider: String,
+    alert: String,
+    object: String,
+    repository: String,
+    forge: String,
+    commit: String,
+    status: String,
+    state: String,
+    description: String,
+    attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_url: Option<String>,
+    http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(default)]
+    event_message: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    event_message_cut: bool,
+    accepted: String,
+    /// The delivery this outcome ends (its sequence number when accepted; 0 before deliveries
+    /// had ids).
+    #[serde(default)]
+    delivery: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    timeline: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_url: Option<String>,
+}
+
+impl From<Outcome> for OutcomeRecord {
+    fn from(o: Outcome) -> Self {
+        let d = o.delivery;
+        OutcomeRecord {
+            id: o.id,
+            time: o.time,
+            outcome: o.outcome,
+            provider: d.provider,
+            alert: d.alert,
+            object: d.object,
+            repository: d.repository,
+            forge: d.forge,
+            commit: d.sha,
+            status: d.status_id,
+            state: d.state,
+            description: d.description,
+            attempts: o.attempts,
+            http_status: o.http_status,
+            message: o.message,
+            event_message: d.message,
+            event_message_cut: d.message_cut,
+            accepted: o.accepted,
+            delivery: o.seq,
+            timeline: o.timeline,
+            target_url: d.target_url,
+        }
+    }
+}
+
+impl From<OutcomeRecord> for Outcome {
+    fn from(r: OutcomeRecord) -> Self {
+        Outcome {
+            id: r.id,
+            time: r.time,
+            outcome: r.outcome,
+            delivery: Delivery {
+                provider: r.provider,
+                provider_uid: String::new(),
+                alert: r.alert,
+                object: r.object,
+                repository: r.repository,
+                forge: r.forge,
+                sha: r.commit,
+                status_id: r.status,
+                state: r.state,
+                description: r.description,
+                target_url: r.target_url,
+                message: r.event_message,
+                message_cut: r.event_message_cut,
+                planned: None,
+            },
+            attempts: r.attempts,
+            http_status: r.http_status,
+            message: r.message,
+            accepted: r.accepted,
+            seq: r.delivery,
+            timeline: r.timeline,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -274,56 +396,44 @@ impl Pending {
             not_before_ms: 0,
             attempts: 0,
             last_error: None,
-            provider: "ns/p".into(),
-            provider_uid: "uid".into(),
-            alert: "ns/a".into(),
-            object: "Kustomization/ns/app".into(),
-            repository: "https://github.com/o/r".into(),
-            forge: "github".into(),
-            sha: sha.into(),
-            status_id: status_id.into(),
-            state: "success".into(),
-            description: "d".into(),
+            delivery: Delivery {
+                provider: "ns/p".into(),
+                provider_uid: "uid".into(),
+                alert: "ns/a".into(),
+                object: "Kustomization/ns/app".into(),
+                repository: "https://github.com/o/r".into(),
+                forge: "github".into(),
+                sha: sha.into(),
+                status_id: status_id.into(),
+                state: "success".into(),
+                description: "d".into(),
+                target_url: None,
+                message: "m".into(),
+                message_cut: false,
+                planned: None,
+            },
             kind: "Kustomization".into(),
             name: "app".into(),
             reason: "ReconciliationSucceeded".into(),
             severity: "info".into(),
             metadata: BTreeMap::new(),
-            message: "m".into(),
-            message_cut: false,
-            target_url: None,
             description_override: None,
+            status_id_from_expr: false,
             attempt_log: Vec::new(),
         }
     }
 
     /// This record with another Provider.
-    pub fn of(self, provider: &str) -> Pending {
-        Pending {
-            provider: provider.into(),
-            provider_uid: format!("uid-{provider}"),
-            ..self
-        }
+    pub fn of(mut self, provider: &str) -> Pending {
+        self.delivery.provider = provider.into();
+        self.delivery.provider_uid = format!("uid-{provider}");
+        self
     }
 
     /// This record in another state.
-    pub fn in_state(self, state: &str) -> Pending {
-        Pending {
-            state: state.into(),
-            ..self
-        }
-    }
-}
-
-/// What the forge plans from: the stored delivery, plus whether its status name came from the
-/// Provider's `spec.commitStatusExpr` (Bitbucket then shows it as the name).
-pub fn status_event<'a>(
-    record: &'a Pending,
-    provider: &crate::config::catalog::ProviderEntry,
-) -> notify::StatusEvent<'a> {
-    notify::StatusEvent {
-        status_id_from_expr: provider.exprs.status.is_some(),
-        ..record.status_event()
+    pub fn in_state(mut self, state: &str) -> Pending {
+        self.delivery.state = state.into();
+        self
     }
 }
 
@@ -331,60 +441,45 @@ pub fn status_event<'a>(
 impl Outcome {
     /// How `p` ended: `verdict` after one attempt, with no answer of the forge kept.
     pub fn test(p: &Pending, verdict: Verdict) -> Outcome {
-        Outcome {
-            id: 0,
-            time: rfc3339(0),
-            outcome: verdict,
-            provider: p.provider.clone(),
-            alert: p.alert.clone(),
-            object: p.object.clone(),
-            repository: p.repository.clone(),
-            forge: p.forge.clone(),
-            commit: p.sha.clone(),
-            status: p.status_id.clone(),
-            state: p.state.clone(),
-            description: p.description.clone(),
+        let p = Pending {
             attempts: 1,
-            http_status: None,
-            message: None,
-            event_message: p.message.clone(),
-            accepted: rfc3339(p.accepted_ms),
-            delivery: p.seq,
-            timeline: Vec::new(),
-            target_url: None,
-        }
+            attempt_log: Vec::new(),
+            ..p.clone()
+        };
+        p.into_outcome(rfc3339(0), verdict, None, None)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn record(message: &str, metadata: &[(&str, &str)]) -> Pending {
-        Pending {
-            message: message.into(),
+        let mut r = Pending {
             metadata: metadata
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ..Pending::test("abc", "kustomization/app/uid")
-        }
+        };
+        r.delivery.message = message.into();
+        r
     }
 
     #[test]
     fn a_long_message_is_cut_and_marked() {
         let mut r = record(&"é".repeat(100 * 1024), &[]);
         r.bound();
-        assert!(r.message_cut);
-        assert!(r.message.len() <= MAX_MESSAGE_BYTES);
-        assert!(r.message.ends_with(CUT_MARK));
+        assert!(r.delivery.message_cut);
+        assert!(r.delivery.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(r.delivery.message.ends_with(CUT_MARK));
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"message_cut\":true"));
 
         let mut short = record("fine", &[]);
         short.bound();
-        assert!(!short.message_cut);
-        assert_eq!(short.message, "fine");
+        assert!(!short.delivery.message_cut);
+        assert_eq!(short.delivery.message, "fine");
         assert!(
             !serde_json::to_string(&short)
                 .unwrap()
@@ -436,6 +531,75 @@ mod tests {
         }
         assert_eq!(r.attempt_log.len(), ATTEMPT_LOG_CAP);
         assert_eq!(r.attempt_log[0].time, "7");
+    }
+
+    /// A pending record as the build before the delivery value wrote it.
+    pub(crate) const OLD_PENDING: &str = r#"{"seq":7,"accepted_ms":1764590000000,"not_before_ms":1764590005000,"attempts":1,"last_error":"failed to send notification for Kustomization/ns/app: boom","provider":"ns/p","provider_uid":"uid","alert":"ns/a","object":"Kustomization/ns/app","repository":"https://github.com/o/r","forge":"github","sha":"5394cb7f48332b2de7c17dd8b8384bbc84b7e738","status_id":"kustomization/app/uid","state":"success","description":"ReconciliationSucceeded","kind":"Kustomization","name":"app","reason":"ReconciliationSucceeded","severity":"info","metadata":{"revision":"main@sha1:5394cb7f48332b2de7c17dd8b8384bbc84b7e738"},"message":"Applied revision","message_cut":true,"target_url":"https://ci.example.com/1","attempt_log":[{"time":"2025-12-01T12:00:05.000Z","result":"retrying","http_status":503,"message":"boom"}]}"#;
+
+    #[test]
+    fn a_record_of_the_previous_build_loads_and_keeps_its_shape() {
+        let old: Pending = serde_json::from_str(OLD_PENDING).unwrap();
+        assert_eq!(old.seq, 7);
+        assert_eq!(old.delivery.provider, "ns/p");
+        assert_eq!(old.delivery.sha, "5394cb7f48332b2de7c17dd8b8384bbc84b7e738");
+        assert_eq!(old.delivery.message, "Applied revision");
+        assert!(old.delivery.message_cut);
+        assert_eq!(old.delivery.planned, None, "planned when sent");
+        assert_eq!(old.attempt_log.len(), 1);
+        let again: serde_json::Value = serde_json::to_value(&old).unwrap();
+        let before: serde_json::Value = serde_json::from_str(OLD_PENDING).unwrap();
+        assert_eq!(again, before, "the pending listing keeps its fields");
+    }
+
+    #[test]
+    fn outcomes_embed_the_delivery_and_keep_the_history_shape() {
+        // As the previous build wrote them: with delivery ids, and from before they existed.
+        let old = [
+            r#"{"id":9,"time":"2025-12-01T12:00:06.000Z","outcome":"posted","provider":"ns/p","alert":"ns/a","object":"Kustomization/ns/app","repository":"https://github.com/o/r","forge":"github","commit":"5394cb7f48332b2de7c17dd8b8384bbc84b7e738","status":"kustomization/app/uid","state":"success","description":"d","attempts":2,"http_status":201,"message":"note","event_message":"Applied revision","accepted":"2025-12-01T12:00:00.000Z","delivery":7,"timeline":[{"time":"2025-12-01T12:00:06.000Z","result":"posted"}],"target_url":"https://ci.example.com/1"}"#,
+            r#"{"id":3,"time":"2025-12-01T12:00:06.000Z","outcome":"failed","provider":"ns/p","alert":"ns/a","object":"Kustomization/ns/app","repository":"https://github.com/o/r","forge":"github","commit":"5394cb7f48332b2de7c17dd8b8384bbc84b7e738","status":"kustomization/app/uid","state":"success","description":"d","attempts":1,"accepted":"2025-12-01T12:00:00.000Z"}"#,
+        ];
+        for json in old {
+            let o: Outcome = serde_json::from_str(json).unwrap();
+            let before: serde_json::Value = serde_json::from_str(json).unwrap();
+            let mut again = serde_json::to_value(&o).unwrap();
+            if before.get("delivery").is_none() {
+                assert_eq!(o.seq, 0);
+                let again = again.as_object_mut().unwrap();
+                assert_eq!(again.remove("delivery"), Some(0.into()));
+                assert_eq!(again.remove("event_message"), Some("".into()));
+            }
+            assert_eq!(again, before);
+            assert_eq!(o.delivery.sha, "5394cb7f48332b2de7c17dd8b8384bbc84b7e738");
+        }
+
+        let mut pending = record("Applied revision", &[]);
+        pending.seq = 11;
+        pending.attempts = 1;
+        let o = pending
+            .clone()
+            .into_outcome("t".into(), Verdict::Posted, Some(201), None);
+        assert_eq!(o.seq, 11);
+        assert_eq!(o.delivery.planned, None);
+        assert_eq!(
+            Outcome {
+                id: 0,
+                ..serde_json::from_value(serde_json::to_value(&o).unwrap()).unwrap()
+            },
+            Outcome {
+                delivery: Delivery {
+                    provider_uid: String::new(),
+                    ..o.delivery.clone()
+                },
+                ..o.clone()
+            },
+            "the history keeps the delivery but its Provider's UID"
+        );
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(json["commit"], pending.delivery.sha.as_str());
+        assert_eq!(json["status"], pending.delivery.status_id.as_str());
+        assert_eq!(json["event_message"], "Applied revision");
+        assert_eq!(json["delivery"], 11);
+        assert!(json.get("event_message_cut").is_none());
     }
 
     #[test]

@@ -276,14 +276,23 @@ impl Outbox {
             .ok_or(StoreError::Unavailable)
     }
 
-    /// Numbers the deliveries, bounds their records and stores them. Answers, once they are
-    /// durable, with what the scheduler needs of those stored: a record superseded by a newer
-    /// one of the same key (already stored) is left out.
+    /// A sequence number for a delivery about to be routed: its status may link to its page
+    /// (`--public-url`), so it is numbered before it is planned. Numbers never stored leave
+    /// gaps, as outcomes' ids do.
+    pub fn reserve_seq(&self) -> u64 {
+        self.state.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Numbers the deliveries not numbered yet ([`Outbox::reserve_seq`]), bounds their records
+    /// and stores them. Answers, once they are durable, with what the scheduler needs of those
+    /// stored: a record superseded by a newer one of the same key (already stored) is left out.
     pub async fn accept(&self, records: Vec<Pending>) -> Result<Vec<Entry>, StoreError> {
         let records = records
             .into_iter()
             .map(|mut r| {
-                r.seq = self.state.seq.fetch_add(1, Ordering::Relaxed);
+                if r.seq == 0 {
+                    r.seq = self.reserve_seq();
+                }
                 r.bound();
                 r
             })
@@ -424,7 +433,7 @@ impl Outbox {
             let history = txn.open_table(HISTORY).map_err(storage)?;
             if let Some(v) = history.get(outcome_id.value()).map_err(storage)?
                 && let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
-                && o.delivery == id
+                && o.seq == id
             {
                 return Ok((Some(o), None));
             }
@@ -448,8 +457,16 @@ impl Outbox {
     pub fn neighbours(&self, id: u64) -> Result<(Option<u64>, Option<u64>), StoreError> {
         let (outcome, pending) = self.delivery(id)?;
         let (provider, object, status) = match (&outcome, &pending) {
-            (Some(o), _) => (&o.provider, &o.object, &o.status),
-            (None, Some(p)) => (&p.provider, &p.object, &p.status_id),
+            (Some(o), _) => (
+                &o.delivery.provider,
+                &o.delivery.object,
+                &o.delivery.status_id,
+            ),
+            (None, Some(p)) => (
+                &p.delivery.provider,
+                &p.delivery.object,
+                &p.delivery.status_id,
+            ),
             (None, None) => return Ok((None, None)),
         };
         // Only what is compared is decoded: a provider has up to HISTORY_PER_PROVIDER outcomes.
@@ -523,7 +540,11 @@ impl Outbox {
         for entry in table.iter().map_err(storage)?.rev() {
             let (_, v) = entry.map_err(storage)?;
             if let Ok(o) = serde_json::from_slice::<Outcome>(v.value())
-                && filter.matches(&o.provider, &o.repository, &o.commit)
+                && filter.matches(
+                    &o.delivery.provider,
+                    &o.delivery.repository,
+                    &o.delivery.sha,
+                )
                 && keep(&o)
             {
                 out.push(o);
@@ -593,7 +614,11 @@ fn read_db(
         for entry in t.iter().map_err(storage)? {
             let (_, v) = entry.map_err(storage)?;
             if let Ok(p) = serde_json::from_slice::<Pending>(v.value())
-                && filter.matches(&p.provider, &p.repository, &p.sha)
+                && filter.matches(
+                    &p.delivery.provider,
+                    &p.delivery.repository,
+                    &p.delivery.sha,
+                )
             {
                 pending.push(p);
             }
@@ -606,7 +631,11 @@ fn read_db(
 /// Adds `bytes` to `out` if it is an outcome `filter` lists; `true` once `out` is full.
 fn keep_outcome(out: &mut Vec<Outcome>, bytes: &[u8], filter: &HistoryFilter) -> bool {
     if let Ok(o) = serde_json::from_slice::<Outcome>(bytes)
-        && filter.matches(&o.provider, &o.repository, &o.commit)
+        && filter.matches(
+            &o.delivery.provider,
+            &o.delivery.repository,
+            &o.delivery.sha,
+        )
     {
         out.push(o);
     }
@@ -1019,7 +1048,7 @@ impl Writer {
                                 outcome,
                             } => {
                                 let id = self.state.seq.fetch_add(1, Ordering::Relaxed);
-                                let provider = outcome.provider.clone();
+                                let provider = outcome.delivery.provider.clone();
                                 if final_state && fingerprint.is_some() {
                                     tables
                                         .posted
@@ -1114,7 +1143,7 @@ impl Writer {
                 .filter_map(|e| e.ok())
                 .map(|(k, v)| {
                     let provider = serde_json::from_slice::<Outcome>(v.value())
-                        .map(|o| o.provider)
+                        .map(|o| o.delivery.provider)
                         .unwrap_or_default();
                     (k.value(), provider)
                 })
@@ -1257,7 +1286,12 @@ impl Tables<'_> {
                 Some(old) => {
                     self.by_seq.remove(old).map_err(storage)?;
                 }
-                None => *applied.pending.entry(r.provider.clone()).or_default() += 1,
+                None => {
+                    *applied
+                        .pending
+                        .entry(r.delivery.provider.clone())
+                        .or_default() += 1
+                }
             }
             let bytes = serde_json::to_vec(&r).map_err(encode)?;
             self.pending
@@ -1286,7 +1320,10 @@ impl Tables<'_> {
         if current == Some(seq) {
             self.pending.remove(key).map_err(storage)?;
             self.by_seq.remove(seq).map_err(storage)?;
-            *applied.pending.entry(outcome.provider.clone()).or_default() -= 1;
+            *applied
+                .pending
+                .entry(outcome.delivery.provider.clone())
+                .or_default() -= 1;
         }
         if let Some(f) = fingerprint {
             self.posted.insert(key, f.as_str()).map_err(storage)?;
@@ -1297,14 +1334,17 @@ impl Tables<'_> {
             .insert(outcome.id, bytes.as_slice())
             .map_err(storage)?;
         self.index
-            .insert((outcome.provider.as_str(), outcome.id), ())
+            .insert((outcome.delivery.provider.as_str(), outcome.id), ())
             .map_err(storage)?;
-        if outcome.delivery != 0 {
+        if outcome.seq != 0 {
             self.by_delivery
-                .insert(outcome.delivery, outcome.id)
+                .insert(outcome.seq, outcome.id)
                 .map_err(storage)?;
         }
-        *applied.history.entry(outcome.provider.clone()).or_default() += 1;
+        *applied
+            .history
+            .entry(outcome.delivery.provider.clone())
+            .or_default() += 1;
         Ok(())
     }
 
@@ -1465,10 +1505,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (outbox, initial) = open_dir(dir.path());
         assert!(initial.is_empty());
-        let big = Pending {
-            message: "x".repeat(100 * 1024),
-            ..Pending::test("a", "s")
-        };
+        let mut big = Pending::test("a", "s");
+        big.delivery.message = "x".repeat(100 * 1024);
         let stored = outbox
             .accept(vec![big, Pending::test("b", "s").of("ns/q")])
             .await
@@ -1480,8 +1518,8 @@ mod tests {
         let (record, posted) = outbox.load(&stored[0].key).unwrap();
         let record = record.unwrap();
         assert!(
-            record.message_cut
-                && record.message.len() <= crate::delivery::record::MAX_MESSAGE_BYTES
+            record.delivery.message_cut
+                && record.delivery.message.len() <= crate::delivery::record::MAX_MESSAGE_BYTES
         );
         assert_eq!(posted, None);
         drop(outbox);
@@ -1515,7 +1553,7 @@ mod tests {
             "the older state is superseded, not stored"
         );
         let (stored, _) = outbox.load(&first[0].key).unwrap();
-        assert_eq!(stored.unwrap().state, "failure");
+        assert_eq!(stored.unwrap().delivery.state, "failure");
         assert_eq!(outbox.pending_len(), 1);
         // A finished attempt of the older one would not remove the newer one either.
         let older = Pending {
@@ -1624,7 +1662,8 @@ mod tests {
         assert!(outbox.final_posted(&record.key()).unwrap());
         let history = outbox.history(&HistoryFilter::default()).unwrap();
         assert_eq!(history.len(), 1);
-        assert_eq!(history[0].delivery, record.seq);
+        assert_eq!(history[0].seq, record.seq);
+        assert_eq!(history[0].delivery.sha, record.delivery.sha);
     }
 
     /// Memory that fails every write while `full` is set, like a disk without room; shared, so
@@ -1735,9 +1774,10 @@ mod tests {
 
         disk.full.store(true, Ordering::SeqCst);
         let many: Vec<Pending> = (0..50)
-            .map(|i| Pending {
-                message: "x".repeat(8 * 1024),
-                ..Pending::test(&format!("{i:040x}"), "s")
+            .map(|i| {
+                let mut p = Pending::test(&format!("{i:040x}"), "s");
+                p.delivery.message = "x".repeat(8 * 1024);
+                p
             })
             .collect();
         let refused = outbox.accept(many.clone()).await;

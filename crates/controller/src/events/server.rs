@@ -296,7 +296,18 @@ pub fn deliveries_for(
 
     let routed: Vec<Routed> = alerts
         .iter()
-        .map(|a| route::route(catalog, event, a, state.settings, state.notices.as_ref()))
+        .map(|a| {
+            // Numbered before planning: the status may link to the delivery's page.
+            let seq = state.outbox.reserve_seq();
+            route::route(
+                catalog,
+                event,
+                a,
+                &state.settings,
+                state.notices.as_ref(),
+                seq,
+            )
+        })
         .collect();
     let dropped = route::no_commit_alerts(&routed);
     if !dropped.is_empty() && api {
@@ -345,7 +356,7 @@ pub async fn store(
     }
     let mut per_provider = std::collections::BTreeMap::<&str, usize>::new();
     for r in &records {
-        *per_provider.entry(&r.provider).or_default() += 1;
+        *per_provider.entry(&r.delivery.provider).or_default() += 1;
     }
     if per_provider
         .iter()

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{self, FluxObject, ObjectState, Selection};
 use crate::config::catalog::Catalog;
+use crate::delivery::plan;
 use crate::delivery::store::Pending;
 use crate::events::server::{self, EventState, Origin};
 use crate::metrics::{KindLabel, Metrics};
@@ -397,7 +398,7 @@ async fn heal(shared: &Shared, o: &ObjectState) {
     else {
         return;
     };
-    records.retain(|r| !already_posted(state, &catalog, r));
+    records.retain_mut(|r| !already_posted(state, &catalog, r));
     if records.is_empty() {
         tracing::debug!(object = %event.object_ref(), "the object's state matches the statuses last posted");
         return;
@@ -405,7 +406,10 @@ async fn heal(shared: &Shared, o: &ObjectState) {
     let n = records.len() as u64;
     let what: Vec<String> = records
         .iter()
-        .map(|r| format!("{} {} {} on {}", r.provider, r.status_id, r.state, r.sha))
+        .map(|r| {
+            let d = &r.delivery;
+            format!("{} {} {} on {}", d.provider, d.status_id, d.state, d.sha)
+        })
         .collect();
     match server::store(state, records).await {
         Ok(()) => {
@@ -428,24 +432,25 @@ async fn heal(shared: &Shared, o: &ObjectState) {
 /// Whether the forge already shows exactly this status (the scheduler's "last posted"
 /// memory), or the commit has its final state and this is an in-progress one: then the state
 /// costs no delivery at all.
-fn already_posted(state: &EventState, catalog: &Catalog, record: &Pending) -> bool {
+fn already_posted(state: &EventState, catalog: &Catalog, record: &mut Pending) -> bool {
     if crate::delivery::superseded_progressing(&state.outbox, record) {
         return true;
     }
-    let (ns, name) = record
-        .provider
-        .split_once('/')
-        .unwrap_or(("", &record.provider));
+    let provider = &record.delivery.provider;
+    let (ns, name) = provider.split_once('/').unwrap_or(("", provider));
     let Some(provider) = catalog.provider(ns, name) else {
         return false;
     };
     let Some(Ok(forge)) = provider.forge.as_ref() else {
         return false;
     };
-    let event = crate::delivery::record::status_event(record, provider);
-    let Ok(Some(plan)) = forge.plan(&event, state.settings.progressing) else {
+    // Built as the attempt builds them, so that our own delivery-page link (which names the
+    // delivery) is left out of the fingerprint on both sides.
+    let settings = &state.settings;
+    let public_url = settings.public_url.as_deref();
+    let Ok(Some(prepared)) = plan::requests(forge, record, settings.progressing, public_url) else {
         return false;
     };
     state.outbox.posted(&record.key()).ok().flatten().as_deref()
-        == Some(plan.fingerprint().as_str())
+        == Some(prepared.fingerprint.as_str())
 }

@@ -15,6 +15,7 @@ use notify::{ClientCache, ProgressingMode};
 use crate::config::catalog::{AlertEntry, Catalog};
 use crate::config::files;
 use crate::config::hooks::LogOnly;
+use crate::delivery::plan;
 use crate::route::{self, RouteSettings, Routed};
 use clap::ValueEnum;
 
@@ -134,63 +135,6 @@ pub fn validate(args: ValidateArgs) -> Report {
     Report { ok, text }
 }
 
-/// Why an Alert does not select the event, or `None` if it does.
-fn why_not(entry: &AlertEntry, event: &Event) -> Option<String> {
-    let alert = &entry.alert;
-    if alert.spec.suspend {
-        return Some("the Alert is suspended".into());
-    }
-    let o = &event.involved_object;
-    let mut reasons = Vec::new();
-    for (i, src) in alert.spec.event_sources.iter().enumerate() {
-        let ns = src
-            .namespace
-            .as_deref()
-            .unwrap_or(&alert.metadata.namespace);
-        let why = if o.namespace != ns {
-            format!("namespace {:?} is not {ns:?}", o.namespace)
-        } else if o.kind != src.kind {
-            format!("kind {:?} is not {:?}", o.kind, src.kind)
-        } else if src.name != "*" && src.name != o.name {
-            format!("name {:?} is not {:?}", o.name, src.name)
-        } else if event.severity != alert.spec.event_severity && alert.spec.event_severity != "info"
-        {
-            format!(
-                "severity {:?} is filtered out by eventSeverity {:?}",
-                event.severity, alert.spec.event_severity
-            )
-        } else if src.match_labels.is_some() {
-            "matchLabels needs the object's labels, which only a cluster has".into()
-        } else {
-            return inclusion_exclusion(entry, event);
-        };
-        reasons.push(format!("eventSources[{i}]: {why}"));
-    }
-    if reasons.is_empty() {
-        return Some("the Alert has no event sources".into());
-    }
-    Some(reasons.join("; "))
-}
-
-fn inclusion_exclusion(entry: &AlertEntry, event: &Event) -> Option<String> {
-    let spec = &entry.alert.spec;
-    if !spec.inclusion_list.is_empty()
-        && !entry.inclusion.iter().any(|r| r.is_match(&event.message))
-    {
-        return Some(format!(
-            "the message matches none of inclusionList {:?}",
-            spec.inclusion_list
-        ));
-    }
-    if let Some(r) = entry.exclusion.iter().find(|r| r.is_match(&event.message)) {
-        return Some(format!(
-            "the message matches exclusionList entry {:?}",
-            r.as_str()
-        ));
-    }
-    None
-}
-
 pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
     let body = if args.event.as_os_str() == "-" {
         let mut b = Vec::new();
@@ -239,7 +183,8 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
             "{}/{}",
             entry.alert.metadata.namespace, entry.alert.metadata.name
         );
-        if let Some(why) = why_not(entry, &event) {
+        // The daemon's matching rule; without a cluster there are no labels to read.
+        if let Some(why) = route::mismatch(entry, &event, None) {
             let _ = writeln!(out, "\nAlert {key}: does not match: {why}");
             alerts_json.push(json!({"alert": key, "matches": false, "reason": why}));
             continue;
@@ -249,9 +194,9 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
             "\nAlert {key}: matches (provider {})",
             entry.alert.spec.provider_ref.name
         );
-        let routed = route::route(&catalog, &event, entry, settings, &LogOnly);
+        let routed = route::route(&catalog, &event, entry, &settings, &LogOnly, 0);
         match routed {
-            Routed::Job(record) => {
+            Routed::Job(mut record) => {
                 let provider = catalog.provider(
                     &entry.alert.metadata.namespace,
                     &entry.alert.spec.provider_ref.name,
@@ -259,19 +204,18 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
                 let Some(provider) = provider else { continue };
                 let forge = provider.forge.clone().and_then(Result::ok);
                 let Some(forge) = forge else { continue };
-                let ev = crate::delivery::record::status_event(&record, provider);
-                let Ok(Some(plan)) = forge.plan(&ev, settings.progressing) else {
+                // The requests an attempt would build from the routed delivery.
+                let progressing = settings.progressing;
+                let Ok(Some(prepared)) = plan::requests(&forge, &mut record, progressing, None)
+                else {
                     continue;
                 };
+                let plan = prepared.plan;
+                let d = &record.delivery;
                 let _ = writeln!(
                     out,
                     "  forge: {} ({})\n  commit: {}\n  status: {} = {} ({:?})",
-                    record.forge,
-                    record.repository,
-                    plan.sha,
-                    plan.status_id,
-                    plan.state,
-                    plan.description
+                    d.forge, d.repository, d.sha, d.status_id, d.state, d.description
                 );
                 let mut requests = Vec::new();
                 for (what, req) in plan
@@ -290,7 +234,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
                 }
                 let mut sent = Value::Null;
                 if args.send {
-                    eprintln!("sending to {} ...", record.repository);
+                    eprintln!("sending to {} ...", d.repository);
                     match forge.execute(&plan).await {
                         Ok(o) => {
                             let _ = writeln!(out, "  sent: {o:?}");
@@ -303,7 +247,7 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<Report> {
                         }
                     }
                 }
-                alerts_json.push(json!({"alert": key, "matches": true, "provider": record.provider, "forge": record.forge, "repository": record.repository, "commit": plan.sha, "status": plan.status_id, "state": plan.state, "description": plan.description, "requests": requests, "sent": sent}));
+                alerts_json.push(json!({"alert": key, "matches": true, "provider": d.provider, "forge": d.forge, "repository": d.repository, "commit": d.sha, "status": d.status_id, "state": d.state, "description": d.description, "requests": requests, "sent": sent}));
             }
             Routed::Failed { error, stage, .. } => {
                 ok = false;

@@ -152,11 +152,11 @@ fn pending_line(out: &mut String, p: &Pending) {
         out,
         "{}  {}  {}  {} {} -> {}  attempts={}{}",
         store::rfc3339(p.accepted_ms),
-        p.provider,
-        p.object,
-        p.status_id,
-        short(&p.sha),
-        p.state,
+        p.delivery.provider,
+        p.delivery.object,
+        p.delivery.status_id,
+        short(&p.delivery.sha),
+        p.delivery.state,
         p.attempts,
         p.last_error
             .as_deref()
@@ -171,11 +171,11 @@ fn outcome_line(out: &mut String, o: &Outcome) {
         "{}  {:<11}  {}  {}  {} {} -> {}{}{}",
         o.time,
         format!("{:?}", o.outcome).to_lowercase(),
-        o.provider,
-        o.object,
-        o.status,
-        short(&o.commit),
-        o.state,
+        o.delivery.provider,
+        o.delivery.object,
+        o.delivery.status_id,
+        short(&o.delivery.sha),
+        o.delivery.state,
         o.http_status
             .map(|s| format!("  HTTP {s}"))
             .unwrap_or_default(),

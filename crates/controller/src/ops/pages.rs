@@ -256,26 +256,26 @@ struct View<'a> {
 impl<'a> View<'a> {
     fn ended(o: &'a Outcome) -> Self {
         View {
-            id: o.delivery,
+            id: o.seq,
             outcome: verdict_name(o.outcome),
-            state: &o.state,
-            description: &o.description,
-            object: &o.object,
-            commit: &o.commit,
-            repository: &o.repository,
-            status: &o.status,
-            forge: &o.forge,
-            provider: &o.provider,
-            alert: &o.alert,
+            state: &o.delivery.state,
+            description: &o.delivery.description,
+            object: &o.delivery.object,
+            commit: &o.delivery.sha,
+            repository: &o.delivery.repository,
+            status: &o.delivery.status_id,
+            forge: &o.delivery.forge,
+            provider: &o.delivery.provider,
+            alert: &o.delivery.alert,
             accepted: o.accepted.clone(),
             finished: Some(&o.time),
             next_attempt: None,
             attempts: o.attempts,
             http_status: o.http_status,
             result: o.message.as_deref(),
-            event_message: &o.event_message,
+            event_message: &o.delivery.message,
             timeline: &o.timeline,
-            target_url: o.target_url.as_deref(),
+            target_url: o.delivery.target_url.as_deref(),
         }
     }
 
@@ -283,24 +283,27 @@ impl<'a> View<'a> {
         View {
             id: p.seq,
             outcome: "pending",
-            state: &p.state,
-            description: p.description_override.as_deref().unwrap_or(&p.description),
-            object: &p.object,
-            commit: &p.sha,
-            repository: &p.repository,
-            status: &p.status_id,
-            forge: &p.forge,
-            provider: &p.provider,
-            alert: &p.alert,
+            state: &p.delivery.state,
+            description: p
+                .description_override
+                .as_deref()
+                .unwrap_or(&p.delivery.description),
+            object: &p.delivery.object,
+            commit: &p.delivery.sha,
+            repository: &p.delivery.repository,
+            status: &p.delivery.status_id,
+            forge: &p.delivery.forge,
+            provider: &p.delivery.provider,
+            alert: &p.delivery.alert,
             accepted: rfc3339(p.accepted_ms),
             finished: None,
             next_attempt: (p.attempts > 0).then(|| rfc3339(p.not_before_ms)),
             attempts: p.attempts,
             http_status: p.attempt_log.last().and_then(|a| a.http_status),
             result: p.last_error.as_deref(),
-            event_message: &p.message,
+            event_message: &p.delivery.message,
             timeline: &p.attempt_log,
-            target_url: p.target_url.as_deref(),
+            target_url: p.delivery.target_url.as_deref(),
         }
     }
 }
@@ -684,22 +687,22 @@ async fn index(
             id: p.seq,
             time: t,
             outcome: "pending",
-            state: &p.state,
-            object: &p.object,
-            commit: &p.sha,
-            repository: &p.repository,
-            provider: &p.provider,
+            state: &p.delivery.state,
+            object: &p.delivery.object,
+            commit: &p.delivery.sha,
+            repository: &p.delivery.repository,
+            provider: &p.delivery.provider,
         })
         .collect();
     rows.extend(history.iter().map(|o| Row {
-        id: o.delivery,
+        id: o.seq,
         time: &o.time,
         outcome: verdict_name(o.outcome),
-        state: &o.state,
-        object: &o.object,
-        commit: &o.commit,
-        repository: &o.repository,
-        provider: &o.provider,
+        state: &o.delivery.state,
+        object: &o.delivery.object,
+        commit: &o.delivery.sha,
+        repository: &o.delivery.repository,
+        provider: &o.delivery.provider,
     }));
     let mut body = render_index(&f, &rows);
     body.push_str(&render_forwards(&forwards.0, &forwards.1));
@@ -773,34 +776,40 @@ fn render_forwards(pending: &[PendingForward], history: &[ForwardOutcome]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::record::Delivery;
 
     fn outcome() -> Outcome {
         Outcome {
             id: 7,
             time: "2026-11-25T07:26:21.000Z".into(),
             outcome: Verdict::Failed,
-            provider: "flux-system/github".into(),
-            alert: "flux-system/github".into(),
-            object: "Kustomization/flux-system/<apps>".into(),
-            repository: "javascript:alert(1)".into(),
-            forge: "github".into(),
-            commit: "5394cb7f48332b2de7c17dd8b8384bbc84b7e738".into(),
-            status: "kustomization/apps/0c9c2e41".into(),
-            state: "failure".into(),
-            description: "health check failed".into(),
+            delivery: Delivery {
+                provider: "flux-system/github".into(),
+                provider_uid: String::new(),
+                alert: "flux-system/github".into(),
+                object: "Kustomization/flux-system/<apps>".into(),
+                repository: "javascript:alert(1)".into(),
+                forge: "github".into(),
+                sha: "5394cb7f48332b2de7c17dd8b8384bbc84b7e738".into(),
+                status_id: "kustomization/apps/0c9c2e41".into(),
+                state: "failure".into(),
+                description: "health check failed".into(),
+                target_url: Some("http://csc.example/deliveries/5".into()),
+                message: "line one\n<script>alert('x')</script> & \"quoted\"".into(),
+                message_cut: false,
+                planned: None,
+            },
             attempts: 1,
             http_status: Some(422),
             message: Some("422 <b>Validation Failed</b>".into()),
-            event_message: "line one\n<script>alert('x')</script> & \"quoted\"".into(),
             accepted: "2026-11-25T07:26:20.000Z".into(),
-            delivery: 5,
+            seq: 5,
             timeline: vec![Attempt {
                 time: "2026-11-25T07:26:21.000Z".into(),
                 result: "failed".into(),
                 http_status: Some(422),
                 message: Some("No commit found for SHA: <x>".into()),
             }],
-            target_url: Some("http://csc.example/deliveries/5".into()),
         }
     }
 

@@ -1,5 +1,6 @@
-//! From one accepted event to the deliveries it causes: Alert matching (§2.7), the dispatch
-//! gates (§2.9), the metadata merge (§2.8), the commit status ID (§3.0.1) and the forge's plan.
+//! From one accepted event to the deliveries it causes: Alert matching (§2.7, one rule that
+//! `explain` reports too), the dispatch gates (§2.9), the metadata merge (§2.8), the commit
+//! status ID (§3.0.1) and the delivery, planned once ([`crate::delivery::plan`]).
 //! Pure: no I/O, so every rule is unit-tested here.
 //!
 //! May use: [`crate::delivery`] (the record it produces), [`crate::config`], [`crate::metrics`].
@@ -11,16 +12,20 @@ use api::{EVENT_METADATA_PREFIX, Event};
 use notify::ProgressingMode;
 
 use crate::config::catalog::{AlertEntry, Catalog};
+use crate::delivery::plan::{self, Delivery};
 use crate::delivery::store::Pending;
 
 /// Settings that shape routing.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RouteSettings {
     pub no_cross_namespace_refs: bool,
     pub progressing: ProgressingMode,
     /// `--feature-gates=ObjectLevelWorkloadIdentity=true`: Providers may name a
     /// `spec.serviceAccountName` (issue 11).
     pub object_level_workload_identity: bool,
+    /// `--public-url`: statuses link to their delivery's page unless the Provider has its own
+    /// link template.
+    pub public_url: Option<Arc<str>>,
 }
 
 pub use crate::config::hooks::Stage;
@@ -78,7 +83,7 @@ pub fn matching_alerts<'a>(
     let o = &event.involved_object;
     catalog
         .candidates(&o.namespace, &o.kind, &o.name)
-        .filter(|a| alert_matches(a, event, labels))
+        .filter(|a| mismatch(a, event, labels).is_none())
         .collect()
 }
 
@@ -94,16 +99,17 @@ pub fn alerts_needing_labels<'a>(catalog: &'a Catalog, event: &Event) -> Vec<&'a
                 .spec
                 .event_sources
                 .iter()
-                .any(|src| src.match_labels.is_some() && source_matches(a, src, event))
+                .any(|src| src.match_labels.is_some() && source_mismatch(a, src, event).is_none())
         })
         .collect()
 }
 
-fn source_matches(
+/// Why one event source of an Alert does not select the event, labels aside.
+fn source_mismatch(
     entry: &AlertEntry,
     src: &api::CrossNamespaceObjectReference,
     event: &Event,
-) -> bool {
+) -> Option<String> {
     let alert = &entry.alert;
     let o = &event.involved_object;
     let severity = alert.spec.event_severity.as_str();
@@ -111,39 +117,76 @@ fn source_matches(
         .namespace
         .as_deref()
         .unwrap_or(&alert.metadata.namespace);
-    o.namespace == ns
-        && o.kind == src.kind
-        && !(event.severity != severity && severity != "info")
-        && (src.name == "*" || src.name == o.name)
+    if o.namespace != ns {
+        Some(format!("namespace {:?} is not {ns:?}", o.namespace))
+    } else if o.kind != src.kind {
+        Some(format!("kind {:?} is not {:?}", o.kind, src.kind))
+    } else if src.name != "*" && src.name != o.name {
+        Some(format!("name {:?} is not {:?}", o.name, src.name))
+    } else if event.severity != severity && severity != "info" {
+        Some(format!(
+            "severity {:?} is filtered out by eventSeverity {severity:?}",
+            event.severity
+        ))
+    } else {
+        None
+    }
 }
 
-fn alert_matches(
+/// Why an Alert does not select the event, or `None` if it does: the one matching rule, which
+/// routing applies and `explain` reports (§2.7). `labels` are the involved object's labels when
+/// they could be read (`explain` has no cluster to read them from).
+pub fn mismatch(
     entry: &AlertEntry,
     event: &Event,
     labels: Option<&BTreeMap<String, String>>,
-) -> bool {
+) -> Option<String> {
     let alert = &entry.alert;
     if alert.spec.suspend {
-        return false;
+        return Some("the Alert is suspended".into());
     }
-    let matched = alert.spec.event_sources.iter().any(|src| {
-        source_matches(entry, src, event)
-            && match (&src.match_labels, labels) {
-                (None, _) => true,
-                // Equality on every pair, ANDed; an empty selector selects everything.
-                (Some(want), Some(have)) => want.iter().all(|(k, v)| have.get(k) == Some(v)),
-                (Some(_), None) => false,
+    let mut reasons = Vec::new();
+    for (i, src) in alert.spec.event_sources.iter().enumerate() {
+        let why = match (
+            source_mismatch(entry, src, event),
+            &src.match_labels,
+            labels,
+        ) {
+            (Some(why), _, _) => why,
+            (None, Some(_), None) => {
+                "matchLabels needs the object's labels, which only a cluster has".into()
             }
-    });
-    if !matched {
-        return false;
+            // Equality on every pair, ANDed; an empty selector selects everything.
+            (None, Some(want), Some(have)) if !want.iter().all(|(k, v)| have.get(k) == Some(v)) => {
+                format!("the object's labels do not match matchLabels {want:?}")
+            }
+            (None, _, _) => return inclusion_exclusion(entry, event),
+        };
+        reasons.push(format!("eventSources[{i}]: {why}"));
     }
-    if !alert.spec.inclusion_list.is_empty()
+    if reasons.is_empty() {
+        return Some("the Alert has no event sources".into());
+    }
+    Some(reasons.join("; "))
+}
+
+fn inclusion_exclusion(entry: &AlertEntry, event: &Event) -> Option<String> {
+    let spec = &entry.alert.spec;
+    if !spec.inclusion_list.is_empty()
         && !entry.inclusion.iter().any(|r| r.is_match(&event.message))
     {
-        return false;
+        return Some(format!(
+            "the message matches none of inclusionList {:?}",
+            spec.inclusion_list
+        ));
     }
-    !entry.exclusion.iter().any(|r| r.is_match(&event.message))
+    if let Some(r) = entry.exclusion.iter().find(|r| r.is_match(&event.message)) {
+        return Some(format!(
+            "the message matches exclusionList entry {:?}",
+            r.as_str()
+        ));
+    }
+    None
 }
 
 /// Metadata for the outgoing notification, by increasing precedence: object annotations
@@ -209,8 +252,9 @@ pub fn route(
     catalog: &Catalog,
     event: &Event,
     entry: &AlertEntry,
-    settings: RouteSettings,
+    settings: &RouteSettings,
     notices: &dyn crate::config::hooks::Notices,
+    seq: u64,
 ) -> Routed {
     let alert = &entry.alert;
     let alert_key = format!("{}/{}", alert.metadata.namespace, alert.metadata.name);
@@ -388,52 +432,50 @@ pub fn route(
         }
     };
 
+    // Our delivery page is the link when the Provider has none; it names the delivery.
+    let target_url = target_url.or_else(|| plan::page_link(settings.public_url.as_deref(), seq));
     let mut record = Pending {
-        seq: 0,
+        seq,
         accepted_ms: crate::delivery::store::now_ms(),
         not_before_ms: 0,
         attempts: 0,
         last_error: None,
-        provider: provider.key(),
-        provider_uid: provider.provider.metadata.uid.clone(),
-        alert: alert_key,
-        object: event.object_ref(),
-        // Stored, listed and served: never with the user info or query of the address.
-        repository: notify::address::redacted(&provider.address),
-        forge: forge.kind().to_string(),
-        // The forge's plan fills these in below.
-        sha: String::new(),
-        state: String::new(),
-        description: String::new(),
-        status_id,
+        delivery: Delivery {
+            provider: provider.key(),
+            provider_uid: provider.provider.metadata.uid.clone(),
+            alert: alert_key,
+            object: event.object_ref(),
+            // Stored, listed and served: never with the user info or query of the address.
+            repository: notify::address::redacted(&provider.address),
+            forge: forge.kind().to_string(),
+            // Planning fills these in below.
+            sha: String::new(),
+            state: String::new(),
+            description: String::new(),
+            status_id,
+            target_url,
+            message: event.message.clone(),
+            message_cut: false,
+            planned: None,
+        },
         kind: o.kind.clone(),
         name: o.name.clone(),
         reason: event.reason.clone(),
         severity: event.severity.clone(),
         metadata,
-        message: event.message.clone(),
-        message_cut: false,
-        target_url,
         description_override: description,
+        status_id_from_expr: provider.exprs.status.is_some(),
         attempt_log: Vec::new(),
     };
-    match forge.plan(
-        &crate::delivery::record::status_event(&record, provider),
-        settings.progressing,
-    ) {
-        Ok(Some(plan)) => {
-            record.sha = plan.sha;
-            record.state = plan.state;
-            record.description = plan.description;
-            Routed::Job(Box::new(record))
-        }
-        Ok(None) => Routed::Skipped {
-            alert: record.alert,
+    match plan::plan(&forge, &mut record, settings.progressing) {
+        Ok(true) => Routed::Job(Box::new(record)),
+        Ok(false) => Routed::Skipped {
+            alert: record.delivery.alert,
             reason: "progressing event",
         },
         Err(e) => Routed::Failed {
-            alert: record.alert,
-            provider: Some(record.provider),
+            alert: record.delivery.alert,
+            provider: Some(record.delivery.provider),
             stage: Stage::Send,
             error: e.to_string(),
         },

@@ -109,6 +109,65 @@ fn event_matches_alert() {
     assert_eq!(matching_alerts(&c, &e, Some(&other)).len(), 0);
 }
 
+/// `explain` reports the rule routing applies: what does not match says why.
+#[test]
+fn a_mismatch_says_why() {
+    let e = event("foo-ns", "foo", "info", &[]);
+    let why = |a: Alert, labels: Option<&BTreeMap<String, String>>| {
+        let c = catalog(vec![], vec![a], vec![]);
+        let entry = c.alerts().next().unwrap().clone();
+        mismatch(&entry, &e, labels)
+    };
+    let sources = vec![
+        source("Kustomization", "foo", Some("bar-ns")),
+        source("HelmRelease", "foo", Some("foo-ns")),
+        source("Kustomization", "bar", Some("foo-ns")),
+    ];
+    assert_eq!(
+        why(alert("foo-ns", "a", sources), None).as_deref(),
+        Some(
+            "eventSources[0]: namespace \"foo-ns\" is not \"bar-ns\"; eventSources[1]: kind \"Kustomization\" is not \"HelmRelease\"; eventSources[2]: name \"foo\" is not \"bar\""
+        )
+    );
+    let mut errors_only = alert("foo-ns", "a", vec![source("Kustomization", "*", None)]);
+    errors_only.spec.event_severity = "error".into();
+    assert_eq!(
+        why(errors_only, None).as_deref(),
+        Some("eventSources[0]: severity \"info\" is filtered out by eventSeverity \"error\"")
+    );
+    let mut suspended = alert("foo-ns", "a", vec![source("Kustomization", "*", None)]);
+    suspended.spec.suspend = true;
+    assert_eq!(
+        why(suspended, None).as_deref(),
+        Some("the Alert is suspended")
+    );
+    assert_eq!(
+        why(alert("foo-ns", "a", vec![]), None).as_deref(),
+        Some("the Alert has no event sources")
+    );
+    let mut labelled = source("Kustomization", "*", None);
+    labelled.match_labels = Some(BTreeMap::from([("app".into(), "podinfo".into())]));
+    let labelled = alert("foo-ns", "a", vec![labelled]);
+    assert_eq!(
+        why(labelled.clone(), None).as_deref(),
+        Some("eventSources[0]: matchLabels needs the object's labels, which only a cluster has")
+    );
+    let other = BTreeMap::from([("app".to_string(), "other".to_string())]);
+    assert!(
+        why(labelled.clone(), Some(&other))
+            .unwrap()
+            .contains("do not match matchLabels")
+    );
+    let podinfo = BTreeMap::from([("app".to_string(), "podinfo".to_string())]);
+    assert_eq!(why(labelled, Some(&podinfo)), None);
+    let mut excluding = alert("foo-ns", "a", vec![source("Kustomization", "*", None)]);
+    excluding.spec.exclusion_list = vec!["excluded".into()];
+    assert_eq!(
+        why(excluding, None).as_deref(),
+        Some("the message matches exclusionList entry \"excluded\"")
+    );
+}
+
 #[test]
 fn filter_alerts_for_event() {
     let e = event("foo-ns", "foo", "info", &[]);
@@ -219,12 +278,22 @@ fn metadata_merge_precedence_and_conflicts() {
 fn route_one(c: &Catalog, e: &Event, settings: RouteSettings) -> Routed {
     let alerts = matching_alerts(c, e, None);
     assert_eq!(alerts.len(), 1, "expected exactly one matching alert");
-    route(c, e, alerts[0], settings, &crate::config::hooks::LogOnly)
+    route(
+        c,
+        e,
+        alerts[0],
+        &settings,
+        &crate::config::hooks::LogOnly,
+        0,
+    )
 }
 
 fn kinds(r: &Routed) -> String {
     match r {
-        Routed::Job(j) => format!("job {} {} {}", j.state, j.status_id, j.sha),
+        Routed::Job(j) => format!(
+            "job {} {} {}",
+            j.delivery.state, j.delivery.status_id, j.delivery.sha
+        ),
         Routed::Failed { error, stage, .. } => format!("failed {stage:?}: {error}"),
         Routed::Skipped { reason, .. } => format!("skipped: {reason}"),
         Routed::NoCommit { .. } => "nocommit".into(),
@@ -257,7 +326,7 @@ fn notification_params_gates() {
     );
     let s = RouteSettings::default();
 
-    let r = route_one(&c, &event("foo-ns", "foo", "info", &update), s);
+    let r = route_one(&c, &event("foo-ns", "foo", "info", &update), s.clone());
     assert_eq!(
         kinds(&r),
         format!("job success kustomization/foo/0c9c2e41 {SHA}")
@@ -267,12 +336,12 @@ fn notification_params_gates() {
         &event("foo-ns", "foo", "info", &update),
         RouteSettings {
             no_cross_namespace_refs: true,
-            ..s
+            ..s.clone()
         },
     );
     assert!(kinds(&r).starts_with("failed Dispatch: discarding event, access denied to cross-namespace sources: alert 'bar-ns/a' can't process event from 'Kustomization/foo-ns/foo'"), "{}", kinds(&r));
     // No commit key, no commit_status, not an error: dropped for commit-status providers.
-    let r = route_one(&c, &event("foo-ns", "foo", "", &[]), s);
+    let r = route_one(&c, &event("foo-ns", "foo", "", &[]), s.clone());
     assert_eq!(kinds(&r), "nocommit");
     // An error event passes the gate.
     let r = route_one(
@@ -283,7 +352,7 @@ fn notification_params_gates() {
             "error",
             &[(&format!("{g}/revision"), &rev)],
         ),
-        s,
+        s.clone(),
     );
     assert_eq!(
         kinds(&r),
@@ -302,19 +371,19 @@ fn notification_params_gates() {
                 (&format!("{g}/revision"), &rev),
             ],
         ),
-        s,
+        s.clone(),
     );
     assert_eq!(
         kinds(&r),
         format!("job success kustomization/foo/0c9c2e41 {other}")
     );
     // Missing revision: a send-stage failure with Flux's words.
-    let r = route_one(&c, &event("foo-ns", "foo", "error", &[]), s);
+    let r = route_one(&c, &event("foo-ns", "foo", "error", &[]), s.clone());
     assert_eq!(kinds(&r), "failed Send: missing revision metadata");
 
     // Provider absent.
     let c2 = catalog(vec![provider("other", "p", "github")], vec![a()], vec![]);
-    let r = route_one(&c2, &event("foo-ns", "foo", "info", &update), s);
+    let r = route_one(&c2, &event("foo-ns", "foo", "info", &update), s.clone());
     assert_eq!(
         kinds(&r),
         "failed Dispatch: failed to read provider: providers.notification.toolkit.fluxcd.io \"p\" not found"
@@ -324,13 +393,21 @@ fn notification_params_gates() {
     suspended.spec.suspend = true;
     let c3 = catalog(vec![suspended], vec![a()], vec![]);
     assert_eq!(
-        kinds(&route_one(&c3, &event("foo-ns", "foo", "info", &update), s)),
+        kinds(&route_one(
+            &c3,
+            &event("foo-ns", "foo", "info", &update),
+            s.clone()
+        )),
         "skipped: provider is suspended"
     );
     // Secret missing.
     let c4 = catalog(vec![provider("bar-ns", "p", "github")], vec![a()], vec![]);
     assert_eq!(
-        kinds(&route_one(&c4, &event("foo-ns", "foo", "info", &update), s)),
+        kinds(&route_one(
+            &c4,
+            &event("foo-ns", "foo", "info", &update),
+            s.clone()
+        )),
         "failed Dispatch: failed to initialize notifier for provider 'p': failed to get secret 'bar-ns/tok': secrets \"tok\" not found"
     );
     // serviceAccountName without the feature gate.
@@ -338,13 +415,21 @@ fn notification_params_gates() {
     sa.spec.service_account_name = Some("sa".into());
     let c5 = catalog(vec![sa], vec![a()], vec![secret("bar-ns")]);
     assert!(
-        kinds(&route_one(&c5, &event("foo-ns", "foo", "info", &update), s))
-            .contains("ObjectLevelWorkloadIdentity")
+        kinds(&route_one(
+            &c5,
+            &event("foo-ns", "foo", "info", &update),
+            s.clone()
+        ))
+        .contains("ObjectLevelWorkloadIdentity")
     );
     // Not a commit-status provider: Flux's notification-controller handles it, not us.
     let c6 = catalog(vec![provider("bar-ns", "p", "slack")], vec![a()], vec![]);
     assert_eq!(
-        kinds(&route_one(&c6, &event("foo-ns", "foo", "info", &update), s)),
+        kinds(&route_one(
+            &c6,
+            &event("foo-ns", "foo", "info", &update),
+            s.clone()
+        )),
         "skipped: provider type is not a commit-status type"
     );
 }
@@ -371,11 +456,11 @@ fn status_ids_and_progressing() {
         "event.involvedObject.kind + '/' + event.involvedObject.name + '/' + event.metadata.environment + '/' + provider.metadata.uid.split('-').first().value() + '/' + alert.metadata.name",
     );
     assert_eq!(
-        kinds(&route_one(&c, &e, s)),
+        kinds(&route_one(&c, &e, s.clone())),
         format!("job success Kustomization/gitops-system/production/0c9c2e41/test-alert {SHA}")
     );
     let c = with_expr("event.metadata.notfound");
-    assert!(kinds(&route_one(&c, &e, s)).starts_with("failed Dispatch: failed to create commit status: failed to evaluate the spec.commitStatusExpr CEL expression for the event: "));
+    assert!(kinds(&route_one(&c, &e, s.clone())).starts_with("failed Dispatch: failed to create commit status: failed to evaluate the spec.commitStatusExpr CEL expression for the event: "));
 
     let mut helm = e.clone();
     helm.involved_object.kind = "HelmRelease".into();
@@ -392,7 +477,7 @@ fn status_ids_and_progressing() {
     let mut progressing = e.clone();
     progressing.reason = "Progressing".into();
     assert_eq!(
-        kinds(&route_one(&c, &progressing, s)),
+        kinds(&route_one(&c, &progressing, s.clone())),
         format!("job pending kustomization/gitops-system/0c9c2e41 {SHA}")
     );
     let skip = RouteSettings {
@@ -435,14 +520,14 @@ fn target_url_and_description_templates() {
     ) {
         Routed::Job(j) => {
             assert_eq!(
-                j.target_url.as_deref(),
+                j.delivery.target_url.as_deref(),
                 Some("https://grafana.example.com/d/flux?var-name=podinfo")
             );
             assert_eq!(
                 j.description_override.as_deref(),
                 Some("prod-eu: ReconciliationSucceeded")
             );
-            assert_eq!(j.description, "prod-eu: ReconciliationSucceeded");
+            assert_eq!(j.delivery.description, "prod-eu: ReconciliationSucceeded");
         }
         other => panic!("{}", kinds(&other)),
     }

@@ -110,5 +110,8 @@ fn a_status_is_only_sent_by_the_forge_it_was_planned_for() {
         ..status
     };
     let err = forge(ForgeKind::GitHub, "t").requests(&odd).unwrap_err();
-    assert!(err.to_string().ends_with("unknown state \"exploded\""), "{err}");
+    assert!(
+        err.to_string().ends_with("unknown state \"exploded\""),
+        "{err}"
+    );
 }
