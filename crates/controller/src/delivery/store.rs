@@ -1970,7 +1970,7 @@ mod tests {
         assert_eq!(after.posted(&stored[3].key).unwrap().as_deref(), Some("fp"));
         let history = after.history(&HistoryFilter::default()).unwrap();
         assert_eq!(history.len(), 1);
-        assert_eq!(history[0].delivery, stored[3].seq);
+        assert_eq!(history[0].seq, stored[3].seq);
         // Numbering goes on above everything stored before the loss.
         let next = after
             .accept(vec![Pending::test("next", "s")])

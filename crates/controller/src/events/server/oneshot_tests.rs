@@ -179,8 +179,8 @@ async fn a_202_means_the_delivery_is_stored_and_scheduled() {
     assert_rate_limit_headers(&headers);
     let stored = api.stored();
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].sha, api::fixtures::SHA);
-    assert_eq!(stored[0].state, "success");
+    assert_eq!(stored[0].delivery.sha, api::fixtures::SHA);
+    assert_eq!(stored[0].delivery.state, "success");
     let scheduled = api.scheduled(1).await;
     assert_eq!(scheduled.len(), 1);
     assert_eq!(scheduled[0].seq, stored[0].seq);
@@ -318,7 +318,7 @@ async fn bodies_over_3_mib_get_413_and_exactly_3_mib_is_an_event() {
     let stored = api.stored();
     assert_eq!(stored.len(), 1);
     assert!(
-        stored[0].message.len() < MAX_BODY,
+        stored[0].delivery.message.len() < MAX_BODY,
         "the stored message is bounded"
     );
 }

@@ -20,31 +20,25 @@ const HOSTILE: &str = "<script>alert('x')</script> & \"quoted\"";
 /// of `ns/q`, and a pending one of `ns/p`. Returns the store and the three delivery ids.
 async fn store() -> (Outbox, [u64; 3]) {
     let (outbox, _) = Outbox::open(None, Arc::new(|_: &_| {})).unwrap();
-    let failed = Pending {
-        object: format!("Kustomization/ns/{HOSTILE}"),
-        message: format!("health check failed: {HOSTILE}"),
-        ..Pending::test(
-            "aaaa5394cb7f48332b2de7c17dd8b8384bbc84b7",
-            "kustomization/app/uid",
-        )
-        .in_state("failure")
-    };
-    let posted = Pending {
-        repository: "https://gitlab.example.com/g/other".into(),
-        ..Pending::test(
-            "bbbb5394cb7f48332b2de7c17dd8b8384bbc84b7",
-            "kustomization/app/uid",
-        )
-        .of("ns/q")
-    };
+    let mut failed = Pending::test(
+        "aaaa5394cb7f48332b2de7c17dd8b8384bbc84b7",
+        "kustomization/app/uid",
+    )
+    .in_state("failure");
+    failed.delivery.object = format!("Kustomization/ns/{HOSTILE}");
+    failed.delivery.message = format!("health check failed: {HOSTILE}");
+    let mut posted = Pending::test(
+        "bbbb5394cb7f48332b2de7c17dd8b8384bbc84b7",
+        "kustomization/app/uid",
+    )
+    .of("ns/q");
+    posted.delivery.repository = "https://gitlab.example.com/g/other".into();
     // The same object and status name as the failed one: its next status.
-    let pending = Pending {
-        object: failed.object.clone(),
-        ..Pending::test(
-            "cccc5394cb7f48332b2de7c17dd8b8384bbc84b7",
-            "kustomization/app/uid",
-        )
-    };
+    let mut pending = Pending::test(
+        "cccc5394cb7f48332b2de7c17dd8b8384bbc84b7",
+        "kustomization/app/uid",
+    );
+    pending.delivery.object = failed.delivery.object.clone();
     let mut ids = [0; 3];
     for (i, (record, verdict)) in [
         (failed, Some(Verdict::Failed)),
