@@ -14,6 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::delivery::record::Delivery;
 use crate::delivery::store::{Attempt, HistoryFilter, Outbox, Outcome, Pending, Verdict, rfc3339};
 use crate::delivery::store::{ForwardFilter, ForwardLog, ForwardOutcome, PendingForward};
 
@@ -232,15 +233,10 @@ struct View<'a> {
     id: u64,
     /// A verdict name, or `pending`.
     outcome: &'static str,
-    state: &'a str,
+    /// What was (or is to be) posted, and for whom.
+    delivery: &'a Delivery,
+    /// The Provider's own description while queued, else the delivery's.
     description: &'a str,
-    object: &'a str,
-    commit: &'a str,
-    repository: &'a str,
-    status: &'a str,
-    forge: &'a str,
-    provider: &'a str,
-    alert: &'a str,
     accepted: String,
     finished: Option<&'a str>,
     next_attempt: Option<String>,
@@ -248,9 +244,7 @@ struct View<'a> {
     http_status: Option<u16>,
     /// Why it ended (or the last error while queued).
     result: Option<&'a str>,
-    event_message: &'a str,
     timeline: &'a [Attempt],
-    target_url: Option<&'a str>,
 }
 
 impl<'a> View<'a> {
@@ -258,24 +252,15 @@ impl<'a> View<'a> {
         View {
             id: o.seq,
             outcome: verdict_name(o.outcome),
-            state: &o.delivery.state,
+            delivery: &o.delivery,
             description: &o.delivery.description,
-            object: &o.delivery.object,
-            commit: &o.delivery.sha,
-            repository: &o.delivery.repository,
-            status: &o.delivery.status_id,
-            forge: &o.delivery.forge,
-            provider: &o.delivery.provider,
-            alert: &o.delivery.alert,
             accepted: o.accepted.clone(),
             finished: Some(&o.time),
             next_attempt: None,
             attempts: o.attempts,
             http_status: o.http_status,
             result: o.message.as_deref(),
-            event_message: &o.delivery.message,
             timeline: &o.timeline,
-            target_url: o.delivery.target_url.as_deref(),
         }
     }
 
@@ -283,27 +268,18 @@ impl<'a> View<'a> {
         View {
             id: p.seq,
             outcome: "pending",
-            state: &p.delivery.state,
+            delivery: &p.delivery,
             description: p
                 .description_override
                 .as_deref()
                 .unwrap_or(&p.delivery.description),
-            object: &p.delivery.object,
-            commit: &p.delivery.sha,
-            repository: &p.delivery.repository,
-            status: &p.delivery.status_id,
-            forge: &p.delivery.forge,
-            provider: &p.delivery.provider,
-            alert: &p.delivery.alert,
             accepted: rfc3339(p.accepted_ms),
             finished: None,
             next_attempt: (p.attempts > 0).then(|| rfc3339(p.not_before_ms)),
             attempts: p.attempts,
             http_status: p.attempt_log.last().and_then(|a| a.http_status),
             result: p.last_error.as_deref(),
-            event_message: &p.delivery.message,
             timeline: &p.attempt_log,
-            target_url: p.delivery.target_url.as_deref(),
         }
     }
 }
@@ -317,10 +293,10 @@ fn render_detail(v: &View, prev: Option<u64>, next: Option<u64>) -> String {
 "#,
         id = v.id,
         outcome = badge(v.outcome),
-        state = badge(v.state),
-        object = esc(v.object),
-        commit = esc(short(v.commit)),
-        repository = esc(v.repository),
+        state = badge(&v.delivery.state),
+        object = esc(&v.delivery.object),
+        commit = esc(short(&v.delivery.sha)),
+        repository = esc(&v.delivery.repository),
     );
     if let Some(result) = v.result {
         let (tone, label) = match v.outcome {
@@ -344,35 +320,38 @@ fn render_detail(v: &View, prev: Option<u64>, next: Option<u64>) -> String {
                 esc(&v.outcome.replace('_', " "))
             },
         ),
-        ("State", esc(v.state)),
+        ("State", esc(&v.delivery.state)),
         ("Description", esc(v.description)),
-        ("Object", esc(v.object)),
+        ("Object", esc(&v.delivery.object)),
         (
             "Commit",
-            format!(r#"<span class="mono">{}</span>"#, esc(v.commit)),
+            format!(r#"<span class="mono">{}</span>"#, esc(&v.delivery.sha)),
         ),
         (
             "Repository",
-            if is_web_link(v.repository) {
-                format!(r#"<a href="{0}">{0}</a>"#, esc(v.repository))
+            if is_web_link(&v.delivery.repository) {
+                format!(r#"<a href="{0}">{0}</a>"#, esc(&v.delivery.repository))
             } else {
-                esc(v.repository)
+                esc(&v.delivery.repository)
             },
         ),
         (
             "Status name",
-            format!(r#"<span class="mono">{}</span>"#, esc(v.status)),
+            format!(
+                r#"<span class="mono">{}</span>"#,
+                esc(&v.delivery.status_id)
+            ),
         ),
-        ("Forge", esc(v.forge)),
+        ("Forge", esc(&v.delivery.forge)),
         (
             "Provider",
             format!(
                 r#"<a href="../deliveries{}">{}</a>"#,
-                esc(&query(&[("provider", v.provider)])),
-                esc(v.provider)
+                esc(&query(&[("provider", &v.delivery.provider)])),
+                esc(&v.delivery.provider)
             ),
         ),
-        ("Alert", esc(v.alert)),
+        ("Alert", esc(&v.delivery.alert)),
         (
             "Accepted",
             format!(
@@ -398,7 +377,7 @@ fn render_detail(v: &View, prev: Option<u64>, next: Option<u64>) -> String {
     if let Some(code) = v.http_status {
         facts.push(("HTTP status", code.to_string()));
     }
-    if let Some(url) = v.target_url {
+    if let Some(url) = v.delivery.target_url.as_deref() {
         facts.push((
             "Target URL",
             if is_web_link(url) {
@@ -415,10 +394,10 @@ fn render_detail(v: &View, prev: Option<u64>, next: Option<u64>) -> String {
     b.push_str("</dl>\n");
 
     b.push_str("<h2>Event message</h2>\n");
-    if v.event_message.is_empty() {
+    if v.delivery.message.is_empty() {
         b.push_str("<p class=\"muted\">The event had no message.</p>\n");
     } else {
-        let _ = writeln!(b, "<pre>{}</pre>", esc(v.event_message));
+        let _ = writeln!(b, "<pre>{}</pre>", esc(&v.delivery.message));
     }
 
     b.push_str("<h2>Attempts</h2>\n");
@@ -776,7 +755,6 @@ fn render_forwards(pending: &[PendingForward], history: &[ForwardOutcome]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::record::Delivery;
 
     fn outcome() -> Outcome {
         Outcome {
