@@ -328,29 +328,44 @@ pub(super) struct Loaded {
 
 /// Reads the forwarding tables (creating them), and drops bodies no forward refers to any more
 /// (their last forward's end was committed before the body's removal, by an older version).
+/// Body sizes come from the small forward records, so start-up does not read every stored
+/// body; only when the two tables disagree are the bodies themselves looked at.
 pub(super) fn init(txn: &redb::WriteTransaction) -> Result<Loaded, StoreError> {
-    let mut bodies = txn.open_table(BODIES).map_err(storage)?;
-    let mut sizes = HashMap::new();
-    for entry in bodies.iter().map_err(storage)? {
-        let (k, v) = entry.map_err(storage)?;
-        sizes.insert(k.value(), v.value().len() as u64);
+    #[derive(Deserialize)]
+    struct Size {
+        bytes: u64,
     }
+    let mut bodies = txn.open_table(BODIES).map_err(storage)?;
     let pending = txn.open_table(PENDING).map_err(storage)?;
-    let mut referenced = HashSet::new();
-    let mut forwards = 0;
+    let mut sizes = HashMap::new();
+    let (mut forwards, mut unread) = (0, false);
     for entry in pending.iter().map_err(storage)? {
-        let (k, _) = entry.map_err(storage)?;
-        referenced.insert(k.value().0);
+        let (k, v) = entry.map_err(storage)?;
+        match serde_json::from_slice::<Size>(v.value()) {
+            Ok(s) => sizes.insert(k.value().0, s.bytes),
+            Err(_) => {
+                unread = true;
+                sizes.insert(k.value().0, 0)
+            }
+        };
         forwards += 1;
     }
-    let orphans: Vec<u64> = sizes
-        .keys()
-        .filter(|e| !referenced.contains(e))
-        .copied()
-        .collect();
-    for e in orphans {
-        bodies.remove(e).map_err(storage)?;
-        sizes.remove(&e);
+    if unread || bodies.len().map_err(storage)? != sizes.len() as u64 {
+        let referenced: HashSet<u64> = sizes.keys().copied().collect();
+        sizes.clear();
+        for entry in bodies.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            sizes.insert(k.value(), v.value().len() as u64);
+        }
+        let orphans: Vec<u64> = sizes
+            .keys()
+            .filter(|e| !referenced.contains(e))
+            .copied()
+            .collect();
+        for e in orphans {
+            bodies.remove(e).map_err(storage)?;
+            sizes.remove(&e);
+        }
     }
     txn.open_table(HISTORY).map_err(storage)?;
     let meta = txn.open_table(META).map_err(storage)?;
@@ -831,6 +846,62 @@ mod tests {
             .await
             .unwrap();
         assert!(next[0].event > first[0].event);
+    }
+
+    #[tokio::test]
+    async fn a_restart_takes_body_sizes_from_the_forwards_and_drops_orphaned_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open_dir(dir.path());
+        store
+            .accept_forwards(
+                Bytes::from(vec![b'x'; 1024]),
+                vec![
+                    forward("http://a/", "o", 1024),
+                    forward("http://b/", "o", 1024),
+                ],
+            )
+            .await
+            .unwrap();
+        drop(store);
+        let counts = |store: &Outbox| {
+            let c = store.forward_counts();
+            (c.events, c.bytes, c.forwards)
+        };
+
+        // As is: the sizes come from the forward records.
+        let (store, _) = open_dir(dir.path());
+        assert_eq!(counts(&store), (1, 1024, 2));
+        drop(store);
+
+        // A body no forward refers to (left by an older version) is dropped at start-up.
+        // The store's writer lets go of the file shortly after the handle is dropped.
+        let path = dir.path().join("deliveries.redb");
+        let open_db = || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match redb::Database::create(&path) {
+                    Ok(db) => break db,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        let db = open_db();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(BODIES)
+            .unwrap()
+            .insert(u64::MAX, b"orphan".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let (store, _) = open_dir(dir.path());
+        assert_eq!(counts(&store), (1, 1024, 2));
+        drop(store);
+        let db = open_db();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(txn.open_table(BODIES).unwrap().len().unwrap(), 1);
     }
 
     #[tokio::test]
