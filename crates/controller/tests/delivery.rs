@@ -72,12 +72,7 @@ async fn a_burst_of_5xx_is_retried_until_the_status_lands() {
         .map(|a| a["result"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(timeline, ["retrying", "retrying", "retrying", "posted"]);
-    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     assert!(
         metrics.contains(r#"commit_status_deliveries_total{forge="github",outcome="posted"} 1"#),
         "{metrics}"
@@ -131,12 +126,7 @@ async fn a_spent_github_budget_holds_every_delivery_on_that_credential_until_the
     stub.wait_for(1, WAIT).await.unwrap();
     // The budget left is exported per Provider (never per token).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     assert!(
         metrics.contains(
             r#"commit_status_rate_limit_remaining{forge="github",provider="flux-system/github"} 0"#

@@ -12,15 +12,6 @@ use testkit::{ForgeKind, StubOptions};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn metrics(c: &Controller) -> String {
-    reqwest::get(format!("{}/metrics", c.metrics_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn flux_deployment_args_with_patch_style_repeats() {
     let stub = Forge::start(ForgeKind::GitHub, StubOptions::default()).await;
@@ -96,7 +87,7 @@ async fn flux_deployment_args_with_patch_style_repeats() {
 
     // --export-http-path-metrics: the path is the handler label.
     let _ = c.post_raw("GET", "/no/such/page", Vec::new()).await;
-    let m = metrics(&c).await;
+    let m = c.metrics().await;
     assert!(
         m.contains("gotk_event_http_request_duration_seconds_count{handler=\"/no/such/page\""),
         "{m}"
@@ -115,7 +106,7 @@ async fn handler_label_is_fixed_without_the_flag() {
         .await
         .keep_dir(dir);
     let _ = c.post_raw("GET", "/no/such/page", Vec::new()).await;
-    let m = metrics(&c).await;
+    let m = c.metrics().await;
     assert!(!m.contains("/no/such/page"), "{m}");
     assert!(m.contains("handler=\"/\""), "{m}");
 }

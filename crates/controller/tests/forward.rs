@@ -175,7 +175,7 @@ async fn forwards_survive_an_outage_and_a_sigkill_byte_for_byte_and_in_order() {
         listing(&c, "?type=delivery").await,
         c.logs()
     );
-    let metrics = get_text(format!("{}/metrics", c.metrics_url)).await;
+    let metrics = c.metrics().await;
     let line = format!(
         r#"commit_status_forwards_total{{target="{}",outcome="forwarded"}} {}"#,
         receiver.url(),
@@ -256,7 +256,7 @@ async fn a_429_means_received_and_other_4xx_fail_with_the_answer() {
             && text.contains("HTTP 400"),
         "{text}"
     );
-    let metrics = get_text(format!("{}/metrics", c.metrics_url)).await;
+    let metrics = c.metrics().await;
     for outcome in ["already_received", "failed", "forwarded"] {
         let line = format!(
             r#"commit_status_forwards_total{{target="{}",outcome="{outcome}"}} 1"#,
@@ -382,7 +382,7 @@ async fn a_full_forward_store_answers_503_and_userinfo_stays_secret() {
     assert_eq!(auth, "Basic Zmx1eDpzM2NyZXQtcGFzcw==", "flux:s3cret-pass");
 
     let forwards = wait_forwards(&c, 3).await;
-    let metrics = get_text(format!("{}/metrics", c.metrics_url)).await;
+    let metrics = c.metrics().await;
     let page = get_text(format!("{}/deliveries", c.pages_url)).await;
     for (what, text) in [
         ("logs", c.logs()),

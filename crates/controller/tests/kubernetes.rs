@@ -1126,12 +1126,7 @@ async fn commit_statuses_heal_from_the_objects_state() {
         .await
         .is_some_and(|n| n >= 3.0),
         "{}",
-        reqwest::get(format!("{}/metrics", c.metrics_url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        c.metrics().await
     );
     assert_eq!(
         metric(&c, "commit_status_watched_objects{kind=\"Kustomization\"}").await,

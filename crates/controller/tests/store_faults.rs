@@ -122,12 +122,7 @@ async fn through_a_full_disk(c: &Controller, data: &Path) -> Sent {
         not_ready > 0,
         "never not ready while the store could not write"
     );
-    let metrics = reqwest::get(format!("{}/metrics", c.metrics_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     assert!(
         metrics.contains(r#"commit_status_store_errors_total{error="io"}"#),
         "{metrics}"
